@@ -1,0 +1,52 @@
+//! `POST /cards` and `GET /cards`: only the caller's own cards, ever.
+
+use lambda_http::http::StatusCode;
+use serde::Deserialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use paystream::domain::{CardExpiry, CardNumber, CardProductId, Role};
+use paystream::http::{json, parse_json, Request, Response};
+use paystream::secret::Secret;
+use paystream::store::{card_products, cards};
+use paystream::{AppError, Platform};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterCard {
+    card_product_id: Uuid,
+    /// Held as a `Secret` until parsed: its `Debug` cannot print it.
+    pan: Secret,
+    expiry: String,
+}
+
+pub async fn register(p: &Platform, req: &Request) -> Result<Response, AppError> {
+    let caller = p.tokens.authenticate(req.headers())?;
+    caller.require_role(&[Role::User])?;
+    let body: RegisterCard = parse_json(req, p.config.http.max_body_bytes)?;
+    let pan = CardNumber::parse(&body.pan)?;
+    let expiry = CardExpiry::parse(&body.expiry, OffsetDateTime::now_utc())?;
+    let product = CardProductId(body.card_product_id);
+    let fingerprint = pan.fingerprint(&p.config.auth.pan_fingerprint_key);
+    let last4 = pan.last4();
+    drop(pan);
+
+    let db = p.pg.get().await?;
+    if !card_products::exists(&**db, product).await? {
+        return Err(AppError::not_found("card product"));
+    }
+    let card_id = cards::insert(
+        &**db,
+        &cards::NewCard { user_id: caller.user_id, card_product_id: product, last4: &last4, fingerprint: &fingerprint, expiry },
+    )
+    .await?;
+    tracing::info!(card_id = %card_id, user_id = %caller.user_id, "card registered");
+    Ok(json(StatusCode::CREATED, &serde_json::json!({ "card_id": card_id, "last4": last4, "card_product_id": product })))
+}
+
+pub async fn list(p: &Platform, req: &Request) -> Result<Response, AppError> {
+    let caller = p.tokens.authenticate(req.headers())?;
+    caller.require_role(&[Role::User])?;
+    let cards = cards::list_for_user(&**p.pg.get().await?, caller.user_id).await?;
+    Ok(json(StatusCode::OK, &cards))
+}

@@ -1,0 +1,150 @@
+# Shared by every paystream script: locations, tool installation and the
+# local services. Source it; do not run it.
+# shellcheck shell=bash
+
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Everything installed or generated lives outside the clone, so a fresh
+# clone (CI) reuses builds and tools, and the work tree stays clean.
+PAYSTREAM_CACHE="${PAYSTREAM_CACHE:-$HOME/.cache/paystream}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PAYSTREAM_CACHE/target}"
+TOOLS_ROOT="$PAYSTREAM_CACHE/tools"
+VENV="$PAYSTREAM_CACHE/venv"
+STATE_DIR="$PAYSTREAM_CACHE/state"
+mkdir -p "$TOOLS_ROOT" "$STATE_DIR"
+
+TANSU_VERSION="0.6.0"
+export PAYSTREAM_TANSU_BIN="$TOOLS_ROOT/bin/tansu"
+BROKER_HOST="127.0.0.1"
+BROKER_PORT="${PAYSTREAM_BROKER_PORT:-9092}"
+export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-$BROKER_HOST:$BROKER_PORT}"
+
+PAYSTREAM_DB="${PAYSTREAM_DB:-paystream}"
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/$PAYSTREAM_DB}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+export PAYSTREAM_ADMIN_PASSWORD="${PAYSTREAM_ADMIN_PASSWORD:-admin-local-only}"
+export SAM_CLI_TELEMETRY=0
+
+# Topics and their partition counts (payment-stream is keyed by user id,
+# order-stream by order id; 3 partitions let three consumers share a topic).
+TOPICS=(payment-stream order-stream payment-stream.dlq order-stream.dlq)
+TOPIC_PARTITIONS=3
+
+# Python tools, pinned, in one virtualenv (cargo-lambda then finds zig).
+PY_TOOLS=(cargo-lambda==1.9.2 aws-sam-cli==1.170.0 cfn-lint==1.58.0)
+
+log() { printf '\033[1m[paystream]\033[0m %s\n' "$*" >&2; }
+
+wait_for_port() { # host port seconds
+  local deadline=$((SECONDS + $3))
+  until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+    if ((SECONDS >= deadline)); then return 1; fi
+    sleep 0.2
+  done
+}
+
+ensure_rust_packages() {
+  # Debian packages some crates need to build (librdkafka's configure needs
+  # make and a C toolchain, which this machine type has).
+  local missing=()
+  for bin in make cc pkg-config psql redis-cli; do
+    command -v "$bin" >/dev/null || missing+=("$bin")
+  done
+  if ((${#missing[@]})); then
+    log "installing build tools for: ${missing[*]}"
+    apt-get update -qq && apt-get install -y -qq build-essential pkg-config postgresql-client redis-tools >/dev/null
+  fi
+}
+
+ensure_postgres() {
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+    log "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+    for _ in $(seq 1 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
+    pg_isready -h 127.0.0.1 -p 5432 -q || { log "PostgreSQL did not start"; return 1; }
+  fi
+}
+
+ensure_redis() {
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    log "starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && break; sleep 0.2; done
+    redis-cli -h 127.0.0.1 ping >/dev/null || { log "Redis did not start"; return 1; }
+  fi
+}
+
+ensure_tansu_installed() {
+  if [[ -x "$PAYSTREAM_TANSU_BIN" ]] && "$PAYSTREAM_TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    return 0
+  fi
+  log "installing the tansu broker $TANSU_VERSION into $TOOLS_ROOT (about 13 minutes on 2 cores)"
+  # Its own target dir: the broker's build must not evict the project's.
+  CARGO_TARGET_DIR="$PAYSTREAM_CACHE/tansu-target" \
+    cargo install --locked tansu --version "$TANSU_VERSION" --features libsql --root "$TOOLS_ROOT"
+  rm -rf "$PAYSTREAM_CACHE/tansu-target"
+}
+
+broker_pid() { cat "$STATE_DIR/tansu.pid" 2>/dev/null || true; }
+
+ensure_broker() {
+  ensure_tansu_installed
+  if wait_for_port "$BROKER_HOST" "$BROKER_PORT" 0; then
+    log "broker already listening on $BROKER_HOST:$BROKER_PORT"
+  else
+    log "starting the tansu broker on $BROKER_HOST:$BROKER_PORT (SQLite: $STATE_DIR/tansu.db)"
+    # The SQLite path is relative to the directory the broker starts in.
+    # `exec` makes the subshell become the broker, so $! is the broker's pid;
+    # nothing of ours keeps its output pipe open.
+    (cd "$STATE_DIR" && exec "$PAYSTREAM_TANSU_BIN" broker \
+      --listener-url "tcp://$BROKER_HOST:$BROKER_PORT" \
+      --advertised-listener-url "tcp://$BROKER_HOST:$BROKER_PORT" \
+      --storage-engine "sqlite://tansu.db") >"$STATE_DIR/tansu.log" 2>&1 </dev/null &
+    echo $! >"$STATE_DIR/tansu.pid"
+    wait_for_port "$BROKER_HOST" "$BROKER_PORT" 30 || { log "broker did not start; see $STATE_DIR/tansu.log"; tail -20 "$STATE_DIR/tansu.log" >&2; return 1; }
+  fi
+  local existing
+  existing="$("$PAYSTREAM_TANSU_BIN" topic list --broker "tcp://$BROKER_HOST:$BROKER_PORT")"
+  for topic in "${TOPICS[@]}"; do
+    if ! grep -qF "\"name\":\"$topic\"" <<<"$existing"; then
+      log "creating topic $topic ($TOPIC_PARTITIONS partitions)"
+      "$PAYSTREAM_TANSU_BIN" topic create "$topic" --partitions "$TOPIC_PARTITIONS" \
+        --broker "tcp://$BROKER_HOST:$BROKER_PORT" >/dev/null
+    fi
+  done
+}
+
+stop_broker() {
+  local pid
+  pid="$(broker_pid)"
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+    log "stopping the broker (pid $pid)"
+    kill "$pid"
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$STATE_DIR/tansu.pid"
+}
+
+ensure_database() {
+  if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$PAYSTREAM_DB'" | grep -q 1; then
+    log "creating database $PAYSTREAM_DB"
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE \"$PAYSTREAM_DB\"" >/dev/null
+  fi
+}
+
+ensure_venv() {
+  local stamp="$VENV/.paystream-tools"
+  if [[ -f "$stamp" ]] && [[ "$(cat "$stamp")" == "${PY_TOOLS[*]}" ]]; then
+    return 0
+  fi
+  log "installing ${PY_TOOLS[*]} into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_TOOLS[@]}"
+  echo "${PY_TOOLS[*]}" >"$stamp"
+}
+
+ops() { cargo run -q --locked -p paystream-ops -- "$@"; }

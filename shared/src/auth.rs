@@ -1,0 +1,253 @@
+//! Authentication: HS256 access tokens (algorithm pinned; `exp`, `iss`,
+//! `aud` required) and Argon2id password hashes.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::config::AuthConfig;
+use crate::domain::{Password, Role, UserId};
+use crate::error::{AppError, ErrorCode};
+use crate::secret::Secret;
+
+/// The one algorithm we issue and accept. Pinning it shuts out `alg: none`
+/// and key-confusion attacks: a token with any other header is refused.
+const JWT_ALGORITHM: Algorithm = Algorithm::HS256;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: uuid::Uuid,
+    role: Role,
+    iss: String,
+    aud: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// Who is calling, established from a verified token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: UserId,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Fails with 403 unless the caller has one of `roles`.
+    pub fn require_role(&self, roles: &[Role]) -> Result<(), AppError> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            let names: Vec<_> = roles.iter().map(|r| r.as_str()).collect();
+            Err(AppError::forbidden(format!("this needs the role {}", names.join(" or "))))
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Owners and admins may see an object; for anyone else it does not exist.
+    pub fn may_see(&self, owner: UserId) -> bool {
+        self.user_id == owner || self.is_admin()
+    }
+}
+
+/// What log-in returns.
+#[derive(Debug, Serialize)]
+pub struct AccessToken {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}
+
+pub struct TokenIssuer {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    audience: String,
+    ttl_s: u64,
+}
+
+impl TokenIssuer {
+    pub fn new(config: &AuthConfig) -> Self {
+        let secret = config.jwt_secret.expose().as_bytes();
+        let mut validation = Validation::new(JWT_ALGORITHM);
+        validation.set_issuer(&[&config.jwt_issuer]);
+        validation.set_audience(&[&config.jwt_audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = config.jwt_leeway_s;
+        validation.validate_exp = true;
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+            ttl_s: config.access_token_ttl_s,
+        }
+    }
+
+    pub fn issue(&self, user_id: UserId, role: Role) -> Result<AccessToken, AppError> {
+        self.issue_at(user_id, role, OffsetDateTime::now_utc())
+    }
+
+    /// Issues a token as if it were `now` (tests use it to mint expired ones).
+    pub fn issue_at(&self, user_id: UserId, role: Role, now: OffsetDateTime) -> Result<AccessToken, AppError> {
+        let iat = now.unix_timestamp();
+        let claims = Claims {
+            sub: user_id.0,
+            role,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            iat,
+            exp: iat + self.ttl_s as i64,
+        };
+        let token = jsonwebtoken::encode(&Header::new(JWT_ALGORITHM), &claims, &self.encoding).map_err(AppError::internal)?;
+        Ok(AccessToken { access_token: token, token_type: "Bearer", expires_in: self.ttl_s })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Caller, AppError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            let detail = match e.kind() {
+                ErrorKind::ExpiredSignature => "access token expired",
+                ErrorKind::InvalidSignature => "access token signature invalid",
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "access token algorithm not accepted",
+                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => "access token not issued for this API",
+                _ => "access token invalid",
+            };
+            AppError::unauthorized(detail)
+        })?;
+        Ok(Caller { user_id: UserId(data.claims.sub), role: data.claims.role })
+    }
+
+    /// Reads `Authorization: Bearer <token>` and verifies it.
+    pub fn authenticate(&self, headers: &lambda_http::http::HeaderMap) -> Result<Caller, AppError> {
+        let value = headers
+            .get(lambda_http::http::header::AUTHORIZATION)
+            .ok_or_else(|| AppError::unauthorized("missing Authorization: Bearer token"))?;
+        let value = value.to_str().map_err(|_| AppError::unauthorized("malformed Authorization header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| AppError::unauthorized("Authorization must be a Bearer token"))?;
+        self.verify(token.trim())
+    }
+}
+
+/// Argon2id with the crate's defaults (RFC 9106 / OWASP: m=19 MiB, t=2, p=1).
+/// CPU-heavy by design: callers run it on the blocking pool.
+pub fn hash_password(password: &Password) -> Result<String, AppError> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.expose().as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AppError::new(ErrorCode::Internal, "password hashing failed").with_source(PasswordHashError(e.to_string())))
+}
+
+/// Constant-time check of a password against a stored PHC string.
+pub fn verify_password(candidate: &Secret, stored_hash: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    match PasswordHash::new(stored_hash) {
+        Ok(parsed) => argon2::Argon2::default().verify_password(candidate.expose().as_bytes(), &parsed).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A PHC hash of a password nobody has, checked when the username is unknown
+/// so that "no such user" and "wrong password" take the same time.
+pub fn dummy_password_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        let password = Password::parse(Secret::new("no-such-user-password")).expect("long enough");
+        hash_password(&password).expect("hashing works")
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PasswordHashError(String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use base64::Engine;
+
+    fn url_b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn issuer() -> TokenIssuer {
+        TokenIssuer::new(&Config::from_vars(Default::default()).unwrap().auth)
+    }
+
+    #[test]
+    fn issued_tokens_verify() {
+        let issuer = issuer();
+        let user = UserId::new_random();
+        let token = issuer.issue(user, Role::Merchant).unwrap();
+        assert_eq!(token.token_type, "Bearer");
+        let caller = issuer.verify(&token.access_token).unwrap();
+        assert_eq!(caller, Caller { user_id: user, role: Role::Merchant });
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let issuer = issuer();
+        let long_ago = OffsetDateTime::now_utc() - time::Duration::hours(2);
+        let token = issuer.issue_at(UserId::new_random(), Role::User, long_ago).unwrap();
+        assert_eq!(issuer.verify(&token.access_token).unwrap_err().code, ErrorCode::Unauthorized);
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let issuer = issuer();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let header = url_b64(br#"{"alg":"none","typ":"JWT"}"#);
+        let claims = format!(
+            r#"{{"sub":"{}","role":"ADMIN","iss":"paystream","aud":"paystream-api","iat":{now},"exp":{}}}"#,
+            uuid::Uuid::new_v4(),
+            now + 600
+        );
+        let token = format!("{header}.{}.", url_b64(claims.as_bytes()));
+        assert!(issuer.verify(&token).is_err());
+    }
+
+    #[test]
+    fn other_key_issuer_or_audience_is_refused() {
+        let ours = issuer();
+        let mut vars = std::collections::HashMap::new();
+        vars.insert("JWT_SECRET".to_string(), "another-secret-that-is-long-enough-000000".to_string());
+        let theirs = TokenIssuer::new(&Config::from_vars(vars).unwrap().auth);
+        let forged = theirs.issue(UserId::new_random(), Role::Admin).unwrap();
+        assert!(ours.verify(&forged.access_token).is_err());
+
+        let mut vars = std::collections::HashMap::new();
+        vars.insert("JWT_AUDIENCE".to_string(), "someone-else".to_string());
+        let other_aud = TokenIssuer::new(&Config::from_vars(vars).unwrap().auth);
+        let token = other_aud.issue(UserId::new_random(), Role::User).unwrap();
+        assert!(ours.verify(&token.access_token).is_err());
+    }
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let password = Password::parse(Secret::new("correct horse battery")).unwrap();
+        let hash = hash_password(&password).unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password(&Secret::new("correct horse battery"), &hash));
+        assert!(!verify_password(&Secret::new("wrong horse battery"), &hash));
+        assert!(!verify_password(&Secret::new("x"), "not a hash"));
+    }
+
+    #[test]
+    fn roles_are_enforced() {
+        let caller = Caller { user_id: UserId::new_random(), role: Role::User };
+        assert!(caller.require_role(&[Role::User]).is_ok());
+        assert_eq!(caller.require_role(&[Role::Merchant, Role::Admin]).unwrap_err().code, ErrorCode::Forbidden);
+        assert!(caller.may_see(caller.user_id));
+        assert!(!caller.may_see(UserId::new_random()));
+    }
+}

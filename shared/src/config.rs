@@ -1,0 +1,252 @@
+//! Typed configuration read once from the environment.
+//!
+//! Every bound the platform has (pool sizes, timeouts, body size, token life)
+//! is a variable here with a documented local default. The README's
+//! configuration table mirrors [`Config::from_env`]; keep them in step.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+/// Secrets that are fine on a laptop and fatal on AWS.
+pub const LOCAL_JWT_SECRET: &str = "paystream-local-only-jwt-secret-0123456789abcdef";
+pub const LOCAL_PAN_FINGERPRINT_KEY: &str = "paystream-local-only-pan-key-0123456789abcdef";
+
+/// Shortest HS256 key we accept: RFC 7518 §3.2 requires at least the hash size.
+const JWT_SECRET_MIN_BYTES: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    /// A laptop or CI: local services on loopback, SMS into the outbox table.
+    Local,
+    /// Deployed: local defaults for secrets are refused.
+    Aws,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub environment: Environment,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub kafka: KafkaConfig,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
+    /// Base URL for links we send to people (the SMS verification link).
+    pub public_base_url: String,
+    /// tracing `EnvFilter` directive, e.g. `info` or `account=debug,info`.
+    pub log_filter: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub pool_max_size: usize,
+    pub connect_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub url: Secret,
+    /// Prefix for every key we write, so several deployments (or parallel
+    /// tests) can share one Redis without seeing each other.
+    pub key_prefix: String,
+    pub response_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    /// Upper bound for one publish, queueing and retries included
+    /// (librdkafka `message.timeout.ms`). A publish never waits longer.
+    pub publish_timeout_ms: u64,
+    /// librdkafka `linger.ms`: how long the producer waits to fill a batch.
+    pub linger_ms: u64,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: String,
+    /// e.g. `SCRAM-SHA-512` when `security_protocol` is `sasl_ssl`.
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<Secret>,
+    pub payment_topic: String,
+    pub order_topic: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub jwt_secret: Secret,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub access_token_ttl_s: u64,
+    /// Clock skew tolerated when checking `exp`.
+    pub jwt_leeway_s: u64,
+    /// HMAC key for card fingerprints (a PAN is never stored, only this).
+    pub pan_fingerprint_key: Secret,
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub max_body_bytes: usize,
+    /// Largest page a list endpoint returns.
+    pub page_limit_max: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars().collect())
+    }
+
+    /// Reads configuration from an explicit map (tests build their own).
+    pub fn from_vars(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let env = Vars(vars);
+        let environment = match env.string("PAYSTREAM_ENV", "local").as_str() {
+            "local" => Environment::Local,
+            "aws" => Environment::Aws,
+            other => return Err(ConfigError(format!("PAYSTREAM_ENV must be local or aws, not {other:?}"))),
+        };
+        let config = Config {
+            environment,
+            database: DatabaseConfig {
+                url: Secret::new(env.string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/paystream")),
+                pool_max_size: env.number("PG_POOL_MAX_SIZE", 8)?,
+                connect_timeout_ms: env.number("PG_CONNECT_TIMEOUT_MS", 3_000)?,
+                statement_timeout_ms: env.number("PG_STATEMENT_TIMEOUT_MS", 5_000)?,
+            },
+            redis: RedisConfig {
+                url: Secret::new(env.string("REDIS_URL", "redis://127.0.0.1:6379/0")),
+                key_prefix: env.string("REDIS_KEY_PREFIX", "ps:"),
+                response_timeout_ms: env.number("REDIS_RESPONSE_TIMEOUT_MS", 1_000)?,
+                connect_timeout_ms: env.number("REDIS_CONNECT_TIMEOUT_MS", 1_000)?,
+            },
+            kafka: KafkaConfig {
+                bootstrap_servers: env.string("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+                publish_timeout_ms: env.number("KAFKA_PUBLISH_TIMEOUT_MS", 5_000)?,
+                linger_ms: env.number("KAFKA_LINGER_MS", 1)?,
+                security_protocol: env.string("KAFKA_SECURITY_PROTOCOL", "plaintext"),
+                sasl_mechanism: env.optional("KAFKA_SASL_MECHANISM"),
+                sasl_username: env.optional("KAFKA_SASL_USERNAME"),
+                sasl_password: env.optional("KAFKA_SASL_PASSWORD").map(Secret::new),
+                payment_topic: env.string("PAYMENT_TOPIC", "payment-stream"),
+                order_topic: env.string("ORDER_TOPIC", "order-stream"),
+            },
+            auth: AuthConfig {
+                jwt_secret: Secret::new(env.string("JWT_SECRET", LOCAL_JWT_SECRET)),
+                jwt_issuer: env.string("JWT_ISSUER", "paystream"),
+                jwt_audience: env.string("JWT_AUDIENCE", "paystream-api"),
+                access_token_ttl_s: env.number("ACCESS_TOKEN_TTL_S", 900)?,
+                jwt_leeway_s: env.number("JWT_LEEWAY_S", 5)?,
+                pan_fingerprint_key: Secret::new(env.string("PAN_FINGERPRINT_KEY", LOCAL_PAN_FINGERPRINT_KEY)),
+            },
+            http: HttpConfig {
+                max_body_bytes: env.number("HTTP_MAX_BODY_BYTES", 64 * 1024)?,
+                page_limit_max: env.number("HTTP_PAGE_LIMIT_MAX", 200)?,
+            },
+            public_base_url: env.string("PUBLIC_BASE_URL", "http://127.0.0.1:3000"),
+            log_filter: env.string("LOG_LEVEL", "info"),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.auth.jwt_secret.expose().len() < JWT_SECRET_MIN_BYTES {
+            return Err(ConfigError(format!("JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes")));
+        }
+        if self.auth.pan_fingerprint_key.expose().len() < JWT_SECRET_MIN_BYTES {
+            return Err(ConfigError(format!("PAN_FINGERPRINT_KEY must be at least {JWT_SECRET_MIN_BYTES} bytes")));
+        }
+        if self.environment == Environment::Aws
+            && (self.auth.jwt_secret.expose() == LOCAL_JWT_SECRET
+                || self.auth.pan_fingerprint_key.expose() == LOCAL_PAN_FINGERPRINT_KEY)
+        {
+            return Err(ConfigError("local-only secrets must not be used with PAYSTREAM_ENV=aws".into()));
+        }
+        let bounds = [
+            ("PG_POOL_MAX_SIZE", self.database.pool_max_size as u64),
+            ("ACCESS_TOKEN_TTL_S", self.auth.access_token_ttl_s),
+            ("KAFKA_PUBLISH_TIMEOUT_MS", self.kafka.publish_timeout_ms),
+            ("HTTP_MAX_BODY_BYTES", self.http.max_body_bytes as u64),
+            ("HTTP_PAGE_LIMIT_MAX", self.http.page_limit_max as u64),
+        ];
+        for (name, value) in bounds {
+            if value == 0 {
+                return Err(ConfigError(format!("{name} must be greater than zero")));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pg_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.database.connect_timeout_ms)
+    }
+}
+
+struct Vars(HashMap<String, String>);
+
+impl Vars {
+    fn optional(&self, name: &str) -> Option<String> {
+        self.0.get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.optional(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, ConfigError> {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|_| ConfigError(format!("{name} must be a number, got {raw:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn local_defaults_are_complete() {
+        let config = Config::from_vars(HashMap::new()).unwrap();
+        assert_eq!(config.environment, Environment::Local);
+        assert_eq!(config.kafka.payment_topic, "payment-stream");
+        assert_eq!(config.auth.access_token_ttl_s, 900);
+    }
+
+    #[test]
+    fn aws_refuses_local_secrets() {
+        let err = Config::from_vars(vars(&[("PAYSTREAM_ENV", "aws")])).unwrap_err();
+        assert!(err.0.contains("local-only"), "{err}");
+    }
+
+    #[test]
+    fn short_jwt_secret_is_refused() {
+        assert!(Config::from_vars(vars(&[("JWT_SECRET", "short")])).is_err());
+    }
+
+    #[test]
+    fn numbers_are_parsed_and_checked() {
+        assert!(Config::from_vars(vars(&[("PG_POOL_MAX_SIZE", "many")])).is_err());
+        assert!(Config::from_vars(vars(&[("HTTP_MAX_BODY_BYTES", "0")])).is_err());
+        let config = Config::from_vars(vars(&[("KAFKA_PUBLISH_TIMEOUT_MS", "750")])).unwrap();
+        assert_eq!(config.kafka.publish_timeout_ms, 750);
+    }
+
+    #[test]
+    fn debug_masks_secrets() {
+        let config = Config::from_vars(HashMap::new()).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(LOCAL_JWT_SECRET));
+        assert!(!shown.contains(LOCAL_PAN_FINGERPRINT_KEY));
+    }
+}

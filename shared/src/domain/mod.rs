@@ -1,0 +1,13 @@
+//! Domain types that parse instead of validate: once you hold one, it is valid.
+
+pub mod card;
+pub mod ids;
+pub mod merchant;
+pub mod money;
+pub mod user;
+
+pub use card::{CardExpiry, CardNumber, PanFingerprint};
+pub use ids::{CardId, CardProductId, MerchantId, UserId};
+pub use merchant::{Coordinates, CountryCode, MerchantCategory, VipThreshold};
+pub use money::{Amount, Currency, Money};
+pub use user::{Email, Password, Phone, Role, Username};

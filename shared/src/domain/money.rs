@@ -1,0 +1,129 @@
+//! Money is an integer amount of minor units plus an ISO 4217 currency.
+//! No floats anywhere near money.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AppError;
+
+/// Largest amount we accept in one payment or price: 10^12 minor units
+/// (10 billion in a two-decimal currency). Keeps every sum of a bounded
+/// batch far from `i64::MAX`.
+pub const AMOUNT_MAX_MINOR: i64 = 1_000_000_000_000;
+
+/// A strictly positive amount in minor units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Amount(i64);
+
+impl Amount {
+    pub fn parse(minor: i64) -> Result<Self, AppError> {
+        if minor <= 0 {
+            return Err(AppError::validation("amount must be a positive integer of minor units"));
+        }
+        if minor > AMOUNT_MAX_MINOR {
+            return Err(AppError::validation(format!("amount must be at most {AMOUNT_MAX_MINOR}")));
+        }
+        Ok(Self(minor))
+    }
+
+    pub fn minor(self) -> i64 {
+        self.0
+    }
+}
+
+/// An ISO 4217 currency we support, with its number of minor-unit digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency(&'static str, u8);
+
+/// Supported currencies and their minor-unit exponents (ISO 4217).
+const CURRENCIES: &[(&str, u8)] = &[
+    ("KRW", 0),
+    ("JPY", 0),
+    ("USD", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("CNY", 2),
+    ("SGD", 2),
+    ("AUD", 2),
+    ("CAD", 2),
+    ("CHF", 2),
+];
+
+impl Currency {
+    pub fn parse(raw: &str) -> Result<Self, AppError> {
+        CURRENCIES
+            .iter()
+            .find(|(code, _)| *code == raw)
+            .map(|(code, exp)| Currency(code, *exp))
+            .ok_or_else(|| AppError::validation(format!("currency must be an uppercase ISO 4217 code we support ({})", supported())))
+    }
+
+    pub fn code(self) -> &'static str {
+        self.0
+    }
+
+    pub fn minor_unit_digits(self) -> u8 {
+        self.1
+    }
+}
+
+fn supported() -> String {
+    CURRENCIES.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
+}
+
+impl TryFrom<String> for Currency {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Currency::parse(&value).map_err(|e| e.detail)
+    }
+}
+
+impl From<Currency> for String {
+    fn from(value: Currency) -> Self {
+        value.0.to_owned()
+    }
+}
+
+impl std::fmt::Display for Currency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Money {
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn currency_parses_known_codes_only() {
+        assert_eq!(Currency::parse("KRW").unwrap().minor_unit_digits(), 0);
+        assert_eq!(Currency::parse("EUR").unwrap().code(), "EUR");
+        assert!(Currency::parse("eur").is_err());
+        assert!(Currency::parse("XXX").is_err());
+        assert!(Currency::parse("").is_err());
+    }
+
+    #[test]
+    fn currency_round_trips_through_json() {
+        let c: Currency = serde_json::from_str("\"USD\"").unwrap();
+        assert_eq!(serde_json::to_string(&c).unwrap(), "\"USD\"");
+        assert!(serde_json::from_str::<Currency>("\"usd\"").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn amount_accepts_exactly_the_positive_bounded_range(minor in any::<i64>()) {
+            let parsed = Amount::parse(minor);
+            prop_assert_eq!(parsed.is_ok(), minor > 0 && minor <= AMOUNT_MAX_MINOR);
+            if let Ok(a) = parsed { prop_assert_eq!(a.minor(), minor); }
+        }
+    }
+}

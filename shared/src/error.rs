@@ -1,0 +1,260 @@
+//! The one error catalogue: every error a client can see has a stable `code`,
+//! and the code alone decides the HTTP status and title (mapped once, here).
+//! Bodies are RFC 9457 `application/problem+json`.
+
+use serde::Serialize;
+
+/// Stable, machine-readable error codes. Renaming one is a breaking API change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    Validation,
+    MalformedBody,
+    InvalidPan,
+    Unauthorized,
+    BadCredentials,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    UsernameTaken,
+    EmailTaken,
+    CardAlreadyRegistered,
+    IdempotencyKeyReused,
+    SoldOut,
+    AlreadyPurchased,
+    TokenUsed,
+    TokenExpired,
+    SaleNotStarted,
+    SaleEnded,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    RateLimited,
+    BrokerUnavailable,
+    DependencyUnavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 24] = [
+        Self::Validation,
+        Self::MalformedBody,
+        Self::InvalidPan,
+        Self::Unauthorized,
+        Self::BadCredentials,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::UsernameTaken,
+        Self::EmailTaken,
+        Self::CardAlreadyRegistered,
+        Self::IdempotencyKeyReused,
+        Self::SoldOut,
+        Self::AlreadyPurchased,
+        Self::TokenUsed,
+        Self::TokenExpired,
+        Self::SaleNotStarted,
+        Self::SaleEnded,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::RateLimited,
+        Self::BrokerUnavailable,
+        Self::DependencyUnavailable,
+        Self::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Validation => "VALIDATION",
+            Self::MalformedBody => "MALFORMED_BODY",
+            Self::InvalidPan => "INVALID_PAN",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::BadCredentials => "BAD_CREDENTIALS",
+            Self::Forbidden => "FORBIDDEN",
+            Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::UsernameTaken => "USERNAME_TAKEN",
+            Self::EmailTaken => "EMAIL_TAKEN",
+            Self::CardAlreadyRegistered => "CARD_ALREADY_REGISTERED",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::SoldOut => "SOLD_OUT",
+            Self::AlreadyPurchased => "ALREADY_PURCHASED",
+            Self::TokenUsed => "TOKEN_USED",
+            Self::TokenExpired => "TOKEN_EXPIRED",
+            Self::SaleNotStarted => "SALE_NOT_STARTED",
+            Self::SaleEnded => "SALE_ENDED",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::BrokerUnavailable => "BROKER_UNAVAILABLE",
+            Self::DependencyUnavailable => "DEPENDENCY_UNAVAILABLE",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            Self::Validation | Self::MalformedBody | Self::InvalidPan => 400,
+            Self::Unauthorized | Self::BadCredentials => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::UsernameTaken
+            | Self::EmailTaken
+            | Self::CardAlreadyRegistered
+            | Self::IdempotencyKeyReused
+            | Self::SoldOut
+            | Self::AlreadyPurchased
+            | Self::TokenUsed => 409,
+            Self::TokenExpired => 410,
+            Self::PayloadTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
+            Self::SaleNotStarted | Self::SaleEnded => 422,
+            Self::RateLimited => 429,
+            Self::Internal => 500,
+            Self::BrokerUnavailable | Self::DependencyUnavailable => 503,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Validation => "Invalid request",
+            Self::MalformedBody => "Malformed request body",
+            Self::InvalidPan => "Invalid card number",
+            Self::Unauthorized => "Authentication required",
+            Self::BadCredentials => "Wrong username or password",
+            Self::Forbidden => "Not allowed",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::UsernameTaken => "Username taken",
+            Self::EmailTaken => "Email taken",
+            Self::CardAlreadyRegistered => "Card already registered",
+            Self::IdempotencyKeyReused => "Idempotency key reused with another request",
+            Self::SoldOut => "Sold out",
+            Self::AlreadyPurchased => "Already purchased",
+            Self::TokenUsed => "Verification already used",
+            Self::TokenExpired => "Verification expired",
+            Self::SaleNotStarted => "Sale not started",
+            Self::SaleEnded => "Sale ended",
+            Self::PayloadTooLarge => "Request body too large",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::RateLimited => "Too many requests",
+            Self::BrokerUnavailable => "Event broker unavailable",
+            Self::DependencyUnavailable => "A backing service is unavailable",
+            Self::Internal => "Internal error",
+        }
+    }
+}
+
+/// An error on its way to a client. `detail` is shown to the client, so it
+/// must never contain a secret, a PAN or internal details; `source` is logged
+/// only (and only for server-side errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{code:?}: {detail}")]
+pub struct AppError {
+    pub code: ErrorCode,
+    pub detail: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl AppError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self { code, detail: detail.into(), source: None }
+    }
+
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    pub fn validation(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Validation, detail)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, detail)
+    }
+
+    /// A failure of ours: the client sees a generic message, the log the cause.
+    pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::new(ErrorCode::Internal, "unexpected error; it has been logged").with_source(source)
+    }
+
+    pub fn status(&self) -> u16 {
+        self.code.status()
+    }
+
+    pub fn problem(&self) -> Problem<'_> {
+        Problem {
+            kind: "about:blank",
+            title: self.code.title(),
+            status: self.code.status(),
+            code: self.code,
+            detail: &self.detail,
+        }
+    }
+}
+
+/// RFC 9457 body.
+#[derive(Debug, Serialize)]
+pub struct Problem<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub code: ErrorCode,
+    pub detail: &'a str,
+}
+
+impl From<tokio_postgres::Error> for AppError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        // A dropped connection is an outage, not a bug: say so, so clients retry.
+        if err.is_closed() || err.as_db_error().is_none() && err.to_string().contains("connect") {
+            return AppError::new(ErrorCode::DependencyUnavailable, "database unavailable; retry later").with_source(err);
+        }
+        AppError::internal(err)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for AppError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        AppError::new(ErrorCode::DependencyUnavailable, "database unavailable; retry later").with_source(err)
+    }
+}
+
+impl From<redis::RedisError> for AppError {
+    fn from(err: redis::RedisError) -> Self {
+        AppError::new(ErrorCode::DependencyUnavailable, "cache unavailable; retry later").with_source(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_serialises_as_its_stable_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+            assert!((400..600).contains(&code.status()));
+        }
+    }
+
+    #[test]
+    fn problem_body_is_rfc9457() {
+        let err = AppError::new(ErrorCode::SoldOut, "no stock left");
+        let body = serde_json::to_value(err.problem()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"type":"about:blank","title":"Sold out","status":409,"code":"SOLD_OUT","detail":"no stock left"})
+        );
+    }
+}

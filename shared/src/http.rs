@@ -1,0 +1,211 @@
+//! The HTTP edge every API function shares: decoding JSON bodies with clear
+//! errors, encoding answers and problems, logging each request once, and
+//! running under `lambda_http` (API Gateway HTTP API v2 events).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use lambda_http::http::{header, HeaderValue, StatusCode};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, RequestExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::error::{AppError, ErrorCode};
+
+pub type Request = lambda_http::Request;
+pub type Response = lambda_http::Response<Body>;
+
+/// An HTTP-triggered function: routes a request to the domain and back.
+pub trait HttpApi: Send + Sync + 'static {
+    fn route(&self, req: Request) -> impl Future<Output = Result<Response, AppError>> + Send;
+}
+
+/// Handles one request: routes it, turns errors into problem+json, and logs
+/// one line with the outcome. Never panics on bad input, never fails.
+pub async fn respond<A: HttpApi>(api: &A, req: Request) -> Response {
+    let request_id = req.lambda_context_ref().map(|c| c.request_id.clone()).unwrap_or_default();
+    // The route template, never the raw path: paths can carry tokens.
+    let route = route_key(&req).unwrap_or_else(|| req.method().to_string());
+    let span = tracing::info_span!("http", request_id = %request_id, route = %route);
+    async move {
+        let started = Instant::now();
+        let response = match api.route(req).await {
+            Ok(response) => response,
+            Err(err) => {
+                log_error(&err);
+                problem(&err)
+            }
+        };
+        tracing::info!(status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request handled");
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+fn log_error(err: &AppError) {
+    let source = err.source.as_ref().map(|s| s.to_string()).unwrap_or_default();
+    if err.status() >= 500 {
+        tracing::error!(code = err.code.as_str(), detail = %err.detail, source = %source, "request failed");
+    } else {
+        tracing::info!(code = err.code.as_str(), detail = %err.detail, "request refused");
+    }
+}
+
+fn route_key(req: &Request) -> Option<String> {
+    match req.request_context_ref()? {
+        RequestContext::ApiGatewayV2(ctx) => ctx.route_key.clone(),
+        _ => None,
+    }
+}
+
+/// Runs `api` as a Lambda function until the runtime shuts it down.
+pub async fn run<A: HttpApi>(api: A) -> Result<(), lambda_http::Error> {
+    let api = Arc::new(api);
+    lambda_http::run(lambda_http::service_fn(move |req: Request| {
+        let api = Arc::clone(&api);
+        async move { Ok::<_, std::convert::Infallible>(respond(api.as_ref(), req).await) }
+    }))
+    .await
+}
+
+/// The path split on `/`, without empty segments.
+pub fn segments(req: &Request) -> Vec<&str> {
+    req.uri().path().split('/').filter(|s| !s.is_empty()).collect()
+}
+
+/// The first value of a query-string parameter.
+pub fn query_param(req: &Request, name: &str) -> Option<String> {
+    req.query_string_parameters_ref().and_then(|q| q.first(name)).map(str::to_owned)
+}
+
+/// `limit` query parameter: default `default`, at most `max`.
+pub fn page_limit(req: &Request, default: u32, max: u32) -> Result<u32, AppError> {
+    debug_assert!(default <= max);
+    match query_param(req, "limit") {
+        None => Ok(default),
+        Some(raw) => match raw.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(AppError::validation(format!("limit must be between 1 and {max}"))),
+        },
+    }
+}
+
+/// A header's value, when present and valid UTF-8.
+pub fn header_str<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Decodes a JSON body of at most `max_bytes`. Serde messages can quote the
+/// offending value (a PAN, a password), so they are reduced to their kind and
+/// position before they reach the client or a log.
+pub fn parse_json<T: DeserializeOwned>(req: &Request, max_bytes: usize) -> Result<T, AppError> {
+    let content_type = header_str(req, header::CONTENT_TYPE.as_str()).unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if media != "application/json" && !media.ends_with("+json") {
+        return Err(AppError::new(ErrorCode::UnsupportedMediaType, "send the body as Content-Type: application/json"));
+    }
+    let body: &[u8] = req.body().as_ref();
+    if body.len() > max_bytes {
+        return Err(AppError::new(ErrorCode::PayloadTooLarge, format!("body must be at most {max_bytes} bytes")));
+    }
+    serde_json::from_slice(body).map_err(|e| AppError::new(ErrorCode::MalformedBody, describe_json_error(&e)))
+}
+
+fn describe_json_error(err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    // "invalid type: string \"4111...\", expected u64 at line 1 column 9"
+    // keeps only "invalid type" and the position.
+    let what = if message.starts_with("invalid type") || message.starts_with("invalid value") || message.starts_with("invalid length") {
+        message.split(':').next().unwrap_or("invalid value").to_owned()
+    } else if err.is_syntax() || err.is_eof() {
+        "malformed JSON".to_owned()
+    } else {
+        // "missing field `x`", "unknown field `x`, expected ..." name fields only.
+        message.split(" at line").next().unwrap_or("invalid body").to_owned()
+    };
+    format!("{what} at line {} column {}", err.line(), err.column())
+}
+
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_string(value) {
+        Ok(body) => with_type(status, body, "application/json"),
+        Err(e) => problem(&AppError::internal(e)),
+    }
+}
+
+pub fn problem(err: &AppError) -> Response {
+    let body = serde_json::to_string(&err.problem()).expect("problem bodies always serialise");
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    with_type(status, body, "application/problem+json")
+}
+
+fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Response {
+    let mut response = Response::new(Body::Text(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Answers carry tokens and personal data; no cache may keep them.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+pub fn method_not_allowed() -> AppError {
+    AppError::new(ErrorCode::MethodNotAllowed, "this route does not accept that method")
+}
+
+pub fn no_route() -> AppError {
+    AppError::not_found("route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body2 {
+        pan: String,
+        n: u32,
+    }
+
+    fn request(body: &str, content_type: Option<&str>) -> Request {
+        let mut builder = lambda_http::http::Request::builder().method("POST").uri("/x");
+        if let Some(ct) = content_type {
+            builder = builder.header("content-type", ct);
+        }
+        builder.body(Body::Text(body.to_owned())).unwrap()
+    }
+
+    #[test]
+    fn json_errors_never_echo_values() {
+        let err = parse_json::<Body2>(&request(r#"{"pan": 4111111111111111, "n": 1}"#, Some("application/json")), 1024).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MalformedBody);
+        assert!(!err.detail.contains("4111"), "{}", err.detail);
+        assert!(err.detail.starts_with("invalid type at line 1"), "{}", err.detail);
+
+        let err = parse_json::<Body2>(&request(r#"{"pan": "x"}"#, Some("application/json")), 1024).unwrap_err();
+        assert!(err.detail.starts_with("missing field `n`"), "{}", err.detail);
+        let err = parse_json::<Body2>(&request("{", Some("application/json")), 1024).unwrap_err();
+        assert!(err.detail.starts_with("malformed JSON"), "{}", err.detail);
+    }
+
+    #[test]
+    fn content_type_and_size_are_enforced() {
+        let ok = r#"{"pan":"1","n":1}"#;
+        assert!(parse_json::<Body2>(&request(ok, Some("application/json; charset=utf-8")), 1024).is_ok());
+        assert_eq!(parse_json::<Body2>(&request(ok, None), 1024).unwrap_err().code, ErrorCode::UnsupportedMediaType);
+        assert_eq!(parse_json::<Body2>(&request(ok, Some("text/plain")), 1024).unwrap_err().code, ErrorCode::UnsupportedMediaType);
+        assert_eq!(parse_json::<Body2>(&request(ok, Some("application/json")), 4).unwrap_err().code, ErrorCode::PayloadTooLarge);
+    }
+
+    #[test]
+    fn problem_responses_have_the_problem_media_type() {
+        let response = problem(&AppError::not_found("card"));
+        assert_eq!(response.status(), 404);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+    }
+}

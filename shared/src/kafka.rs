@@ -1,0 +1,136 @@
+//! The Kafka producer every function shares: idempotent, `acks=all`, with
+//! every publish bounded in time. Created once per execution environment
+//! (librdkafka keeps its connections and threads) and reused by every
+//! invocation.
+//!
+//! A publish either returns the broker's acknowledgement or an error; it
+//! never silently drops a record. When the broker restarts, in-flight
+//! requests fail and are surfaced as [`PublishError`] so callers can answer
+//! 503 or keep the record in an outbox.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::config::{ConfigError, KafkaConfig};
+use crate::error::{AppError, ErrorCode};
+
+pub struct EventProducer {
+    producer: FutureProducer,
+    publish_timeout: Duration,
+}
+
+/// Where the broker stored a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A record to publish. Keys decide the partition (and so the ordering).
+#[derive(Debug)]
+pub struct OutgoingRecord<'a> {
+    pub topic: &'a str,
+    pub key: &'a [u8],
+    pub payload: &'a [u8],
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Not acknowledged in time (broker down, unreachable, restarting).
+    #[error("broker did not acknowledge within {timeout_ms} ms: {reason}")]
+    Unavailable { timeout_ms: u64, reason: String },
+    /// The broker answered and refused the record (unknown topic, too large...).
+    #[error("broker rejected the record: {0}")]
+    Rejected(String),
+}
+
+impl From<PublishError> for AppError {
+    fn from(err: PublishError) -> Self {
+        AppError::new(ErrorCode::BrokerUnavailable, "the event broker did not acknowledge; nothing was recorded, retry later")
+            .with_source(err)
+    }
+}
+
+/// librdkafka settings shared by producers and (test/tool) consumers.
+pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("client.id", client_id)
+        .set("security.protocol", &config.security_protocol);
+    if let Some(mechanism) = &config.sasl_mechanism {
+        client.set("sasl.mechanism", mechanism);
+    }
+    if let Some(username) = &config.sasl_username {
+        client.set("sasl.username", username);
+    }
+    if let Some(password) = &config.sasl_password {
+        client.set("sasl.password", password.expose());
+    }
+    client
+}
+
+impl EventProducer {
+    pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self, ConfigError> {
+        let timeout_ms = config.publish_timeout_ms.to_string();
+        let producer = client_config(config, client_id)
+            // Idempotence gives exactly-once per partition across the
+            // producer's own retries, and requires acks=all.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", &timeout_ms)
+            .set("request.timeout.ms", &timeout_ms)
+            .set("socket.connection.setup.timeout.ms", &timeout_ms)
+            .set("linger.ms", config.linger_ms.to_string())
+            .create()
+            .map_err(|e| ConfigError(format!("kafka producer: {e}")))?;
+        Ok(Self { producer, publish_timeout: Duration::from_millis(config.publish_timeout_ms) })
+    }
+
+    /// Publishes one record and waits for the broker's acknowledgement, at
+    /// most the configured publish timeout.
+    pub async fn publish(&self, record: OutgoingRecord<'_>) -> Result<Delivered, PublishError> {
+        let timeout_ms = self.publish_timeout.as_millis() as u64;
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in record.headers {
+            headers = headers.insert(Header { key: name, value: Some(*value) });
+        }
+        let send = self.producer.send(
+            FutureRecord::to(record.topic).key(record.key).payload(record.payload).headers(headers),
+            Timeout::After(self.publish_timeout),
+        );
+        // message.timeout.ms already bounds delivery; the outer timeout is a
+        // second, independent bound in case librdkafka itself is wedged.
+        let outer = self.publish_timeout + Duration::from_millis(500);
+        match tokio::time::timeout(outer, send).await {
+            Ok(Ok(delivery)) => Ok(Delivered { partition: delivery.partition, offset: delivery.offset }),
+            Ok(Err((err, _message))) => Err(classify(err, timeout_ms)),
+            Err(_) => Err(PublishError::Unavailable { timeout_ms, reason: "timed out".into() }),
+        }
+    }
+
+    /// Waits (bounded) for queued records to be delivered; call on shutdown.
+    pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+        self.producer
+            .flush(Timeout::After(timeout))
+            .map_err(|e| PublishError::Unavailable { timeout_ms: timeout.as_millis() as u64, reason: e.to_string() })
+    }
+}
+
+fn classify(err: rdkafka::error::KafkaError, timeout_ms: u64) -> PublishError {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+    match err.rdkafka_error_code() {
+        Some(Code::UnknownTopicOrPartition | Code::UnknownTopic | Code::MessageSizeTooLarge | Code::InvalidRecord) => {
+            PublishError::Rejected(err.to_string())
+        }
+        _ => match err {
+            KafkaError::MessageProduction(code) => PublishError::Unavailable { timeout_ms, reason: code.to_string() },
+            other => PublishError::Unavailable { timeout_ms, reason: other.to_string() },
+        },
+    }
+}

@@ -1,0 +1,28 @@
+//! paystream's shared platform crate.
+//!
+//! Every Lambda function links this crate and starts with one call to
+//! [`platform::Platform::bootstrap`]. Everything a function needs beyond its own
+//! handler code lives here, written once: configuration, tracing, the error
+//! catalogue, PostgreSQL, Redis, the Kafka producer, authentication and the
+//! domain types that parse instead of validate.
+
+pub mod apigw;
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod kafka;
+pub mod platform;
+pub mod secret;
+pub mod store;
+pub mod telemetry;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::{AppError, ErrorCode};
+pub use platform::Platform;

@@ -1,0 +1,57 @@
+//! Notifications shown by `GET /me/notifications`: VIP news, benefit tips,
+//! verification notices.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::rfc3339;
+use crate::domain::UserId;
+use crate::error::AppError;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NotificationView {
+    pub notification_id: Uuid,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub created_at: String,
+}
+
+/// Inserts a notification once per `dedupe_key`; returns whether it was new.
+pub async fn insert_once(
+    db: &impl GenericClient,
+    user: UserId,
+    kind: &str,
+    payload: &serde_json::Value,
+    dedupe_key: &str,
+) -> Result<bool, AppError> {
+    let inserted = db
+        .execute(
+            "INSERT INTO notifications (id, user_id, kind, payload, dedupe_key) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (dedupe_key) DO NOTHING",
+            &[&Uuid::new_v4(), &user.0, &kind, payload, &dedupe_key],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// The caller's notifications, newest first.
+pub async fn list_for_user(db: &impl GenericClient, user: UserId, limit: u32) -> Result<Vec<NotificationView>, AppError> {
+    let rows = db
+        .query(
+            "SELECT id, kind, payload, created_at FROM notifications WHERE user_id = $1
+             ORDER BY created_at DESC, id DESC LIMIT $2",
+            &[&user.0, &i64::from(limit)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| NotificationView {
+            notification_id: r.get(0),
+            kind: r.get(1),
+            payload: r.get(2),
+            created_at: rfc3339(r.get::<_, OffsetDateTime>(3)),
+        })
+        .collect())
+}
