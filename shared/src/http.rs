@@ -26,7 +26,7 @@ pub trait HttpApi: Send + Sync + 'static {
 /// Handles one request: routes it, turns errors into problem+json, and logs
 /// one line with the outcome. Never panics on bad input, never fails.
 pub async fn respond<A: HttpApi>(api: &A, req: Request) -> Response {
-    let request_id = req.lambda_context_ref().map(|c| c.request_id.clone()).unwrap_or_default();
+    let request_id = request_id(&req);
     // The route template, never the raw path: paths can carry tokens.
     let route = route_key(&req).unwrap_or_else(|| req.method().to_string());
     let span = tracing::info_span!("http", request_id = %request_id, route = %route);
@@ -52,6 +52,18 @@ fn log_error(err: &AppError) {
         tracing::error!(code = err.code.as_str(), detail = %err.detail, source = %source, "request failed");
     } else {
         tracing::info!(code = err.code.as_str(), detail = %err.detail, "request refused");
+    }
+}
+
+/// The Lambda request id, or API Gateway's when no Lambda context exists
+/// (local tools and tests invoke handlers directly).
+fn request_id(req: &Request) -> String {
+    if let Some(ctx) = req.lambda_context_ref() {
+        return ctx.request_id.clone();
+    }
+    match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.request_id.clone().unwrap_or_default(),
+        _ => String::new(),
     }
 }
 

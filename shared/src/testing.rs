@@ -88,16 +88,26 @@ pub fn body_json(response: &Response) -> serde_json::Value {
     }
 }
 
-/// Collects the JSON log lines written while a guard from [`LogCapture::install`]
-/// is alive, using the production formatter.
+/// Collects the JSON log lines of the whole test process, written by the
+/// production formatter. Process-wide on purpose: a thread-local subscriber
+/// races with tracing's callsite-interest cache when tests run in parallel,
+/// and checking every test's logs for secrets is stricter anyway.
 #[derive(Clone, Default)]
 pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
 impl LogCapture {
-    /// Installs the production JSON subscriber for the current thread
-    /// (`#[tokio::test]` runs on one thread, so that covers the test).
-    pub fn install(&self, filter: &str) -> tracing::subscriber::DefaultGuard {
-        tracing::subscriber::set_default(crate::telemetry::json_subscriber(filter, self.clone()))
+    /// The process-wide capture, installed as the global subscriber at
+    /// `trace` level on first use.
+    pub fn global() -> LogCapture {
+        static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+        CAPTURE
+            .get_or_init(|| {
+                let capture = LogCapture::default();
+                tracing::subscriber::set_global_default(crate::telemetry::json_subscriber("trace", capture.clone()))
+                    .expect("no other global subscriber in tests");
+                capture
+            })
+            .clone()
     }
 
     pub fn text(&self) -> String {

@@ -131,8 +131,7 @@ async fn bad_pan_is_invalid_pan_and_unknown_product_is_404() {
 #[tokio::test]
 async fn the_pan_appears_nowhere() {
     const PAN: &str = "4000056655665556";
-    let logs = LogCapture::default();
-    let _guard = logs.install("trace");
+    let logs = LogCapture::global();
     let c = Client::new().await;
     c.seed_products().await;
     let token = c.user("erin", None).await;
@@ -162,8 +161,15 @@ async fn the_pan_appears_nowhere() {
         }
     }
     let captured = logs.text();
-    assert!(captured.contains("card registered"), "logs were captured");
+    let card_id = body_card_id(&listed);
+    let line = captured.lines().find(|l| l.contains("card registered") && l.contains(&card_id)).expect("logs were captured");
+    let line: Value = serde_json::from_str(line).expect("log lines are JSON");
+    assert!(line["spans"][0]["request_id"].as_str().is_some_and(|id| !id.is_empty()), "log lines carry the request id: {line}");
     assert!(!captured.contains(PAN) && !captured.contains(&PAN[..12]), "PAN found in logs");
+}
+
+fn body_card_id(cards: &Value) -> String {
+    cards[0]["card_id"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]

@@ -1,0 +1,50 @@
+//! PostgreSQL migrations and the Redis connection, against the real servers.
+
+use paystream::db::{migrate, MigrateError, MIGRATIONS};
+use paystream::testing::{fresh_config, platform};
+use redis::AsyncCommands;
+
+#[tokio::test]
+async fn migrations_apply_once_and_detect_edits() {
+    let config = fresh_config().await; // already migrated
+    let (mut client, connection) = tokio_postgres::connect(config.database.url.expose(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    assert_eq!(migrate(&mut client).await.unwrap(), Vec::<i32>::new(), "second run applies nothing");
+    let versions: Vec<i32> = client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(versions, MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>());
+
+    client.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1", &[]).await.unwrap();
+    assert!(matches!(migrate(&mut client).await, Err(MigrateError::Edited { version: 1, .. })));
+}
+
+#[tokio::test]
+async fn redis_keys_are_prefixed_and_the_connection_survives_being_killed() {
+    let p = platform("tests").await;
+    let key = p.redis.key("greeting");
+    assert!(key.starts_with(p.redis.prefix()) && key.ends_with("greeting"));
+    let mut conn = p.redis.conn().await.unwrap();
+    let _: () = conn.set(&key, "hello").await.unwrap();
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.unwrap();
+
+    // Kill exactly our connection from another one, as a Redis restart would.
+    let killer = redis::Client::open(p.config.redis.url.expose()).unwrap();
+    let mut killer = killer.get_multiplexed_async_connection().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut killer).await.unwrap();
+    assert_eq!(killed, 1);
+
+    // The manager reconnects by itself; allow the one in-flight failure.
+    let mut value: Option<String> = None;
+    for _ in 0..3 {
+        match conn.get::<_, Option<String>>(&key).await {
+            Ok(v) => {
+                value = v;
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(value.as_deref(), Some("hello"));
+    let new_id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.unwrap();
+    assert_ne!(new_id, id, "a new connection was made");
+    let _: () = conn.del(&key).await.unwrap();
+}
