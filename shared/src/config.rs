@@ -32,6 +32,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
+    pub fds: FdsConfig,
+    pub sms: SmsConfig,
     /// Base URL for links we send to people (the SMS verification link).
     pub public_base_url: String,
     /// tracing `EnvFilter` directive, e.g. `info` or `account=debug,info`.
@@ -93,6 +95,34 @@ pub struct HttpConfig {
     pub page_limit_max: u32,
 }
 
+#[derive(Clone, Debug)]
+pub struct FdsConfig {
+    /// Implied speed between two countries above which a payment needs the
+    /// holder's approval.
+    pub max_speed_kmh: f64,
+    /// How long a verification link stays valid (`VERIFY_TTL`: seconds, or
+    /// with a unit: `90s`, `10m`, `1h`).
+    pub verify_ttl_s: u64,
+    /// Largest number of expired verifications one sweep denies.
+    pub sweep_batch_max: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmsMode {
+    /// The `sms_outbox` table is the destination (laptops, CI, tests).
+    Outbox,
+    /// Amazon SNS delivers the outbox rows.
+    Sns,
+}
+
+#[derive(Clone, Debug)]
+pub struct SmsConfig {
+    pub mode: SmsMode,
+    /// Verification SMS one user may receive per window; more are not sent.
+    pub rate_limit_per_window: u32,
+    pub rate_window_s: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
@@ -148,7 +178,21 @@ impl Config {
                 max_body_bytes: env.number("HTTP_MAX_BODY_BYTES", 64 * 1024)?,
                 page_limit_max: env.number("HTTP_PAGE_LIMIT_MAX", 200)?,
             },
-            public_base_url: env.string("PUBLIC_BASE_URL", "http://127.0.0.1:3000"),
+            fds: FdsConfig {
+                max_speed_kmh: env.number("FDS_MAX_SPEED_KMH", 900.0)?,
+                verify_ttl_s: parse_duration_s("VERIFY_TTL", &env.string("VERIFY_TTL", "10m"))?,
+                sweep_batch_max: env.number("VERIFY_SWEEP_BATCH_MAX", 1_000)?,
+            },
+            sms: SmsConfig {
+                mode: match env.string("SMS_MODE", if environment == Environment::Aws { "sns" } else { "outbox" }).as_str() {
+                    "outbox" => SmsMode::Outbox,
+                    "sns" => SmsMode::Sns,
+                    other => return Err(ConfigError(format!("SMS_MODE must be outbox or sns, not {other:?}"))),
+                },
+                rate_limit_per_window: env.number("SMS_RATE_LIMIT", 3)?,
+                rate_window_s: env.number("SMS_RATE_WINDOW_S", 600)?,
+            },
+            public_base_url: env.string("PUBLIC_BASE_URL", "http://127.0.0.1:3000").trim_end_matches('/').to_owned(),
             log_filter: env.string("LOG_LEVEL", "info"),
         };
         config.check()?;
@@ -174,7 +218,13 @@ impl Config {
             ("KAFKA_PUBLISH_TIMEOUT_MS", self.kafka.publish_timeout_ms),
             ("HTTP_MAX_BODY_BYTES", self.http.max_body_bytes as u64),
             ("HTTP_PAGE_LIMIT_MAX", self.http.page_limit_max as u64),
+            ("VERIFY_TTL", self.fds.verify_ttl_s),
+            ("VERIFY_SWEEP_BATCH_MAX", u64::from(self.fds.sweep_batch_max)),
+            ("SMS_RATE_WINDOW_S", self.sms.rate_window_s),
         ];
+        if !(self.fds.max_speed_kmh.is_finite() && self.fds.max_speed_kmh > 0.0) {
+            return Err(ConfigError("FDS_MAX_SPEED_KMH must be a positive number".into()));
+        }
         for (name, value) in bounds {
             if value == 0 {
                 return Err(ConfigError(format!("{name} must be greater than zero")));
@@ -186,6 +236,19 @@ impl Config {
     pub fn pg_connect_timeout(&self) -> Duration {
         Duration::from_millis(self.database.connect_timeout_ms)
     }
+}
+
+/// `600`, `600s`, `10m` or `1h` as seconds.
+fn parse_duration_s(name: &str, raw: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError(format!("{name} must be seconds or a number with s, m or h, got {raw:?}"));
+    let (digits, unit_s) = match raw.as_bytes().last() {
+        Some(b's') => (&raw[..raw.len() - 1], 1),
+        Some(b'm') => (&raw[..raw.len() - 1], 60),
+        Some(b'h') => (&raw[..raw.len() - 1], 3_600),
+        _ => (raw, 1),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(unit_s).ok_or_else(bad)
 }
 
 struct Vars(HashMap<String, String>);
@@ -240,6 +303,19 @@ mod tests {
         assert!(Config::from_vars(vars(&[("HTTP_MAX_BODY_BYTES", "0")])).is_err());
         let config = Config::from_vars(vars(&[("KAFKA_PUBLISH_TIMEOUT_MS", "750")])).unwrap();
         assert_eq!(config.kafka.publish_timeout_ms, 750);
+    }
+
+    #[test]
+    fn durations_and_fds_defaults() {
+        let config = Config::from_vars(HashMap::new()).unwrap();
+        assert_eq!(config.fds.verify_ttl_s, 600);
+        assert_eq!(config.fds.max_speed_kmh, 900.0);
+        assert_eq!(config.sms.mode, SmsMode::Outbox);
+        for (raw, s) in [("90", 90), ("90s", 90), ("2m", 120), ("1h", 3600)] {
+            assert_eq!(Config::from_vars(vars(&[("VERIFY_TTL", raw)])).unwrap().fds.verify_ttl_s, s, "{raw}");
+        }
+        assert!(Config::from_vars(vars(&[("VERIFY_TTL", "ten")])).is_err());
+        assert!(Config::from_vars(vars(&[("FDS_MAX_SPEED_KMH", "-1")])).is_err());
     }
 
     #[test]

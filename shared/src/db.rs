@@ -34,6 +34,15 @@ pub fn pool(config: &DatabaseConfig, application_name: &str) -> Result<PgPool, C
         .map_err(|e| ConfigError(format!("database pool: {e}")))
 }
 
+/// A pooled connection.
+pub type PgConn = deadpool_postgres::Object;
+
+/// Starts a transaction on a pooled connection. Returns tokio-postgres's own
+/// transaction type, which every `store` function accepts.
+pub async fn begin(conn: &mut PgConn) -> Result<tokio_postgres::Transaction<'_>, tokio_postgres::Error> {
+    tokio_postgres::Client::transaction(conn).await
+}
+
 /// One schema change. Never edit a migration that has shipped; add a new one.
 pub struct Migration {
     pub version: i32,
@@ -41,11 +50,10 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "accounts",
-    sql: include_str!("../../migrations/0001_accounts.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "accounts", sql: include_str!("../../migrations/0001_accounts.sql") },
+    Migration { version: 2, name: "payments", sql: include_str!("../../migrations/0002_payments.sql") },
+];
 
 /// Key for the advisory lock that serialises concurrent migrators.
 const MIGRATION_LOCK_KEY: i64 = 0x7061_7973_7472_6d01;

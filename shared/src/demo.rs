@@ -8,7 +8,7 @@ use crate::auth::hash_password;
 use crate::config::Config;
 use crate::db::PgPool;
 use crate::domain::{
-    CardExpiry, CardNumber, CardProductId, Coordinates, CountryCode, Currency, Email, MerchantCategory, MerchantId, Password,
+    CardExpiry, CardId, CardNumber, CardProductId, Coordinates, CountryCode, Currency, Email, MerchantCategory, MerchantId, Password,
     Phone, Role, UserId, Username, VipThreshold,
 };
 use crate::error::{AppError, ErrorCode};
@@ -50,16 +50,31 @@ const MERCHANTS: &[DemoMerchant] = &[
     DemoMerchant { id: LONDON_TRAVEL, name: "London Travel Co", category: MerchantCategory::Travel, country: "GB", lat: 51.5074, lon: -0.1278 },
 ];
 
-/// A demo user and the cards (test PANs) they hold.
+pub const ADMIN_ID: UserId = UserId(uuid!("00000000-0000-4000-8000-0000000000ad"));
+pub const MERCHANT_OWNER_ID: UserId = UserId(uuid!("00000000-0000-4000-8000-0000000000e0"));
+pub const ALICE: UserId = UserId(uuid!("00000000-0000-4000-8000-0000000000a1"));
+pub const BOB: UserId = UserId(uuid!("00000000-0000-4000-8000-0000000000b0"));
+pub const ALICE_EVERYDAY_CARD: CardId = CardId(uuid!("00000000-0000-4000-8000-0000000ca401"));
+pub const ALICE_CAFE_CARD: CardId = CardId(uuid!("00000000-0000-4000-8000-0000000ca402"));
+pub const BOB_GLOBETROTTER_CARD: CardId = CardId(uuid!("00000000-0000-4000-8000-0000000cb001"));
+
+/// A demo user and the cards (test PANs) they hold. Fixed ids, so sample
+/// events can name them.
 pub struct DemoUser {
+    pub id: UserId,
     pub username: &'static str,
     pub phone: &'static str,
-    pub cards: &'static [(CardProductId, &'static str)],
+    pub cards: &'static [(CardId, CardProductId, &'static str)],
 }
 
 pub const DEMO_USERS: &[DemoUser] = &[
-    DemoUser { username: "alice", phone: "+821000000001", cards: &[(EVERYDAY, "4111111111111111"), (CAFE_LOVER, "5555555555554444")] },
-    DemoUser { username: "bob", phone: "+821000000002", cards: &[(GLOBETROTTER, "4012888888881881")] },
+    DemoUser {
+        id: ALICE,
+        username: "alice",
+        phone: "+821000000001",
+        cards: &[(ALICE_EVERYDAY_CARD, EVERYDAY, "4111111111111111"), (ALICE_CAFE_CARD, CAFE_LOVER, "5555555555554444")],
+    },
+    DemoUser { id: BOB, username: "bob", phone: "+821000000002", cards: &[(BOB_GLOBETROTTER_CARD, GLOBETROTTER, "4012888888881881")] },
 ];
 pub const DEMO_MERCHANT_OWNER: &str = "merchant_demo";
 
@@ -109,8 +124,9 @@ pub async fn seed(pg: &PgPool, config: &Config, admin_password: &Secret) -> Resu
         summary.card_products += 1;
     }
 
-    ensure_user(pg, ADMIN_USERNAME, "+821000000000", Role::Admin, admin_password).await?;
-    let owner = ensure_user(pg, DEMO_MERCHANT_OWNER, "+821000000009", Role::Merchant, &Secret::new(DEMO_USER_PASSWORD)).await?;
+    ensure_user(pg, ADMIN_ID, ADMIN_USERNAME, "+821000000000", Role::Admin, admin_password).await?;
+    let owner =
+        ensure_user(pg, MERCHANT_OWNER_ID, DEMO_MERCHANT_OWNER, "+821000000009", Role::Merchant, &Secret::new(DEMO_USER_PASSWORD)).await?;
     summary.users += 2;
     for m in MERCHANTS {
         let merchant = merchants::NewMerchant {
@@ -127,9 +143,9 @@ pub async fn seed(pg: &PgPool, config: &Config, admin_password: &Secret) -> Resu
 
     let far_future = CardExpiry { month: 12, year: 2099 };
     for user in DEMO_USERS {
-        let user_id = ensure_user(pg, user.username, user.phone, Role::User, &Secret::new(DEMO_USER_PASSWORD)).await?;
+        let user_id = ensure_user(pg, user.id, user.username, user.phone, Role::User, &Secret::new(DEMO_USER_PASSWORD)).await?;
         summary.users += 1;
-        for (product, pan) in user.cards {
+        for (card_id, product, pan) in user.cards {
             let pan = CardNumber::parse(&Secret::new(*pan))?;
             let card = cards::NewCard {
                 user_id,
@@ -138,7 +154,7 @@ pub async fn seed(pg: &PgPool, config: &Config, admin_password: &Secret) -> Resu
                 fingerprint: &pan.fingerprint(&config.auth.pan_fingerprint_key),
                 expiry: far_future,
             };
-            match cards::insert(db, &card).await {
+            match cards::insert(db, *card_id, &card).await {
                 Ok(_) => summary.cards += 1,
                 Err(e) if e.code == ErrorCode::CardAlreadyRegistered => {}
                 Err(e) => return Err(e),
@@ -148,9 +164,10 @@ pub async fn seed(pg: &PgPool, config: &Config, admin_password: &Secret) -> Resu
     Ok(summary)
 }
 
-/// Creates the user when missing (email `<username>@paystream.local`) and
-/// returns its id. This is also the operator's way to create an admin.
-pub async fn ensure_user(pg: &PgPool, username: &str, phone: &str, role: Role, password: &Secret) -> Result<UserId, AppError> {
+/// Creates the user with id `id` when the username is free (email
+/// `<username>@paystream.local`) and returns the username's id. This is also
+/// the operator's way to create an admin.
+pub async fn ensure_user(pg: &PgPool, id: UserId, username: &str, phone: &str, role: Role, password: &Secret) -> Result<UserId, AppError> {
     let db = pg.get().await?;
     let username = Username::parse(username)?;
     if let Some(id) = users::find_id(&**db, &username).await? {
@@ -160,7 +177,7 @@ pub async fn ensure_user(pg: &PgPool, username: &str, phone: &str, role: Role, p
     let phone = Phone::parse(phone)?;
     let password = Password::parse(password.clone())?;
     let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await.map_err(AppError::internal)??;
-    match users::insert(&**db, &users::NewUser { username: &username, email: &email, password_hash: &hash, phone: &phone, role }).await {
+    match users::insert(&**db, id, &users::NewUser { username: &username, email: &email, password_hash: &hash, phone: &phone, role }).await {
         Ok(id) => Ok(id),
         // Lost a race with a concurrent seeder: the user exists now.
         Err(e) if e.code == ErrorCode::UsernameTaken => {

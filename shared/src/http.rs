@@ -84,6 +84,92 @@ pub async fn run<A: HttpApi>(api: A) -> Result<(), lambda_http::Error> {
     .await
 }
 
+/// A function that also runs on a schedule (EventBridge).
+pub trait ScheduledJob: Send + Sync + 'static {
+    fn run_scheduled(&self) -> impl Future<Output = Result<serde_json::Value, AppError>> + Send;
+}
+
+/// Runs a function triggered both by API Gateway (HTTP API v2) and by an
+/// EventBridge schedule: scheduled events go to [`ScheduledJob`], everything
+/// else is decoded as an HTTP request.
+pub async fn run_http_and_schedule<A: HttpApi + ScheduledJob>(api: A) -> Result<(), lambda_http::Error> {
+    let api = Arc::new(api);
+    lambda_http::lambda_runtime::run(lambda_http::service_fn(move |event: lambda_http::LambdaEvent<serde_json::Value>| {
+        let api = Arc::clone(&api);
+        async move { dispatch(api.as_ref(), event.payload, event.context).await }
+    }))
+    .await
+}
+
+/// Routes one raw invocation of a [`run_http_and_schedule`] function.
+pub async fn dispatch<A: HttpApi + ScheduledJob>(
+    api: &A,
+    payload: serde_json::Value,
+    context: lambda_http::Context,
+) -> Result<serde_json::Value, lambda_http::Error> {
+    if payload.get("source").and_then(|s| s.as_str()) == Some("aws.events") {
+        let span = tracing::info_span!("schedule", request_id = %context.request_id);
+        return Ok(api.run_scheduled().instrument(span).await?);
+    }
+    let event: lambda_http::request::LambdaRequest = serde_json::from_value(payload)?;
+    let request: Request = lambda_http::http::Request::from(event).with_lambda_context(context);
+    Ok(apigw_v2_response(respond(api, request).await))
+}
+
+/// The API Gateway HTTP API (payload 2.0) response for a response.
+pub fn apigw_v2_response(response: Response) -> serde_json::Value {
+    use base64::Engine;
+    let (parts, body) = response.into_parts();
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), serde_json::Value::String(v.to_owned()))))
+        .collect();
+    let (body, is_base64) = match body {
+        Body::Empty => (String::new(), false),
+        Body::Text(t) => (t, false),
+        Body::Binary(b) => (base64::engine::general_purpose::STANDARD.encode(b), true),
+        _ => (String::new(), false),
+    };
+    serde_json::json!({"statusCode": parts.status.as_u16(), "headers": headers, "body": body, "isBase64Encoded": is_base64})
+}
+
+/// Whether the client prefers HTML (a browser) over JSON.
+pub fn wants_html(req: &Request) -> bool {
+    let accept = header_str(req, header::ACCEPT.as_str()).unwrap_or("");
+    accept.contains("text/html")
+}
+
+/// An HTML answer with headers suited to pages that carry a secret in their
+/// URL: no caching, no referrer, no framing, no scripts.
+pub fn html(status: StatusCode, page: String) -> Response {
+    let mut response = with_type(status, page, "text/html; charset=utf-8");
+    let headers = response.headers_mut();
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    response
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// The path split on `/`, without empty segments.
 pub fn segments(req: &Request) -> Vec<&str> {
     req.uri().path().split('/').filter(|s| !s.is_empty()).collect()

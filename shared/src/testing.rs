@@ -131,3 +131,151 @@ impl<'a> MakeWriter<'a> for LogCapture {
         self.clone()
     }
 }
+
+/// A tansu broker of the test's own (its own port and SQLite file), which the
+/// test may stop to see how the platform behaves without a broker.
+pub struct PrivateBroker {
+    child: std::process::Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateBroker {
+    /// Starts the broker named by `PAYSTREAM_TANSU_BIN` (the scripts set it).
+    pub fn start() -> Self {
+        use std::time::{Duration, Instant};
+        let bin = std::env::var("PAYSTREAM_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("paystream-broker-{}", unique_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://broker.db"])
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the tansu broker ({bin}; set PAYSTREAM_TANSU_BIN): {e}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "private broker did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port, dir }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Clone, Debug)]
+pub struct ReadRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads `topic` from the beginning with a fresh group until `expected`
+/// records arrived, then waits `settle` for any extra one (so a test can
+/// prove there is no duplicate). Panics after 30 s without the expected count.
+pub async fn read_topic(config: &Config, topic: &str, expected: usize, settle: std::time::Duration) -> Vec<ReadRecord> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: StreamConsumer = client_config(&config.kafka, "paystream-tests")
+        .set("group.id", format!("read-{}", unique_suffix()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let wait = if out.len() >= expected { settle } else { deadline.saturating_duration_since(tokio::time::Instant::now()) };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(ReadRecord {
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers: m.headers().map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect()).unwrap_or_default(),
+            }),
+            Ok(Err(e)) => panic!("consumer error: {e}"),
+            Err(_) if out.len() >= expected => return out,
+            Err(_) => panic!("only {} of {expected} records arrived on {topic}", out.len()),
+        }
+    }
+}
+
+/// The MSK event an event source mapping would deliver for these records.
+pub fn msk_event(records: &[ReadRecord]) -> aws_lambda_events::event::kafka::KafkaEvent {
+    let headers: Vec<Vec<(&str, &[u8])>> = records.iter().map(|r| r.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect()).collect();
+    let raw: Vec<crate::msk::OutRecordForEvent<'_>> = records
+        .iter()
+        .zip(&headers)
+        .map(|(r, h)| crate::msk::OutRecordForEvent {
+            topic: &r.topic,
+            partition: r.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key: r.key.as_deref(),
+            value: &r.value,
+            headers: h,
+        })
+        .collect();
+    serde_json::from_value(crate::msk::build_event("arn:aws:kafka:local:000000000000:cluster/paystream/local", &raw)).expect("valid MSK event")
+}
+
+/// Seeds the demo data into the platform's database.
+pub async fn seed(p: &Platform) {
+    crate::demo::seed(&p.pg, &p.config, &Secret::new("admin-password-for-tests")).await.expect("seed");
+}
+
+/// A seeded user: id, card ids (registration order) and an access token.
+pub struct TestUser {
+    pub id: crate::domain::UserId,
+    pub cards: Vec<uuid::Uuid>,
+    pub token: String,
+}
+
+impl TestUser {
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+}
+
+/// Looks up a seeded user (e.g. `alice`) and mints a token for them.
+pub async fn user(p: &Platform, username: &str) -> TestUser {
+    let db = p.pg.get().await.unwrap();
+    let row = db.query_one("SELECT id, role FROM users WHERE username = $1", &[&username]).await.expect("seeded user");
+    let id = crate::domain::UserId(row.get(0));
+    let role = crate::domain::Role::parse(row.get(1)).unwrap();
+    let cards = db
+        .query("SELECT id FROM cards WHERE user_id = $1 ORDER BY created_at, id", &[&id.0])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    TestUser { id, cards, token: p.tokens.issue(id, role).unwrap().access_token }
+}

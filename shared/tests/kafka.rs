@@ -2,13 +2,11 @@
 //! delivery guarantees rest on. Each test uses its own topics and groups.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use paystream::config::Config;
 use paystream::kafka::{client_config, EventProducer, OutgoingRecord, PublishError};
-use paystream::testing::{create_topics, fresh_config, unique_suffix};
+use paystream::testing::{create_topics, fresh_config, unique_suffix, PrivateBroker};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -105,49 +103,6 @@ async fn a_group_that_stops_part_way_resumes_with_exactly_the_rest() {
     assert_eq!(unique.len(), RECORDS, "no duplicates: {seen:?}");
     let expected: BTreeSet<String> = (0..RECORDS).map(|i| format!("record-{i}")).collect();
     assert_eq!(unique.into_iter().cloned().collect::<BTreeSet<_>>(), expected, "no skips");
-}
-
-/// A broker of our own that the test can stop.
-struct PrivateBroker {
-    child: Child,
-    port: u16,
-    _dir: std::path::PathBuf,
-}
-
-impl PrivateBroker {
-    fn start() -> Self {
-        let bin = std::env::var("PAYSTREAM_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("paystream-broker-{}", unique_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://broker.db"])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start the tansu broker ({bin}; set PAYSTREAM_TANSU_BIN): {e}"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "private broker did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port, _dir: dir }
-    }
-
-    fn stop(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@ pub mod card;
 pub mod ids;
 pub mod merchant;
 pub mod money;
+pub mod travel;
 pub mod user;
 
 pub use card::{CardExpiry, CardNumber, PanFingerprint};

@@ -91,6 +91,19 @@ impl std::fmt::Display for Currency {
     }
 }
 
+/// `12.50 USD`, `10000 KRW`: minor units shown in the currency's own
+/// precision (unknown codes show raw minor units).
+pub fn format_minor(minor: i64, currency: &str) -> String {
+    let digits = Currency::parse(currency).map(|c| c.minor_unit_digits()).unwrap_or(0);
+    if digits == 0 {
+        return format!("{minor} {currency}");
+    }
+    let scale = 10_i64.pow(u32::from(digits));
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    format!("{sign}{}.{:0width$} {currency}", abs / scale as u64, abs % scale as u64, width = digits as usize)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Money {
     pub amount: Amount,
@@ -116,6 +129,14 @@ mod tests {
         let c: Currency = serde_json::from_str("\"USD\"").unwrap();
         assert_eq!(serde_json::to_string(&c).unwrap(), "\"USD\"");
         assert!(serde_json::from_str::<Currency>("\"usd\"").is_err());
+    }
+
+    #[test]
+    fn amounts_format_in_their_currency_precision() {
+        assert_eq!(format_minor(10_000, "KRW"), "10000 KRW");
+        assert_eq!(format_minor(1_250, "USD"), "12.50 USD");
+        assert_eq!(format_minor(5, "EUR"), "0.05 EUR");
+        assert_eq!(format_minor(7, "XXX"), "7 XXX");
     }
 
     proptest! {

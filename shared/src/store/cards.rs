@@ -18,9 +18,8 @@ pub struct NewCard<'a> {
     pub expiry: CardExpiry,
 }
 
-pub async fn insert(db: &impl GenericClient, card: &NewCard<'_>) -> Result<CardId, AppError> {
+pub async fn insert(db: &impl GenericClient, id: CardId, card: &NewCard<'_>) -> Result<CardId, AppError> {
     debug_assert!(card.last4.len() == 4 && card.last4.bytes().all(|b| b.is_ascii_digit()));
-    let id = CardId::new_random();
     let result = db
         .execute(
             "INSERT INTO cards (id, user_id, card_product_id, last4, fingerprint, expiry_month, expiry_year)

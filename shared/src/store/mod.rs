@@ -3,9 +3,13 @@
 
 pub mod card_products;
 pub mod cards;
+pub mod holders;
+pub mod ledger;
 pub mod merchants;
 pub mod notifications;
+pub mod payments;
 pub mod users;
+pub mod verifications;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

@@ -14,8 +14,7 @@ pub struct NewUser<'a> {
     pub role: Role,
 }
 
-pub async fn insert(db: &impl GenericClient, user: &NewUser<'_>) -> Result<UserId, AppError> {
-    let id = UserId::new_random();
+pub async fn insert(db: &impl GenericClient, id: UserId, user: &NewUser<'_>) -> Result<UserId, AppError> {
     let result = db
         .execute(
             "INSERT INTO users (id, username, email, password_hash, phone, role) VALUES ($1, $2, $3, $4, $5, $6)",

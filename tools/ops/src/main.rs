@@ -43,7 +43,7 @@ async fn run(args: &[String]) -> Result<(), Error> {
         ["create-admin", username, phone] => {
             let admin_password = admin_password(&config)?;
             let platform = Platform::from_config("paystream-ops", config)?;
-            let id = paystream::demo::ensure_user(&platform.pg, username, phone, Role::Admin, &admin_password).await?;
+            let id = paystream::demo::ensure_user(&platform.pg, paystream::domain::UserId::new_random(), username, phone, Role::Admin, &admin_password).await?;
             println!("admin {username}: {id}");
         }
         ["demo"] => demo::run(Platform::from_config("paystream-demo", config)?).await?,

@@ -1,0 +1,182 @@
+//! `fds-consumer`: reads `payment-stream` and writes the `transactions`
+//! ledger. Each payment is compared with the holder's last accepted one
+//! (impossible travel); a suspicious one is PENDING and the holder gets an
+//! SMS link to approve or deny it; a LOCKED holder's payment is DENIED.
+//!
+//! Per batch the work is a fixed number of round trips whatever its size:
+//! one ledger lookup, one profile query, one Redis MGET (plus one query and
+//! one pipeline for cache misses), one SMS-count query, then one transaction
+//! of four multi-row statements, and one Redis pipeline after commit.
+
+use std::collections::{HashMap, HashSet};
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use paystream::domain::travel::{assess, TravelVerdict};
+use paystream::events::{decode_payment, PaymentEvent};
+use paystream::metrics::{self, Unit};
+use paystream::msk::{dead_letter, decode_all, BatchConsumer, BatchOutcome, InRecord};
+use paystream::sms::{self, SmsMessage, SmsSender, KIND_VERIFICATION};
+use paystream::store::holders::{self, LastLocation};
+use paystream::store::ledger::{self, reason, LedgerRow, LedgerStatus};
+use paystream::store::verifications::{self, NewVerification};
+use paystream::verification;
+use paystream::{AppError, Platform};
+
+pub const CONSUMER_NAME: &str = "fds-consumer";
+
+pub struct Fds {
+    pub platform: Platform,
+    sms: SmsSender,
+}
+
+impl Fds {
+    pub fn new(platform: Platform) -> Self {
+        let sms = SmsSender::new(platform.config.sms.mode);
+        Self { platform, sms }
+    }
+}
+
+impl BatchConsumer for Fds {
+    async fn handle(&self, records: Vec<InRecord>) -> Result<BatchOutcome, AppError> {
+        let (events, poison) = decode_all(&records, decode_payment);
+        if !poison.is_empty() {
+            dead_letter(self.platform.producer().await?, CONSUMER_NAME, &poison).await?;
+        }
+        let events: Vec<PaymentEvent> = events.into_iter().map(|(_, e)| e).collect();
+        let mut outcome = self.decide(&events).await?;
+        outcome.dead_lettered = poison.len();
+        // Delivery failures are retried later by the sweep; the decisions
+        // and their SMS rows are already committed.
+        if let Err(e) = self.sms.deliver_pending(&self.platform.pg).await {
+            tracing::warn!(error = %e, "SMS delivery deferred");
+        }
+        Ok(outcome)
+    }
+}
+
+impl Fds {
+    async fn decide(&self, events: &[PaymentEvent]) -> Result<BatchOutcome, AppError> {
+        let p = &self.platform;
+        let mut outcome = BatchOutcome::default();
+        // A payment appears once per batch even if the stream repeats it.
+        let mut seen = HashSet::with_capacity(events.len());
+        let unique: Vec<&PaymentEvent> = events.iter().filter(|e| seen.insert(e.payment_id)).collect();
+        outcome.duplicates += events.len() - unique.len();
+        if unique.is_empty() {
+            return Ok(outcome);
+        }
+
+        let mut db = p.pg.get().await?;
+        let ids: Vec<Uuid> = unique.iter().map(|e| e.payment_id).collect();
+        let decided = ledger::existing(&**db, &ids).await?;
+        let fresh: Vec<&PaymentEvent> = unique.into_iter().filter(|e| !decided.contains(&e.payment_id)).collect();
+        outcome.duplicates += decided.len();
+        if fresh.is_empty() {
+            return Ok(outcome);
+        }
+        let users: Vec<Uuid> = fresh.iter().map(|e| e.user_id).collect::<HashSet<_>>().into_iter().collect();
+        let profiles = holders::profiles(&**db, &users).await?;
+        let mut last = holders::last_locations(&p.redis, &**db, &users).await?;
+        let mut sms_sent: HashMap<Uuid, i64> = sms::recent_counts(&**db, &users, p.config.sms.rate_window_s).await?.into_iter().collect();
+
+        let now = OffsetDateTime::now_utc();
+        let expires_at = now + time::Duration::seconds(p.config.fds.verify_ttl_s as i64);
+        let mut rows = Vec::with_capacity(fresh.len());
+        let mut moved: HashMap<Uuid, LastLocation> = HashMap::new();
+        let mut pending = Vec::new();
+        let mut messages = Vec::new();
+        for event in &fresh {
+            let place = paystream::domain::travel::PaymentPlace {
+                country: event.country.clone(),
+                lat: event.lat,
+                lon: event.lon,
+                at: event.occurred_at,
+            };
+            let locked = profiles.get(&event.user_id).is_none_or(|p| p.locked);
+            let (status, why) = if locked {
+                (LedgerStatus::Denied, Some(reason::HOLDER_LOCKED))
+            } else {
+                match assess(last.get(&event.user_id).map(|l| l.place()).as_ref(), &place, p.config.fds.max_speed_kmh) {
+                    TravelVerdict::Plausible => {
+                        let location = LastLocation { payment_id: event.payment_id, country: place.country, lat: place.lat, lon: place.lon, at: place.at };
+                        last.insert(event.user_id, location.clone());
+                        moved.insert(event.user_id, location);
+                        (LedgerStatus::Completed, None)
+                    }
+                    TravelVerdict::Impossible { distance_km, speed_kmh } => {
+                        tracing::info!(payment_id = %event.payment_id, distance_km, speed_kmh, "impossible travel: asking the holder");
+                        let token = verification::new_token();
+                        pending.push(NewVerification { payment_id: event.payment_id, user_id: event.user_id, token_hash: token.hash.clone(), expires_at });
+                        let count = sms_sent.entry(event.user_id).or_default();
+                        if *count < i64::from(p.config.sms.rate_limit_per_window) {
+                            *count += 1;
+                            let phone = profiles.get(&event.user_id).map(|p| p.phone.clone()).unwrap_or_default();
+                            messages.push(SmsMessage { user_id: event.user_id, phone, body: sms_body(p, event, &token.token), kind: KIND_VERIFICATION });
+                        } else {
+                            tracing::warn!(payment_id = %event.payment_id, user_id = %event.user_id, "verification SMS rate-limited; payment will expire");
+                        }
+                        (LedgerStatus::Pending, Some(reason::IMPOSSIBLE_TRAVEL))
+                    }
+                }
+            };
+            rows.push(LedgerRow {
+                payment_id: event.payment_id,
+                user_id: event.user_id,
+                card_id: event.card_id,
+                merchant_id: event.merchant_id,
+                amount: event.amount,
+                currency: event.currency.clone(),
+                country: event.country.clone(),
+                lat: event.lat,
+                lon: event.lon,
+                status,
+                reason: why,
+                occurred_at: event.occurred_at,
+            });
+        }
+
+        let moved: Vec<(Uuid, LastLocation)> = moved.into_iter().collect();
+        let moved_users: Vec<Uuid> = moved.iter().map(|(u, _)| *u).collect();
+        // Forget before commit, fill after: a failure in between leaves a
+        // cache miss (read from PostgreSQL), never a stale location.
+        holders::forget(&p.redis, &moved_users).await?;
+        let tx = paystream::db::begin(&mut db).await?;
+        let inserted = ledger::insert_many(&tx, &rows).await?;
+        if inserted.len() != rows.len() {
+            // Another invocation decided some of these concurrently; retry
+            // the batch, which will then skip them.
+            return Err(AppError::new(paystream::ErrorCode::DependencyUnavailable, "concurrent decision; batch will be retried"));
+        }
+        holders::save_locations(&tx, &moved).await?;
+        verifications::insert_many(&tx, &pending).await?;
+        sms::enqueue(&tx, &messages).await?;
+        tx.commit().await?;
+        if let Err(e) = holders::cache(&p.redis, &moved).await {
+            tracing::warn!(error = %e, "location cache not filled; next read goes to PostgreSQL");
+        }
+
+        let count = |s: LedgerStatus| rows.iter().filter(|r| r.status == s).count() as f64;
+        metrics::emit(
+            p.function,
+            &[
+                ("FdsCompleted", count(LedgerStatus::Completed), Unit::Count),
+                ("FdsPending", count(LedgerStatus::Pending), Unit::Count),
+                ("FdsDenied", count(LedgerStatus::Denied), Unit::Count),
+                ("VerificationSmsQueued", messages.len() as f64, Unit::Count),
+            ],
+        );
+        outcome.applied = rows.len();
+        Ok(outcome)
+    }
+}
+
+fn sms_body(p: &Platform, event: &PaymentEvent, token: &str) -> String {
+    format!(
+        "paystream: a payment of {} in {} needs your approval. Approve or deny: {}",
+        paystream::domain::money::format_minor(event.amount, &event.currency),
+        event.country,
+        verification::link(&p.config.public_base_url, token)
+    )
+}

@@ -1,0 +1,8 @@
+use fds_consumer::Fds;
+use paystream::Platform;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let platform = Platform::bootstrap("fds-consumer")?;
+    paystream::msk::run(Fds::new(platform)).await
+}

@@ -1,0 +1,134 @@
+//! `pay` against the real PostgreSQL and broker: what 202 promises.
+
+use std::time::{Duration, Instant};
+
+use pay::PayApi;
+use paystream::demo::{PARIS_CAFE, SEOUL_CAFE};
+use paystream::events::decode_payment;
+use paystream::http::respond;
+use paystream::testing::{apigw_request, body_json, create_topics, fresh_config, read_topic, seed, user, PrivateBroker, TestUser};
+use paystream::Platform;
+use serde_json::{json, Value};
+
+async fn api() -> PayApi {
+    let config = fresh_config().await;
+    create_topics(&config, &[(&config.kafka.payment_topic, 3)]).await;
+    let p = Platform::from_config("pay", config).unwrap();
+    seed(&p).await;
+    PayApi::new(p)
+}
+
+async fn call(api: &PayApi, method: &str, path: &str, who: &TestUser, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let bearer = who.bearer();
+    let mut headers = vec![("content-type", "application/json"), ("authorization", bearer.as_str())];
+    if let Some(k) = key {
+        headers.push(("idempotency-key", k));
+    }
+    let body = body.map(|b| b.to_string());
+    let response = respond(api, apigw_request(method, path, &headers, body.as_deref())).await;
+    (response.status().as_u16(), body_json(&response))
+}
+
+fn payment(who: &TestUser, merchant: impl ToString, amount: i64) -> Value {
+    json!({"card_id": who.cards[0], "merchant_id": merchant.to_string(), "amount": amount, "currency": "KRW"})
+}
+
+async fn count(api: &PayApi, sql: &str) -> i64 {
+    api.platform.pg.get().await.unwrap().query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn an_accepted_payment_is_published_once_with_the_merchant_facts() {
+    let api = api().await;
+    let alice = user(&api.platform, "alice").await;
+    let (status, body) = call(&api, "POST", "/payments", &alice, None, Some(payment(&alice, SEOUL_CAFE, 12_000))).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "RECEIVED");
+    let payment_id = body["payment_id"].as_str().unwrap().to_owned();
+
+    let records = read_topic(&api.platform.config, &api.platform.config.kafka.payment_topic, 1, Duration::from_secs(1)).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].key.as_deref(), Some(alice.id.to_string().as_bytes()), "keyed by user id");
+    let event = decode_payment(&records[0].value).unwrap();
+    assert_eq!(event.payment_id.to_string(), payment_id);
+    assert_eq!((event.merchant_category.as_str(), event.country.as_str(), event.amount), ("cafe", "KR", 12_000));
+    assert_eq!(event.card_product_id, paystream::demo::EVERYDAY.0);
+    assert!(records[0].headers.iter().any(|(k, v)| k == "event-type" && v == b"payment.received"));
+
+    let (status, body) = call(&api, "GET", &format!("/payments/{payment_id}"), &alice, None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"payment_id": payment_id, "status": "RECEIVED", "amount": 12_000, "currency": "KRW", "merchant_id": SEOUL_CAFE.to_string()}));
+}
+
+#[tokio::test]
+async fn other_peoples_cards_and_payments_are_not_found() {
+    let api = api().await;
+    let alice = user(&api.platform, "alice").await;
+    let bob = user(&api.platform, "bob").await;
+    let (status, body) = call(&api, "POST", "/payments", &alice, None, Some(json!({"card_id": bob.cards[0], "merchant_id": SEOUL_CAFE.to_string(), "amount": 1, "currency": "KRW"}))).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")));
+    let (status, _) = call(&api, "POST", "/payments", &alice, None, Some(payment(&alice, uuid::Uuid::new_v4(), 1))).await;
+    assert_eq!(status, 404);
+    let (status, body) = call(&api, "POST", "/payments", &alice, None, Some(json!({"card_id": alice.cards[0], "merchant_id": SEOUL_CAFE.to_string(), "amount": 0, "currency": "KRW"}))).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("VALIDATION")));
+
+    let (_, body) = call(&api, "POST", "/payments", &alice, None, Some(payment(&alice, SEOUL_CAFE, 500))).await;
+    let id = body["payment_id"].as_str().unwrap();
+    assert_eq!(call(&api, "GET", &format!("/payments/{id}"), &bob, None, None).await.0, 404);
+    assert_eq!(call(&api, "GET", &format!("/payments/{id}"), &alice, None, None).await.0, 200);
+    assert_eq!(count(&api, "SELECT count(*) FROM payments").await, 1, "refused payments leave nothing");
+}
+
+#[tokio::test]
+async fn idempotency_replays_refuses_reuse_and_survives_a_race() {
+    let api = api().await;
+    let alice = user(&api.platform, "alice").await;
+    let body = payment(&alice, PARIS_CAFE, 7_000);
+    let (s1, first) = call(&api, "POST", "/payments", &alice, Some("key-1"), Some(body.clone())).await;
+    // Same body, other key order and formatting: still the same request.
+    let reordered = json!({"currency": "KRW", "amount": 7_000, "merchant_id": PARIS_CAFE.to_string(), "card_id": alice.cards[0]});
+    let (s2, second) = call(&api, "POST", "/payments", &alice, Some("key-1"), Some(reordered)).await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(first, second, "the first response again");
+    let (s3, conflict) = call(&api, "POST", "/payments", &alice, Some("key-1"), Some(payment(&alice, PARIS_CAFE, 7_001))).await;
+    assert_eq!((s3, conflict["code"].as_str()), (409, Some("IDEMPOTENCY_KEY_REUSED")));
+
+    // Two identical requests at the same moment.
+    let race = payment(&alice, SEOUL_CAFE, 3_000);
+    let (a, b) = tokio::join!(
+        call(&api, "POST", "/payments", &alice, Some("key-race"), Some(race.clone())),
+        call(&api, "POST", "/payments", &alice, Some("key-race"), Some(race.clone()))
+    );
+    assert_eq!((a.0, b.0), (202, 202));
+    assert_eq!(a.1, b.1);
+
+    // A key is per user: bob may use "key-1" for his own payment.
+    let bob = user(&api.platform, "bob").await;
+    assert_eq!(call(&api, "POST", "/payments", &bob, Some("key-1"), Some(payment(&bob, SEOUL_CAFE, 1))).await.0, 202);
+
+    assert_eq!(count(&api, "SELECT count(*) FROM payments").await, 3);
+    let records = read_topic(&api.platform.config, &api.platform.config.kafka.payment_topic, 3, Duration::from_secs(2)).await;
+    assert_eq!(records.len(), 3, "no second event for a replay");
+}
+
+#[tokio::test]
+async fn with_the_broker_stopped_payments_get_503_and_leave_no_trace() {
+    let mut broker = PrivateBroker::start();
+    let mut config = fresh_config().await;
+    config.kafka.bootstrap_servers = broker.bootstrap();
+    config.kafka.publish_timeout_ms = 1_500;
+    create_topics(&config, &[(&config.kafka.payment_topic, 1)]).await;
+    let p = Platform::from_config("pay", config).unwrap();
+    seed(&p).await;
+    let api = PayApi::new(p);
+    let alice = user(&api.platform, "alice").await;
+    assert_eq!(call(&api, "POST", "/payments", &alice, None, Some(payment(&alice, SEOUL_CAFE, 100))).await.0, 202);
+
+    broker.stop();
+    let started = Instant::now();
+    let (status, body) = call(&api, "POST", "/payments", &alice, Some("while-down"), Some(payment(&alice, SEOUL_CAFE, 200))).await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("BROKER_UNAVAILABLE")));
+    assert!(started.elapsed() < Duration::from_millis(1_500 + 1_500), "bounded: {:?}", started.elapsed());
+    assert_eq!(count(&api, "SELECT count(*) FROM payments").await, 1, "only the acknowledged payment");
+    assert_eq!(count(&api, "SELECT count(*) FROM idempotency_keys").await, 0, "a failed request keeps no key");
+}

@@ -1,0 +1,260 @@
+//! Amazon MSK event sources: decoding the batch exactly as MSK delivers it
+//! (records grouped by `topic-partition`, base64 key and value), in offset
+//! order per partition; sending poison records to `<topic>.dlq` with the
+//! reason in a header; and running a consumer under the Lambda runtime.
+//!
+//! Delivery is at-least-once and a failed invocation retries the whole
+//! batch, so consumers are idempotent per event id and return an error only
+//! for failures worth retrying (a database or broker outage), never for a
+//! bad record.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_lambda_events::event::kafka::KafkaEvent;
+use base64::Engine;
+use lambda_runtime::{service_fn, LambdaEvent};
+use tracing::Instrument;
+
+use crate::error::AppError;
+use crate::kafka::{EventProducer, OutgoingRecord};
+
+/// Header on a DLQ record that says why it is there.
+pub const HEADER_DLQ_REASON: &str = "dlq-reason";
+
+/// One record of a batch, decoded from base64.
+#[derive(Clone, Debug)]
+pub struct InRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<Vec<u8>>,
+    /// The value, or why it could not be base64-decoded.
+    pub value: Result<Vec<u8>, String>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Every record of the event, sorted by (topic, partition, offset) so each
+/// partition is handled in the order it was written.
+pub fn ordered_records(event: &KafkaEvent) -> Vec<InRecord> {
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let mut records: Vec<InRecord> = event
+        .records
+        .iter()
+        .flat_map(|(group, records)| {
+            records.iter().map(move |r| {
+                // MSK names the group `topic-partition`; the record repeats the topic.
+                let topic = r.topic.clone().unwrap_or_else(|| group.rsplit_once('-').map_or(group.as_str(), |(t, _)| t).to_owned());
+                InRecord {
+                    topic,
+                    partition: r.partition as i32,
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp.0.timestamp_millis(),
+                    key: r.key.as_ref().and_then(|k| b64.decode(k).ok()),
+                    value: match &r.value {
+                        Some(v) => b64.decode(v).map_err(|e| format!("value is not base64: {e}")),
+                        None => Err("record has no value".to_owned()),
+                    },
+                    headers: r
+                        .headers
+                        .iter()
+                        .flat_map(|h| h.iter().map(|(k, v)| (k.clone(), v.iter().map(|b| *b as u8).collect())))
+                        .collect(),
+                }
+            })
+        })
+        .collect();
+    records.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
+    records
+}
+
+/// A record that cannot be processed, and why.
+#[derive(Debug)]
+pub struct Poison<'a> {
+    pub record: &'a InRecord,
+    pub reason: String,
+}
+
+/// Decodes every record; good ones keep their batch order.
+pub fn decode_all<'a, T, E: std::fmt::Display>(
+    records: &'a [InRecord],
+    decode: impl Fn(&[u8]) -> Result<T, E>,
+) -> (Vec<(&'a InRecord, T)>, Vec<Poison<'a>>) {
+    let mut good = Vec::with_capacity(records.len());
+    let mut poison = Vec::new();
+    for record in records {
+        match record.value.as_deref().map_err(|e| e.to_owned()).and_then(|v| decode(v).map_err(|e| e.to_string())) {
+            Ok(event) => good.push((record, event)),
+            Err(reason) => poison.push(Poison { record, reason }),
+        }
+    }
+    (good, poison)
+}
+
+/// Publishes poison records to `<topic>.dlq` (key and value as received,
+/// reason and origin in headers). Fails, so the batch is retried, only when
+/// the DLQ itself cannot be written: a record is never dropped.
+pub async fn dead_letter(producer: &EventProducer, consumer: &str, poison: &[Poison<'_>]) -> Result<(), AppError> {
+    for p in poison {
+        let dlq = format!("{}.dlq", p.record.topic);
+        let partition = p.record.partition.to_string();
+        let offset = p.record.offset.to_string();
+        let raw: Vec<u8> = match &p.record.value {
+            Ok(v) => v.clone(),
+            Err(_) => Vec::new(),
+        };
+        tracing::warn!(topic = %p.record.topic, partition = p.record.partition, offset = p.record.offset, reason = %p.reason, "poison record to DLQ");
+        producer
+            .publish(OutgoingRecord {
+                topic: &dlq,
+                key: p.record.key.as_deref().unwrap_or_default(),
+                payload: &raw,
+                headers: &[
+                    (HEADER_DLQ_REASON, p.reason.as_bytes()),
+                    ("dlq-source-topic", p.record.topic.as_bytes()),
+                    ("dlq-source-partition", partition.as_bytes()),
+                    ("dlq-source-offset", offset.as_bytes()),
+                    ("dlq-consumer", consumer.as_bytes()),
+                ],
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// What a consumer did with a batch (logged, and emitted as metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub applied: usize,
+    pub duplicates: usize,
+    pub dead_lettered: usize,
+}
+
+/// An MSK-triggered function.
+pub trait BatchConsumer: Send + Sync + 'static {
+    fn handle(&self, records: Vec<InRecord>) -> impl Future<Output = Result<BatchOutcome, AppError>> + Send;
+}
+
+/// Handles one MSK event: logs one line with the outcome; an error fails the
+/// invocation so the event source retries the batch.
+pub async fn handle_event<C: BatchConsumer>(consumer: &C, event: KafkaEvent, request_id: &str) -> Result<BatchOutcome, AppError> {
+    let records = ordered_records(&event);
+    let span = tracing::info_span!("batch", request_id = %request_id, records = records.len());
+    async move {
+        let started = Instant::now();
+        match consumer.handle(records).await {
+            Ok(outcome) => {
+                tracing::info!(applied = outcome.applied, duplicates = outcome.duplicates, dead_lettered = outcome.dead_lettered,
+                    elapsed_us = started.elapsed().as_micros() as u64, "batch handled");
+                Ok(outcome)
+            }
+            Err(err) => {
+                let source = err.source.as_ref().map(|s| s.to_string()).unwrap_or_default();
+                tracing::error!(code = err.code.as_str(), detail = %err.detail, source = %source, "batch failed; it will be retried");
+                Err(err)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs `consumer` as a Lambda function until the runtime shuts it down.
+pub async fn run<C: BatchConsumer>(consumer: C) -> Result<(), lambda_runtime::Error> {
+    let consumer = Arc::new(consumer);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<KafkaEvent>| {
+        let consumer = Arc::clone(&consumer);
+        async move {
+            let outcome = handle_event(consumer.as_ref(), event.payload, &event.context.request_id).await?;
+            Ok::<_, lambda_runtime::Error>(serde_json::json!({
+                "applied": outcome.applied, "duplicates": outcome.duplicates, "dead_lettered": outcome.dead_lettered
+            }))
+        }
+    }))
+    .await
+}
+
+/// Builds an MSK event (as the event source mapping delivers it) from raw
+/// records. Used by the local poller and tests.
+pub fn build_event(event_source_arn: &str, records: &[OutRecordForEvent<'_>]) -> serde_json::Value {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut groups = serde_json::Map::new();
+    for r in records {
+        let group = groups.entry(format!("{}-{}", r.topic, r.partition)).or_insert_with(|| serde_json::json!([]));
+        let headers: Vec<serde_json::Value> = r
+            .headers
+            .iter()
+            .map(|(k, v)| serde_json::json!({ *k: v.iter().map(|b| *b as i8).collect::<Vec<i8>>() }))
+            .collect();
+        group.as_array_mut().expect("group is an array").push(serde_json::json!({
+            "topic": r.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+            "timestamp": r.timestamp_ms,
+            "timestampType": "CREATE_TIME",
+            "key": r.key.map(|k| b64.encode(k)),
+            "value": b64.encode(r.value),
+            "headers": headers,
+        }));
+    }
+    serde_json::json!({
+        "eventSource": "aws:kafka",
+        "eventSourceArn": event_source_arn,
+        "bootstrapServers": "127.0.0.1:9092",
+        "records": groups,
+    })
+}
+
+/// A raw record for [`build_event`].
+pub struct OutRecordForEvent<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msk_events_decode_in_offset_order() {
+        let records = [
+            OutRecordForEvent { topic: "payment-stream", partition: 1, offset: 7, timestamp_ms: 1, key: Some(b"u1"), value: b"b", headers: &[("h", b"x")] },
+            OutRecordForEvent { topic: "payment-stream", partition: 1, offset: 5, timestamp_ms: 1, key: Some(b"u1"), value: b"a", headers: &[] },
+            OutRecordForEvent { topic: "payment-stream", partition: 0, offset: 9, timestamp_ms: 1, key: None, value: b"c", headers: &[] },
+        ];
+        let event: KafkaEvent = serde_json::from_value(build_event("arn:aws:kafka:local", &records)).unwrap();
+        assert_eq!(event.records.len(), 2, "grouped by topic-partition");
+        let ordered = ordered_records(&event);
+        let order: Vec<(i32, i64)> = ordered.iter().map(|r| (r.partition, r.offset)).collect();
+        assert_eq!(order, vec![(0, 9), (1, 5), (1, 7)]);
+        assert_eq!(ordered[2].value.as_deref().unwrap(), b"b");
+        assert_eq!(ordered[2].key.as_deref(), Some(&b"u1"[..]));
+        assert_eq!(ordered[2].headers, vec![("h".to_owned(), b"x".to_vec())]);
+    }
+
+    #[test]
+    fn bad_records_are_poison_and_good_ones_keep_order() {
+        let mut event: KafkaEvent = serde_json::from_value(build_event(
+            "arn",
+            &[OutRecordForEvent { topic: "t", partition: 0, offset: 1, timestamp_ms: 1, key: None, value: b"42", headers: &[] }],
+        ))
+        .unwrap();
+        let mut broken = event.records["t-0"][0].clone();
+        broken.offset = 2;
+        broken.value = Some("%%%not-base64".into());
+        event.records.get_mut("t-0").unwrap().push(broken);
+        let records = ordered_records(&event);
+        let (good, poison) = decode_all(&records, |b| std::str::from_utf8(b).map_err(|e| e.to_string())?.parse::<i32>().map_err(|e| e.to_string()));
+        assert_eq!(good.len(), 1);
+        assert_eq!(good[0].1, 42);
+        assert_eq!(poison.len(), 1);
+        assert!(poison[0].reason.contains("base64"));
+    }
+}

@@ -1,0 +1,128 @@
+//! SMS. Messages are written to the `sms_outbox` table in the same
+//! transaction as the decision that sends them (so a decision and its SMS
+//! commit or vanish together), then delivered:
+//! - `SMS_MODE=outbox` (laptops, CI): the table is the destination; rows are
+//!   marked delivered and keep their body, so tests and the demo read them.
+//! - `SMS_MODE=sns` (AWS): Amazon SNS sends each row; once sent its body,
+//!   which carries a verification link, is blanked so no usable token stays
+//!   at rest. Rows a failed delivery left behind are retried by the sweep.
+
+use aws_sdk_sns::Client as SnsClient;
+use time::OffsetDateTime;
+use tokio::sync::OnceCell;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::config::SmsMode;
+use crate::db::PgPool;
+use crate::error::AppError;
+
+pub const KIND_VERIFICATION: &str = "VERIFICATION";
+/// What an SNS-delivered row's body becomes.
+const DELIVERED_BODY: &str = "[delivered]";
+/// Most rows one delivery pass sends.
+pub const DELIVERY_BATCH_MAX: i64 = 500;
+
+pub struct SmsMessage {
+    pub user_id: Uuid,
+    pub phone: String,
+    pub body: String,
+    pub kind: &'static str,
+}
+
+impl std::fmt::Debug for SmsMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The body carries a verification link.
+        f.debug_struct("SmsMessage").field("user_id", &self.user_id).field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+/// Writes messages to the outbox (inside the caller's transaction).
+pub async fn enqueue(db: &impl GenericClient, messages: &[SmsMessage]) -> Result<(), AppError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<Uuid> = messages.iter().map(|m| m.user_id).collect();
+    let phones: Vec<&str> = messages.iter().map(|m| m.phone.as_str()).collect();
+    let bodies: Vec<&str> = messages.iter().map(|m| m.body.as_str()).collect();
+    let kinds: Vec<&str> = messages.iter().map(|m| m.kind).collect();
+    db.execute(
+        "INSERT INTO sms_outbox (user_id, phone, body, kind)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])",
+        &[&users, &phones, &bodies, &kinds],
+    )
+    .await?;
+    Ok(())
+}
+
+/// How many verification SMS each of `users` was sent within the window.
+pub async fn recent_counts(db: &impl GenericClient, users: &[Uuid], window_s: u64) -> Result<Vec<(Uuid, i64)>, AppError> {
+    let since = OffsetDateTime::now_utc() - time::Duration::seconds(window_s as i64);
+    let rows = db
+        .query(
+            "SELECT user_id, count(*) FROM sms_outbox WHERE user_id = ANY($1) AND kind = $2 AND created_at > $3 GROUP BY user_id",
+            &[&users, &KIND_VERIFICATION, &since],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+pub struct SmsSender {
+    mode: SmsMode,
+    sns: OnceCell<SnsClient>,
+}
+
+impl SmsSender {
+    pub fn new(mode: SmsMode) -> Self {
+        Self { mode, sns: OnceCell::new() }
+    }
+
+    /// Delivers up to [`DELIVERY_BATCH_MAX`] undelivered rows; returns how
+    /// many were delivered. A failed SNS call leaves its row for the next pass.
+    pub async fn deliver_pending(&self, pg: &PgPool) -> Result<usize, AppError> {
+        let db = pg.get().await?;
+        match self.mode {
+            SmsMode::Outbox => {
+                let n = db
+                    .execute(
+                        "UPDATE sms_outbox SET delivered_at = now() WHERE id IN
+                           (SELECT id FROM sms_outbox WHERE delivered_at IS NULL ORDER BY id LIMIT $1)",
+                        &[&DELIVERY_BATCH_MAX],
+                    )
+                    .await?;
+                Ok(n as usize)
+            }
+            SmsMode::Sns => {
+                let sns = self.sns.get_or_init(|| Box::pin(async { SnsClient::new(&aws_config::load_from_env().await) })).await;
+                // Claim first; a claim older than a minute belongs to a
+                // deliverer that died and may be taken over.
+                let rows = db
+                    .query(
+                        "UPDATE sms_outbox SET claimed_at = now() WHERE id IN
+                           (SELECT id FROM sms_outbox
+                            WHERE delivered_at IS NULL AND (claimed_at IS NULL OR claimed_at < now() - interval '1 minute')
+                            ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                         RETURNING id, phone, body",
+                        &[&DELIVERY_BATCH_MAX],
+                    )
+                    .await?;
+                let mut delivered = 0;
+                for row in rows {
+                    let (id, phone, body): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+                    // Boxed: the SDK's future is deep enough to overflow the
+                    // compiler's layout recursion limit in every caller.
+                    let send: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+                        Box::pin(sns.publish().phone_number(&phone).message(&body).send());
+                    match send.await {
+                        Ok(_) => {
+                            db.execute("UPDATE sms_outbox SET delivered_at = now(), body = $2 WHERE id = $1", &[&id, &DELIVERED_BODY]).await?;
+                            delivered += 1;
+                        }
+                        Err(e) => tracing::warn!(sms_id = id, error = %aws_sdk_sns::error::DisplayErrorContext(&e), "SNS publish failed; will retry"),
+                    }
+                }
+                Ok(delivered)
+            }
+        }
+    }
+}

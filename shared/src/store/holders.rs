@@ -1,0 +1,141 @@
+//! Card holders as FDS sees them: LOCKED or not, and where their last
+//! accepted payment was. Last locations are read cache-aside (Redis first,
+//! PostgreSQL on a miss, then Redis is filled); PostgreSQL is the truth.
+
+use std::collections::HashMap;
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::cache::Redis;
+use crate::domain::travel::PaymentPlace;
+use crate::error::AppError;
+
+/// Cached locations expire eventually so a forgotten holder frees memory;
+/// a miss costs one PostgreSQL read.
+const LOCATION_CACHE_TTL_S: u64 = 7 * 24 * 3_600;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LastLocation {
+    pub payment_id: Uuid,
+    pub country: String,
+    pub lat: f64,
+    pub lon: f64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl LastLocation {
+    pub fn place(&self) -> PaymentPlace {
+        PaymentPlace { country: self.country.clone(), lat: self.lat, lon: self.lon, at: self.at }
+    }
+}
+
+/// What FDS needs to know about a holder.
+pub struct HolderProfile {
+    pub locked: bool,
+    pub phone: String,
+}
+
+/// Profiles of `users`, one query.
+pub async fn profiles(db: &impl GenericClient, users: &[Uuid]) -> Result<HashMap<Uuid, HolderProfile>, AppError> {
+    let rows = db.query("SELECT id, status = 'LOCKED', phone FROM users WHERE id = ANY($1)", &[&users]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), HolderProfile { locked: r.get(1), phone: r.get(2) })).collect())
+}
+
+pub async fn lock(db: &impl GenericClient, user: Uuid) -> Result<(), AppError> {
+    db.execute("UPDATE users SET status = 'LOCKED' WHERE id = $1", &[&user]).await?;
+    Ok(())
+}
+
+fn cache_key(redis: &Redis, user: Uuid) -> String {
+    redis.key(&format!("fds:last:{user}"))
+}
+
+/// Last accepted locations of `users`: one Redis MGET, one PostgreSQL query
+/// for the misses, one pipelined Redis fill.
+pub async fn last_locations(redis: &Redis, db: &impl GenericClient, users: &[Uuid]) -> Result<HashMap<Uuid, LastLocation>, AppError> {
+    let mut found = HashMap::with_capacity(users.len());
+    if users.is_empty() {
+        return Ok(found);
+    }
+    let keys: Vec<String> = users.iter().map(|u| cache_key(redis, *u)).collect();
+    let mut conn = redis.conn().await?;
+    let cached: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+    let mut misses = Vec::new();
+    for (user, value) in users.iter().zip(cached) {
+        match value.and_then(|v| serde_json::from_str::<LastLocation>(&v).ok()) {
+            Some(location) => {
+                found.insert(*user, location);
+            }
+            None => misses.push(*user),
+        }
+    }
+    if misses.is_empty() {
+        return Ok(found);
+    }
+    let rows = db
+        .query("SELECT user_id, payment_id, country, lat, lon, occurred_at FROM holder_locations WHERE user_id = ANY($1)", &[&misses])
+        .await?;
+    let loaded: Vec<(Uuid, LastLocation)> = rows
+        .iter()
+        .map(|r| (r.get(0), LastLocation { payment_id: r.get(1), country: r.get(2), lat: r.get(3), lon: r.get(4), at: r.get(5) }))
+        .collect();
+    cache(redis, &loaded).await?;
+    found.extend(loaded);
+    Ok(found)
+}
+
+/// Writes locations to PostgreSQL (inside the caller's transaction). A
+/// location only ever moves forward in time.
+pub async fn save_locations(db: &impl GenericClient, locations: &[(Uuid, LastLocation)]) -> Result<(), AppError> {
+    if locations.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<Uuid> = locations.iter().map(|(u, _)| *u).collect();
+    let payments: Vec<Uuid> = locations.iter().map(|(_, l)| l.payment_id).collect();
+    let countries: Vec<&str> = locations.iter().map(|(_, l)| l.country.as_str()).collect();
+    let lats: Vec<f64> = locations.iter().map(|(_, l)| l.lat).collect();
+    let lons: Vec<f64> = locations.iter().map(|(_, l)| l.lon).collect();
+    let times: Vec<OffsetDateTime> = locations.iter().map(|(_, l)| l.at).collect();
+    db.execute(
+        "INSERT INTO holder_locations (user_id, payment_id, country, lat, lon, occurred_at)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::float8[], $6::timestamptz[])
+         ON CONFLICT (user_id) DO UPDATE SET payment_id = excluded.payment_id, country = excluded.country,
+             lat = excluded.lat, lon = excluded.lon, occurred_at = excluded.occurred_at
+         WHERE holder_locations.occurred_at <= excluded.occurred_at",
+        &[&users, &payments, &countries, &lats, &lons, &times],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Puts locations into Redis (one pipeline). Call after the PostgreSQL
+/// transaction committed.
+pub async fn cache(redis: &Redis, locations: &[(Uuid, LastLocation)]) -> Result<(), AppError> {
+    if locations.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for (user, location) in locations {
+        let value = serde_json::to_string(location).map_err(AppError::internal)?;
+        pipe.set_ex(cache_key(redis, *user), value, LOCATION_CACHE_TTL_S).ignore();
+    }
+    let mut conn = redis.conn().await?;
+    let _: () = pipe.query_async(&mut conn).await?;
+    Ok(())
+}
+
+/// Forgets cached locations (after a change whose new value we do not hold).
+pub async fn forget(redis: &Redis, users: &[Uuid]) -> Result<(), AppError> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = users.iter().map(|u| cache_key(redis, *u)).collect();
+    let mut conn = redis.conn().await?;
+    let _: () = conn.del(keys).await?;
+    Ok(())
+}
