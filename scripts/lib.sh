@@ -147,4 +147,24 @@ ensure_venv() {
   echo "${PY_TOOLS[*]}" >"$stamp"
 }
 
+# Headless Chromium (Debian) and playwright-core (npm, pinned) for the
+# browser test; never a browser download of Playwright's own.
+PLAYWRIGHT_CORE_VERSION="1.65.1"
+export PAYSTREAM_NODE_MODULES="$PAYSTREAM_CACHE/node/node_modules"
+export PAYSTREAM_CHROMIUM="${PAYSTREAM_CHROMIUM:-/usr/bin/chromium}"
+
+ensure_browser() {
+  if [[ ! -x "$PAYSTREAM_CHROMIUM" ]]; then
+    log "installing Debian's chromium for the browser test"
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  fi
+  command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }
+  if [[ ! -f "$PAYSTREAM_NODE_MODULES/playwright-core/package.json" ]] ||
+     ! grep -q "\"version\": \"$PLAYWRIGHT_CORE_VERSION\"" "$PAYSTREAM_NODE_MODULES/playwright-core/package.json"; then
+    log "installing playwright-core $PLAYWRIGHT_CORE_VERSION"
+    mkdir -p "$PAYSTREAM_CACHE/node"
+    npm install --silent --no-audit --no-fund --prefix "$PAYSTREAM_CACHE/node" "playwright-core@$PLAYWRIGHT_CORE_VERSION" >/dev/null
+  fi
+}
+
 ops() { cargo run -q --locked -p paystream-ops -- "$@"; }

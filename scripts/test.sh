@@ -5,6 +5,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 ensure_venv
+ensure_browser
 "$REPO_ROOT/scripts/stack.sh" up
 
 # Per-test databases of an interrupted earlier run.

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 /// defaulting to the concrete path.
 pub fn v2_event(method: &str, path: &str, route_key: Option<&str>, headers: &[(&str, &str)], body: Option<&str>) -> Value {
     let (raw_path, raw_query) = path.split_once('?').unwrap_or((path, ""));
-    let route_key = route_key.map(str::to_owned).unwrap_or_else(|| format!("{method} {raw_path}"));
+    let route_key = route_key.map(str::to_owned).unwrap_or_else(|| format!("{method} {}", template_of(raw_path)));
     let header_map: Map<String, Value> = headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), Value::String((*v).to_owned()))).collect();
     let now = time::OffsetDateTime::now_utc();
     json!({
@@ -33,6 +33,19 @@ pub fn v2_event(method: &str, path: &str, route_key: Option<&str>, headers: &[(&
         "body": body,
         "isBase64Encoded": false
     })
+}
+
+/// A route template for a concrete path: segments that are ids or tokens
+/// (UUIDs, long hex strings) become `{id}`, as in API Gateway's `routeKey`,
+/// so nothing secret ends up where route keys are logged.
+fn template_of(path: &str) -> String {
+    path.split('/')
+        .map(|segment| {
+            let hex_token = segment.len() >= 16 && segment.bytes().all(|b| b.is_ascii_hexdigit());
+            if uuid::Uuid::parse_str(segment).is_ok() || hex_token { "{id}" } else { segment }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// [`v2_event`] decoded into the request a handler receives.

@@ -279,3 +279,62 @@ pub async fn user(p: &Platform, username: &str) -> TestUser {
         .collect();
     TestUser { id, cards, token: p.tokens.issue(id, role).unwrap().access_token }
 }
+
+/// Serves an [`HttpApi`](crate::http::HttpApi) over plain HTTP/1.1 on
+/// 127.0.0.1 (one request per connection), turning each request into an API
+/// Gateway v2 event, so a real browser can drive a function in a test.
+/// Returns the port; the server lives as long as the runtime.
+pub async fn serve_http<A: crate::http::HttpApi>(api: std::sync::Arc<A>, listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const HEAD_MAX_BYTES: usize = 16 * 1024;
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else { return };
+        let api = std::sync::Arc::clone(&api);
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let head_end = loop {
+                let n = socket.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 || buf.len() > HEAD_MAX_BYTES {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+            let mut lines = head.split("\r\n");
+            let mut request_line = lines.next().unwrap_or("").split(' ');
+            let (method, target) = (request_line.next().unwrap_or("GET").to_owned(), request_line.next().unwrap_or("/").to_owned());
+            let headers: Vec<(String, String)> =
+                lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
+            let length: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+            let mut body = buf[head_end + 4..].to_vec();
+            while body.len() < length {
+                let n = socket.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            let header_refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let body = (!body.is_empty()).then(|| String::from_utf8_lossy(&body).to_string());
+            let response = crate::http::respond(api.as_ref(), apigw_request(&method, &target, &header_refs, body.as_deref())).await;
+            let (parts, body) = response.into_parts();
+            let body: Vec<u8> = match body {
+                Body::Text(t) => t.into_bytes(),
+                Body::Binary(b) => b,
+                _ => Vec::new(),
+            };
+            let mut out = format!("HTTP/1.1 {} {}\r\n", parts.status.as_u16(), parts.status.canonical_reason().unwrap_or(""));
+            for (k, v) in &parts.headers {
+                out.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap_or("")));
+            }
+            out.push_str(&format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()));
+            let _ = socket.write_all(out.as_bytes()).await;
+            let _ = socket.write_all(&body).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}

@@ -2,133 +2,22 @@
 //! broker, come back as MSK events, FDS decides, the SMS link is used on the
 //! `verify` function, and the sweep expires what nobody answered.
 
+mod common;
+
 use std::time::Duration;
 
-use fds_consumer::Fds;
-use paystream::config::Config;
-use paystream::demo::{ALICE, ALICE_EVERYDAY_CARD, BUSAN_GRILL, PARIS_CAFE, SEOUL_CAFE};
-use paystream::events::{PaymentEvent, EVENT_VERSION};
+use common::{hours, World, BUSAN, PARIS, SEOUL};
+use paystream::demo::{BUSAN_GRILL, PARIS_CAFE, SEOUL_CAFE};
 use paystream::http::{respond, ScheduledJob};
-use paystream::kafka::{EventProducer, OutgoingRecord};
-use paystream::msk::{handle_event, BatchOutcome};
-use paystream::testing::{apigw_request, create_topics, fresh_config, msk_event, read_topic, seed};
+use paystream::msk::BatchOutcome;
+use paystream::testing::{apigw_request, body_json, msk_event, read_topic, user, LogCapture};
 use paystream::Platform;
 use serde_json::Value;
 use time::OffsetDateTime;
-use uuid::Uuid;
-use verify::VerifyApi;
-
-struct World {
-    config: Config,
-    fds: Fds,
-    verify: VerifyApi,
-    producer: EventProducer,
-    published: usize,
-}
-
-/// Coordinates and country of the seeded merchants used here.
-const SEOUL: (&str, f64, f64) = ("KR", 37.5665, 126.9780);
-const BUSAN: (&str, f64, f64) = ("KR", 35.1796, 129.0756);
-const PARIS: (&str, f64, f64) = ("FR", 48.8566, 2.3522);
-
-impl World {
-    async fn new() -> Self {
-        let config = fresh_config().await;
-        let topic = config.kafka.payment_topic.clone();
-        create_topics(&config, &[(&topic, 3), (&format!("{topic}.dlq"), 1)]).await;
-        let fds = Fds::new(Platform::from_config("fds-consumer", config.clone()).unwrap());
-        seed(&fds.platform).await;
-        let verify = VerifyApi::new(Platform::from_config("verify", config.clone()).unwrap());
-        let producer = EventProducer::new(&config.kafka, "tests").unwrap();
-        Self { config, fds, verify, producer, published: 0 }
-    }
-
-    fn payment(&self, (country, lat, lon): (&str, f64, f64), merchant: Uuid, at: OffsetDateTime) -> PaymentEvent {
-        PaymentEvent {
-            v: EVENT_VERSION,
-            payment_id: Uuid::new_v4(),
-            user_id: ALICE.0,
-            card_id: ALICE_EVERYDAY_CARD.0,
-            card_product_id: paystream::demo::EVERYDAY.0,
-            merchant_id: merchant,
-            merchant_category: "cafe".into(),
-            amount: 10_000,
-            currency: "KRW".into(),
-            country: country.into(),
-            lat,
-            lon,
-            occurred_at: at,
-        }
-    }
-
-    /// Publishes raw values (keyed by alice) and returns the MSK event that
-    /// delivers exactly them.
-    async fn deliver_raw(&mut self, values: &[Vec<u8>]) -> aws_lambda_events::event::kafka::KafkaEvent {
-        for value in values {
-            let key = ALICE.to_string();
-            self.producer
-                .publish(OutgoingRecord { topic: &self.config.kafka.payment_topic, key: key.as_bytes(), payload: value, headers: &[] })
-                .await
-                .unwrap();
-        }
-        self.published += values.len();
-        let all = read_topic(&self.config, &self.config.kafka.payment_topic, self.published, Duration::from_millis(200)).await;
-        let mut fresh: Vec<_> = all.into_iter().filter(|r| values.contains(&r.value)).collect();
-        fresh.sort_by_key(|r| (r.partition, r.offset));
-        msk_event(&fresh)
-    }
-
-    async fn deliver(&mut self, events: &[PaymentEvent]) -> aws_lambda_events::event::kafka::KafkaEvent {
-        let values: Vec<Vec<u8>> = events.iter().map(|e| serde_json::to_vec(e).unwrap()).collect();
-        self.deliver_raw(&values).await
-    }
-
-    async fn run(&self, event: aws_lambda_events::event::kafka::KafkaEvent) -> BatchOutcome {
-        handle_event(&self.fds, event, "test-invocation").await.expect("batch handled")
-    }
-
-    async fn status(&self, payment: Uuid) -> (String, Option<String>) {
-        let db = self.fds.platform.pg.get().await.unwrap();
-        let row = db.query_one("SELECT status, reason FROM transactions WHERE payment_id = $1", &[&payment]).await.unwrap();
-        (row.get(0), row.get(1))
-    }
-
-    async fn scalar(&self, sql: &str) -> i64 {
-        self.fds.platform.pg.get().await.unwrap().query_one(sql, &[]).await.unwrap().get(0)
-    }
-
-    async fn sms_bodies(&self) -> Vec<String> {
-        let db = self.fds.platform.pg.get().await.unwrap();
-        db.query("SELECT body FROM sms_outbox WHERE user_id = $1 ORDER BY id", &[&ALICE.0]).await.unwrap().iter().map(|r| r.get(0)).collect()
-    }
-
-    /// The token in the newest SMS link.
-    async fn last_token(&self) -> String {
-        let bodies = self.sms_bodies().await;
-        let body = bodies.last().expect("an SMS was sent");
-        let link = body.split_whitespace().find(|w| w.contains("/verify/")).expect("the SMS carries the link");
-        assert!(link.starts_with(&format!("{}/verify/", self.config.public_base_url)));
-        link.rsplit('/').next().unwrap().to_owned()
-    }
-
-    async fn verify(&self, method: &str, token: &str, decision: Option<&str>, accept: &str) -> (u16, String) {
-        let form = decision.map(|d| format!("decision={d}"));
-        let headers = [("content-type", "application/x-www-form-urlencoded"), ("accept", accept)];
-        let response = respond(&self.verify, apigw_request(method, &format!("/verify/{token}"), &headers, form.as_deref())).await;
-        let body = match response.body() {
-            lambda_http::Body::Text(t) => t.clone(),
-            _ => String::new(),
-        };
-        (response.status().as_u16(), body)
-    }
-}
-
-fn hours(n: i64) -> time::Duration {
-    time::Duration::hours(n)
-}
 
 #[tokio::test]
 async fn seoul_then_paris_needs_approval_and_approval_moves_the_holder() {
+    let logs = LogCapture::global();
     let mut w = World::new().await;
     let t0 = OffsetDateTime::now_utc() - hours(3);
     let seoul = w.payment(SEOUL, SEOUL_CAFE.0, t0);
@@ -158,6 +47,42 @@ async fn seoul_then_paris_needs_approval_and_approval_moves_the_holder() {
     w.run(batch).await;
     assert_eq!(w.status(paris_again.payment_id).await.0, "COMPLETED");
     assert_eq!(w.sms_bodies().await.len(), 1);
+
+    // Neither the token nor a seeded PAN ever reaches a log line.
+    let captured = logs.text();
+    assert!(captured.contains("holder decided"), "logs were captured");
+    assert!(!captured.contains(&token), "verification token logged");
+    for user in paystream::demo::DEMO_USERS {
+        for (_, _, pan) in user.cards {
+            assert!(!captured.contains(pan), "PAN logged");
+        }
+    }
+}
+
+async fn payment_status(pay: &pay::PayApi, id: &str, bearer: &str) -> Value {
+    let headers = [("authorization", bearer)];
+    body_json(&respond(pay, apigw_request("GET", &format!("/payments/{id}"), &headers, None)).await)["status"].clone()
+}
+
+/// `pay` accepts, FDS decides from the real event, and `GET /payments/{id}`
+/// moves from RECEIVED to the ledger's status.
+#[tokio::test]
+async fn the_payment_status_follows_the_fds_decision() {
+    let mut w = World::new().await;
+    let pay = pay::PayApi::new(Platform::from_config("pay", w.config.clone()).unwrap());
+    let alice = user(&pay.platform, "alice").await;
+    let bearer = alice.bearer();
+    let headers = [("content-type", "application/json"), ("authorization", bearer.as_str())];
+    let body = serde_json::json!({"card_id": alice.cards[0], "merchant_id": SEOUL_CAFE.to_string(), "amount": 4_500, "currency": "KRW"}).to_string();
+    let response = respond(&pay, apigw_request("POST", "/payments", &headers, Some(&body))).await;
+    assert_eq!(response.status(), 202);
+    let id = body_json(&response)["payment_id"].as_str().unwrap().to_owned();
+    assert_eq!(payment_status(&pay, &id, &bearer).await, "RECEIVED");
+
+    w.published += 1;
+    let records = read_topic(&w.config, &w.config.kafka.payment_topic, 1, Duration::from_millis(200)).await;
+    w.run(msk_event(&records)).await;
+    assert_eq!(payment_status(&pay, &id, &bearer).await, "COMPLETED");
 }
 
 #[tokio::test]
