@@ -77,6 +77,12 @@ impl SmsSender {
         Self { mode, sns: OnceCell::new() }
     }
 
+    /// An SNS sender with a client of the caller's (another region,
+    /// endpoint or credentials than the environment's).
+    pub fn with_sns_client(client: SnsClient) -> Self {
+        Self { mode: SmsMode::Sns, sns: OnceCell::new_with(Some(client)) }
+    }
+
     /// Delivers up to [`DELIVERY_BATCH_MAX`] undelivered rows; returns how
     /// many were delivered. A failed SNS call leaves its row for the next pass.
     pub async fn deliver_pending(&self, pg: &PgPool) -> Result<usize, AppError> {
