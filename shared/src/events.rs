@@ -35,6 +35,35 @@ impl PaymentEvent {
     pub const TYPE: &'static str = "payment.received";
 }
 
+/// `order-stream`, key = order id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    pub v: u8,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub product_id: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub ordered_at: OffsetDateTime,
+}
+
+impl OrderEvent {
+    pub const TYPE: &'static str = "order.accepted";
+}
+
+/// Decodes and checks an order event; anything wrong is a poison record.
+pub fn decode_order(bytes: &[u8]) -> Result<OrderEvent, DecodeError> {
+    let event: OrderEvent = serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))?;
+    if event.v != EVENT_VERSION {
+        return Err(DecodeError::Version(event.v));
+    }
+    if event.amount <= 0 {
+        return Err(DecodeError::Field("amount"));
+    }
+    Ok(event)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("not valid JSON for this event: {0}")]

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod flash;
 pub mod msk;
 pub mod sms;
 pub mod verification;

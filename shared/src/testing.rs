@@ -138,18 +138,30 @@ pub struct PrivateBroker {
     child: std::process::Child,
     pub port: u16,
     dir: std::path::PathBuf,
+    bin: String,
 }
 
 impl PrivateBroker {
     /// Starts the broker named by `PAYSTREAM_TANSU_BIN` (the scripts set it).
     pub fn start() -> Self {
-        use std::time::{Duration, Instant};
         let bin = std::env::var("PAYSTREAM_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("paystream-broker-{}", unique_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
+        let child = Self::spawn(&bin, port, &dir);
+        Self { child, port, dir, bin }
+    }
+
+    /// Starts the broker again on the same port and data (after [`Self::stop`]).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(&self.bin, self.port, &self.dir);
+    }
+
+    fn spawn(bin: &str, port: u16, dir: &std::path::Path) -> std::process::Child {
+        use std::time::{Duration, Instant};
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(&bin)
+        let child = std::process::Command::new(bin)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://broker.db"])
             .current_dir(&dir)
             .stdout(std::process::Stdio::null())
@@ -161,7 +173,7 @@ impl PrivateBroker {
             assert!(Instant::now() < deadline, "private broker did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, port, dir }
+        child
     }
 
     pub fn bootstrap(&self) -> String {
@@ -337,4 +349,26 @@ pub async fn serve_http<A: crate::http::HttpApi>(api: std::sync::Arc<A>, listene
             let _ = socket.shutdown().await;
         });
     }
+}
+
+/// Creates `n` USER accounts in one statement (no usable password: tests
+/// use tokens) and returns their ids and tokens.
+pub async fn bulk_users(p: &Platform, n: usize) -> Vec<(crate::domain::UserId, String)> {
+    let suffix = unique_suffix();
+    let db = p.pg.get().await.unwrap();
+    let rows = db
+        .query(
+            "INSERT INTO users (id, username, email, password_hash, phone, role)
+             SELECT gen_random_uuid(), 'u' || i || '_' || $2, 'u' || i || '_' || $2 || '@example.com', 'unusable', '+821055550000', 'USER'
+             FROM generate_series(1, $1::int) AS i RETURNING id",
+            &[&(n as i32), &suffix],
+        )
+        .await
+        .expect("bulk users");
+    rows.iter()
+        .map(|r| {
+            let id = crate::domain::UserId(r.get(0));
+            (id, p.tokens.issue(id, crate::domain::Role::User).unwrap().access_token)
+        })
+        .collect()
 }

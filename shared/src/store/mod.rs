@@ -7,7 +7,10 @@ pub mod holders;
 pub mod ledger;
 pub mod merchants;
 pub mod notifications;
+pub mod orders;
 pub mod payments;
+pub mod products;
+pub mod settlements;
 pub mod users;
 pub mod verifications;
 

@@ -1,0 +1,85 @@
+//! `order`: flash-sale products and orders.
+//!
+//! An order is decided by one atomic Redis script (window, one per user,
+//! stock); a reservation becomes an order only once PostgreSQL holds it
+//! together with its outbox row, and only then is 202 answered. The event
+//! is published to `order-stream` right away when the broker answers within
+//! a short bound; otherwise the outbox keeps it and the scheduled relay
+//! publishes it when the broker is back. So an accepted order is never lost,
+//! and a broker outage does not stop sales.
+
+mod orders;
+mod products;
+mod relay;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+
+use paystream::http::{self, method_not_allowed, no_route, HttpApi, Request, Response, ScheduledJob};
+use paystream::store::products::Product;
+use paystream::{AppError, Platform};
+
+/// Most products kept in the in-process cache (products never change once
+/// created, so entries never go stale).
+const PRODUCT_CACHE_MAX: usize = 10_000;
+
+type ProductCell = Arc<OnceCell<Arc<Product>>>;
+
+pub struct OrderApi {
+    pub platform: Platform,
+    products: Mutex<HashMap<uuid::Uuid, ProductCell>>,
+}
+
+impl OrderApi {
+    pub fn new(platform: Platform) -> Self {
+        Self { platform, products: Mutex::new(HashMap::new()) }
+    }
+
+    /// A product, from the in-process cache or PostgreSQL. Concurrent misses
+    /// for one product share a single query (a burst must not queue a
+    /// thousand identical reads on the pool).
+    pub(crate) async fn product(&self, id: uuid::Uuid) -> Result<Arc<Product>, AppError> {
+        let cell = {
+            let mut cache = self.products.lock().expect("product cache lock");
+            if cache.len() >= PRODUCT_CACHE_MAX {
+                cache.clear();
+            }
+            Arc::clone(cache.entry(id).or_default())
+        };
+        let product = cell
+            .get_or_try_init(|| async {
+                let found = paystream::store::products::get(&**self.platform.pg.get().await?, id).await?;
+                found.map(Arc::new).ok_or_else(|| AppError::not_found("product"))
+            })
+            .await?;
+        Ok(Arc::clone(product))
+    }
+
+    /// Publishes whatever the outbox still holds (the schedule calls it).
+    pub async fn relay(&self) -> Result<usize, AppError> {
+        relay::run(&self.platform).await
+    }
+}
+
+impl HttpApi for OrderApi {
+    async fn route(&self, req: Request) -> Result<Response, AppError> {
+        match (http::segments(&req).as_slice(), req.method().as_str()) {
+            (["products"], "POST") => products::create(self, &req).await,
+            (["products"], "GET") => products::list(self, &req).await,
+            (["products", id], "GET") => products::get(self, id).await,
+            (["orders"], "POST") => orders::create(self, &req).await,
+            (["orders", id], "GET") => orders::get(self, &req, id).await,
+            (["products"] | ["products", _] | ["orders"] | ["orders", _], _) => Err(method_not_allowed()),
+            _ => Err(no_route()),
+        }
+    }
+}
+
+impl ScheduledJob for OrderApi {
+    async fn run_scheduled(&self) -> Result<serde_json::Value, AppError> {
+        let published = self.relay().await?;
+        Ok(serde_json::json!({ "published": published }))
+    }
+}

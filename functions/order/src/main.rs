@@ -1,0 +1,8 @@
+use order::OrderApi;
+use paystream::Platform;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    let platform = Platform::bootstrap("order")?;
+    paystream::http::run_http_and_schedule(OrderApi::new(platform)).await
+}

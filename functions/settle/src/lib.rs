@@ -1,0 +1,97 @@
+//! `settle`: reads `order-stream` and settles each order exactly once.
+//!
+//! Per batch, one transaction: lock the batch's products, count their
+//! SUCCESS orders, grant SUCCESS (with one settlement at the product's price)
+//! while stock remains and FAILED otherwise, in two multi-row statements.
+//! Only PENDING orders change, and a settlement is unique per order, so a
+//! redelivered batch changes nothing. Successes can never exceed stock: the
+//! product rows are locked while counting.
+
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
+use paystream::events::{decode_order, OrderEvent};
+use paystream::flash;
+use paystream::metrics::{self, Unit};
+use paystream::msk::{dead_letter, decode_all, BatchConsumer, BatchOutcome, InRecord, Poison};
+use paystream::store::products;
+use paystream::store::settlements::{self, Granted};
+use paystream::{AppError, Platform};
+
+pub const CONSUMER_NAME: &str = "settle";
+/// Why an order accepted at the gate did not get stock at settlement (only
+/// possible for orders accepted while the gate was being rebuilt).
+pub const REASON_NO_STOCK: &str = "NO_STOCK_AT_SETTLEMENT";
+
+pub struct Settle {
+    pub platform: Platform,
+}
+
+impl Settle {
+    pub fn new(platform: Platform) -> Self {
+        Self { platform }
+    }
+}
+
+impl BatchConsumer for Settle {
+    async fn handle(&self, records: Vec<InRecord>) -> Result<BatchOutcome, AppError> {
+        let p = &self.platform;
+        let (events, mut poison) = decode_all(&records, decode_order);
+        let decoded = events.len();
+        let mut seen = HashSet::with_capacity(decoded);
+        let mut outcome = BatchOutcome::default();
+        let unique: Vec<(&InRecord, OrderEvent)> = events.into_iter().filter(|(_, e)| seen.insert(e.order_id)).collect();
+        outcome.duplicates = decoded - unique.len();
+
+        let mut db = p.pg.get().await?;
+        let tx = paystream::db::begin(&mut db).await?;
+        let ids: Vec<Uuid> = unique.iter().map(|(_, e)| e.order_id).collect();
+        let known = settlements::orders(&tx, &ids).await?;
+        let mut pending = Vec::with_capacity(unique.len());
+        for (record, event) in &unique {
+            match known.get(&event.order_id) {
+                None => poison.push(Poison { record, reason: format!("unknown order {}", event.order_id) }),
+                Some(order) if order.status != "PENDING" => outcome.duplicates += 1,
+                Some(order) => pending.push((event.order_id, order.user_id, order.product_id)),
+            }
+        }
+        let product_ids: Vec<Uuid> = pending.iter().map(|(_, _, p)| *p).collect::<HashSet<_>>().into_iter().collect();
+        let terms = settlements::lock_products(&tx, &product_ids).await?;
+        let mut sold = settlements::success_counts(&tx, &product_ids).await?;
+        let mut granted = Vec::new();
+        let mut failed = Vec::new();
+        for (order_id, user_id, product_id) in pending {
+            let t = terms.get(&product_id).expect("orders reference existing products");
+            let count = sold.entry(product_id).or_default();
+            if *count < t.stock {
+                *count += 1;
+                granted.push(Granted { order_id, user_id, product_id, amount: t.price, currency: t.currency.clone() });
+            } else {
+                failed.push((order_id, REASON_NO_STOCK));
+            }
+        }
+        let settled = settlements::apply(&tx, &granted, &failed).await?;
+        tx.commit().await?;
+        debug_assert_eq!(settled as usize, granted.len(), "one settlement per granted order");
+        if !poison.is_empty() {
+            dead_letter(p.producer().await?, CONSUMER_NAME, &poison).await?;
+        }
+
+        // A FAILED order means the gate was too generous: bring it down to the truth.
+        let failed_products: HashSet<Uuid> = failed.iter().filter_map(|(id, _)| known.get(id).map(|o| o.product_id)).collect();
+        for product_id in failed_products {
+            if let Some(product) = products::get(&**db, product_id).await? {
+                let state = products::sale_state(&**db, &product).await?;
+                flash::correct_remaining(&p.redis, product_id, state.remaining).await?;
+            }
+        }
+        metrics::emit(
+            p.function,
+            &[("Settlements", settled as f64, Unit::Count), ("OrdersFailed", failed.len() as f64, Unit::Count)],
+        );
+        outcome.applied = granted.len() + failed.len();
+        outcome.dead_lettered = poison.len();
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,8 @@
+use paystream::Platform;
+use settle::Settle;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let platform = Platform::bootstrap("settle")?;
+    paystream::msk::run(Settle::new(platform)).await
+}
