@@ -34,6 +34,11 @@ pub struct Config {
     pub http: HttpConfig,
     pub fds: FdsConfig,
     pub sms: SmsConfig,
+    /// Least extra benefit (minor units) another card must have earned before
+    /// the payer is told (`BENEFIT_MIN_GAIN`).
+    pub benefit_min_gain_minor: i64,
+    /// How long consumers keep cache-aside entries (rules, cards, thresholds).
+    pub cache_ttl_s: u64,
     /// Base URL for links we send to people (the SMS verification link).
     pub public_base_url: String,
     /// tracing `EnvFilter` directive, e.g. `info` or `account=debug,info`.
@@ -192,6 +197,8 @@ impl Config {
                 rate_limit_per_window: env.number("SMS_RATE_LIMIT", 3)?,
                 rate_window_s: env.number("SMS_RATE_WINDOW_S", 600)?,
             },
+            benefit_min_gain_minor: env.number("BENEFIT_MIN_GAIN", 100)?,
+            cache_ttl_s: env.number("CACHE_TTL_S", 3_600)?,
             public_base_url: env.string("PUBLIC_BASE_URL", "http://127.0.0.1:3000").trim_end_matches('/').to_owned(),
             log_filter: env.string("LOG_LEVEL", "info"),
         };
@@ -221,7 +228,11 @@ impl Config {
             ("VERIFY_TTL", self.fds.verify_ttl_s),
             ("VERIFY_SWEEP_BATCH_MAX", u64::from(self.fds.sweep_batch_max)),
             ("SMS_RATE_WINDOW_S", self.sms.rate_window_s),
+            ("CACHE_TTL_S", self.cache_ttl_s),
         ];
+        if self.benefit_min_gain_minor < 1 {
+            return Err(ConfigError("BENEFIT_MIN_GAIN must be at least 1".into()));
+        }
         if !(self.fds.max_speed_kmh.is_finite() && self.fds.max_speed_kmh > 0.0) {
             return Err(ConfigError("FDS_MAX_SPEED_KMH must be a positive number".into()));
         }

@@ -54,6 +54,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "accounts", sql: include_str!("../../migrations/0001_accounts.sql") },
     Migration { version: 2, name: "payments", sql: include_str!("../../migrations/0002_payments.sql") },
     Migration { version: 3, name: "flash_sale", sql: include_str!("../../migrations/0003_flash_sale.sql") },
+    Migration { version: 4, name: "analytics", sql: include_str!("../../migrations/0004_analytics.sql") },
 ];
 
 /// Key for the advisory lock that serialises concurrent migrators.

@@ -41,6 +41,10 @@ pub async fn register(p: &Platform, req: &Request) -> Result<Response, AppError>
         &cards::NewCard { user_id: caller.user_id, card_product_id: product, last4: &last4, fingerprint: &fingerprint, expiry },
     )
     .await?;
+    // The benefit guide caches each user's cards; this one must count now.
+    if let Err(e) = paystream::store::benefits::forget_cards(&p.redis, caller.user_id.0).await {
+        tracing::warn!(error = %e, "cached cards not forgotten; they refresh within CACHE_TTL_S");
+    }
     tracing::info!(card_id = %card_id, user_id = %caller.user_id, "card registered");
     Ok(json(StatusCode::CREATED, &serde_json::json!({ "card_id": card_id, "last4": last4, "card_product_id": product })))
 }

@@ -1,6 +1,7 @@
 //! `report`: settlement queries and summaries (admins see all, users their
 //! own), and the merchant dashboard.
 
+mod dashboard;
 mod settlements;
 
 use paystream::http::{self, method_not_allowed, no_route, HttpApi, Request, Response};
@@ -22,7 +23,8 @@ impl HttpApi for ReportApi {
         match (http::segments(&req).as_slice(), req.method().as_str()) {
             (["settlements"], "GET") => settlements::list(p, &req).await,
             (["settlements", "summary"], "GET") => settlements::summary(p, &req).await,
-            (["settlements"] | ["settlements", "summary"], _) => Err(method_not_allowed()),
+            (["merchants", id, "dashboard"], "GET") => dashboard::get(p, &req, id).await,
+            (["settlements"] | ["settlements", "summary"] | ["merchants", _, "dashboard"], _) => Err(method_not_allowed()),
             _ => Err(no_route()),
         }
     }

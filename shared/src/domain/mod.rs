@@ -1,5 +1,6 @@
 //! Domain types that parse instead of validate: once you hold one, it is valid.
 
+pub mod benefit;
 pub mod card;
 pub mod ids;
 pub mod merchant;

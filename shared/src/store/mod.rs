@@ -1,10 +1,12 @@
 //! PostgreSQL access for the platform's shared records, one module per
 //! resource. Functions call these; SQL lives nowhere else for these tables.
 
+pub mod benefits;
 pub mod card_products;
 pub mod cards;
 pub mod holders;
 pub mod ledger;
+pub mod loyalty;
 pub mod merchants;
 pub mod notifications;
 pub mod orders;

@@ -36,6 +36,34 @@ pub async fn insert_once(
     Ok(inserted == 1)
 }
 
+/// A notification to insert once per `dedupe_key`.
+pub struct NewNotification {
+    pub user_id: Uuid,
+    pub kind: &'static str,
+    pub payload: serde_json::Value,
+    pub dedupe_key: String,
+}
+
+/// Inserts many notifications in one statement, each at most once.
+pub async fn insert_many_once(db: &impl GenericClient, rows: &[NewNotification]) -> Result<u64, AppError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|_| Uuid::new_v4()).collect();
+    let users: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
+    let payloads: Vec<&serde_json::Value> = rows.iter().map(|r| &r.payload).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.dedupe_key.as_str()).collect();
+    Ok(db
+        .execute(
+            "INSERT INTO notifications (id, user_id, kind, payload, dedupe_key)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[])
+             ON CONFLICT (dedupe_key) DO NOTHING",
+            &[&ids, &users, &kinds, &payloads, &keys],
+        )
+        .await?)
+}
+
 /// The caller's notifications, newest first.
 pub async fn list_for_user(db: &impl GenericClient, user: UserId, limit: u32) -> Result<Vec<NotificationView>, AppError> {
     let rows = db

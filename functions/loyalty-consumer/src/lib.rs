@@ -1,0 +1,88 @@
+//! `loyalty-consumer`: every payment on `payment-stream` is one visit of
+//! (customer, merchant). At the merchant's `vip_threshold` the customer
+//! becomes VIP exactly once: a notification and a dashboard entry.
+//!
+//! PostgreSQL holds the truth (visits keyed by payment id, so a redelivered
+//! payment is never counted twice; counts per pair); Redis mirrors the
+//! counts after each commit, so Redis losing them costs nothing. Merchant
+//! thresholds are read cache-aside. Per batch: one Redis MGET (+ one query
+//! and one pipeline on misses), one transaction of up to four statements,
+//! one Redis pipeline.
+
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
+use paystream::events::{decode_payment, PaymentEvent};
+use paystream::metrics::{self, Unit};
+use paystream::msk::{dead_letter, decode_all, BatchConsumer, BatchOutcome, InRecord};
+use paystream::store::loyalty::{self, CountChange, Visit};
+use paystream::store::notifications::{self, NewNotification};
+use paystream::domain::VipThreshold;
+use paystream::{AppError, Platform};
+
+pub const CONSUMER_NAME: &str = "loyalty-consumer";
+
+pub struct Loyalty {
+    pub platform: Platform,
+}
+
+impl Loyalty {
+    pub fn new(platform: Platform) -> Self {
+        Self { platform }
+    }
+}
+
+impl BatchConsumer for Loyalty {
+    async fn handle(&self, records: Vec<InRecord>) -> Result<BatchOutcome, AppError> {
+        let p = &self.platform;
+        let (events, poison) = decode_all(&records, decode_payment);
+        if !poison.is_empty() {
+            dead_letter(p.producer().await?, CONSUMER_NAME, &poison).await?;
+        }
+        let mut seen = HashSet::with_capacity(events.len());
+        let unique: Vec<&PaymentEvent> = events.iter().map(|(_, e)| e).filter(|e| seen.insert(e.payment_id)).collect();
+        let visits: Vec<Visit> =
+            unique.iter().map(|e| Visit { payment_id: e.payment_id, user_id: e.user_id, merchant_id: e.merchant_id, at: e.occurred_at }).collect();
+
+        let mut db = p.pg.get().await?;
+        let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect::<HashSet<_>>().into_iter().collect();
+        let facts = loyalty::merchant_facts(&p.redis, &**db, &merchants, p.config.cache_ttl_s).await?;
+        let tx = paystream::db::begin(&mut db).await?;
+        let changes = loyalty::record_visits(&tx, &visits).await?;
+        // Became VIP at the threshold-th visit (the batch may have gone past it).
+        let crossing: Vec<CountChange> = changes
+            .iter()
+            .filter_map(|c| {
+                let threshold = facts.get(&c.merchant_id).map_or(VipThreshold::DEFAULT, |(_, t)| *t);
+                (c.before < threshold && c.after >= threshold).then_some(CountChange { after: threshold, ..*c })
+            })
+            .collect();
+        let new_vips = loyalty::insert_vips(&tx, &crossing).await?;
+        let notes: Vec<NewNotification> = new_vips
+            .iter()
+            .map(|(merchant, user)| NewNotification {
+                user_id: *user,
+                kind: "VIP",
+                payload: serde_json::json!({
+                    "merchant_id": merchant,
+                    "merchant": facts.get(merchant).map(|(name, _)| name.as_str()).unwrap_or("a merchant"),
+                    "message": "You are now a VIP here. Thank you for your visits!",
+                }),
+                dedupe_key: format!("vip:{merchant}:{user}"),
+            })
+            .collect();
+        notifications::insert_many_once(&tx, &notes).await?;
+        tx.commit().await?;
+        if let Err(e) = loyalty::mirror_counts(&p.redis, &changes).await {
+            tracing::warn!(error = %e, "visit counts not mirrored to Redis; the next write rebuilds them from PostgreSQL");
+        }
+
+        let counted: i32 = changes.iter().map(|c| c.after - c.before).sum();
+        metrics::emit(p.function, &[("VisitsCounted", f64::from(counted), Unit::Count), ("VipsMade", new_vips.len() as f64, Unit::Count)]);
+        for (merchant, user) in &new_vips {
+            tracing::info!(merchant_id = %merchant, user_id = %user, "customer became VIP");
+        }
+        Ok(BatchOutcome { applied: counted as usize, duplicates: events.len() - counted as usize, dead_lettered: poison.len() })
+    }
+}

@@ -1,0 +1,224 @@
+//! Loyalty: visits (one per payment), visit counts per (merchant, customer)
+//! mirrored to Redis, VIPs (once each), and the merchant dashboard's data.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::rfc3339;
+use crate::cache::Redis;
+use crate::error::AppError;
+
+pub struct Visit {
+    pub payment_id: Uuid,
+    pub user_id: Uuid,
+    pub merchant_id: Uuid,
+    pub at: OffsetDateTime,
+}
+
+/// A pair's visit count after a batch, and what it was before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CountChange {
+    pub merchant_id: Uuid,
+    pub user_id: Uuid,
+    pub before: i32,
+    pub after: i32,
+}
+
+/// Records visits (a payment already recorded is ignored) and adds the new
+/// ones to the pair counts: two statements, inside the caller's transaction.
+pub async fn record_visits(db: &impl GenericClient, visits: &[Visit]) -> Result<Vec<CountChange>, AppError> {
+    if visits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let payments: Vec<Uuid> = visits.iter().map(|v| v.payment_id).collect();
+    let users: Vec<Uuid> = visits.iter().map(|v| v.user_id).collect();
+    let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect();
+    let times: Vec<OffsetDateTime> = visits.iter().map(|v| v.at).collect();
+    let new_rows = db
+        .query(
+            "INSERT INTO loyalty_visits (payment_id, user_id, merchant_id, visited_at)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[])
+             ON CONFLICT (payment_id) DO NOTHING RETURNING merchant_id, user_id",
+            &[&payments, &users, &merchants, &times],
+        )
+        .await?;
+    let mut added: HashMap<(Uuid, Uuid), i32> = HashMap::new();
+    for row in &new_rows {
+        *added.entry((row.get(0), row.get(1))).or_default() += 1;
+    }
+    if added.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (pair_merchants, pair_users, increments): (Vec<Uuid>, Vec<Uuid>, Vec<i32>) =
+        added.iter().map(|((m, u), n)| (*m, *u, *n)).fold((Vec::new(), Vec::new(), Vec::new()), |mut acc, (m, u, n)| {
+            acc.0.push(m);
+            acc.1.push(u);
+            acc.2.push(n);
+            acc
+        });
+    let totals = db
+        .query(
+            "INSERT INTO loyalty_counts (merchant_id, user_id, visits)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[])
+             ON CONFLICT (merchant_id, user_id) DO UPDATE SET visits = loyalty_counts.visits + excluded.visits
+             RETURNING merchant_id, user_id, visits",
+            &[&pair_merchants, &pair_users, &increments],
+        )
+        .await?;
+    Ok(totals
+        .iter()
+        .map(|r| {
+            let (merchant_id, user_id, after): (Uuid, Uuid, i32) = (r.get(0), r.get(1), r.get(2));
+            CountChange { merchant_id, user_id, before: after - added[&(merchant_id, user_id)], after }
+        })
+        .collect())
+}
+
+/// Inserts VIPs; returns the (merchant, user) pairs that are new.
+pub async fn insert_vips(db: &impl GenericClient, vips: &[CountChange]) -> Result<Vec<(Uuid, Uuid)>, AppError> {
+    if vips.is_empty() {
+        return Ok(Vec::new());
+    }
+    let merchants: Vec<Uuid> = vips.iter().map(|v| v.merchant_id).collect();
+    let users: Vec<Uuid> = vips.iter().map(|v| v.user_id).collect();
+    let visits: Vec<i32> = vips.iter().map(|v| v.after).collect();
+    let rows = db
+        .query(
+            "INSERT INTO loyalty_vips (merchant_id, user_id, visits) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[])
+             ON CONFLICT (merchant_id, user_id) DO NOTHING RETURNING merchant_id, user_id",
+            &[&merchants, &users, &visits],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Merchants' names and VIP thresholds, cache-aside: Redis first, then
+/// PostgreSQL for the misses (and Redis is filled).
+pub async fn merchant_facts(redis: &Redis, db: &impl GenericClient, merchants: &[Uuid], ttl_s: u64) -> Result<HashMap<Uuid, (String, i32)>, AppError> {
+    let mut found = HashMap::new();
+    if merchants.is_empty() {
+        return Ok(found);
+    }
+    let keys: Vec<String> = merchants.iter().map(|m| redis.key(&format!("loy:merchant:{m}"))).collect();
+    let mut conn = redis.conn().await?;
+    let cached: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+    let mut misses = Vec::new();
+    for (m, v) in merchants.iter().zip(cached) {
+        match v.and_then(|v| serde_json::from_str::<(String, i32)>(&v).ok()) {
+            Some(facts) => {
+                found.insert(*m, facts);
+            }
+            None => misses.push(*m),
+        }
+    }
+    if !misses.is_empty() {
+        let rows = db.query("SELECT id, name, vip_threshold FROM merchants WHERE id = ANY($1)", &[&misses]).await?;
+        let mut pipe = redis::pipe();
+        for r in &rows {
+            let facts: (String, i32) = (r.get(1), r.get(2));
+            pipe.set_ex(redis.key(&format!("loy:merchant:{}", r.get::<_, Uuid>(0))), serde_json::to_string(&facts).map_err(AppError::internal)?, ttl_s).ignore();
+            found.insert(r.get(0), facts);
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+    }
+    Ok(found)
+}
+
+fn count_key(redis: &Redis, merchant: Uuid, user: Uuid) -> String {
+    redis.key(&format!("loy:count:{merchant}:{user}"))
+}
+
+/// Mirrors counts into Redis (one pipeline), after the PostgreSQL commit.
+/// PostgreSQL is the truth, so a lost Redis is rebuilt by the next write or
+/// read, never double counted.
+pub async fn mirror_counts(redis: &Redis, counts: &[CountChange]) -> Result<(), AppError> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for c in counts {
+        pipe.set(count_key(redis, c.merchant_id, c.user_id), c.after).ignore();
+    }
+    let mut conn = redis.conn().await?;
+    let _: () = pipe.query_async(&mut conn).await?;
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopCustomer {
+    /// Masked: the first two letters of the username.
+    pub customer: String,
+    pub visits: i32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RecentVip {
+    pub customer: String,
+    pub visits: i32,
+    pub became_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Dashboard {
+    pub merchant_id: Uuid,
+    pub customers: i64,
+    pub vips: i64,
+    pub top_customers: Vec<TopCustomer>,
+    pub recent_vips: Vec<RecentVip>,
+    pub tips_sent: i64,
+}
+
+/// `alice` -> `al***`: enough for the merchant to recognise a regular, not
+/// enough to identify anyone.
+pub fn mask(username: &str) -> String {
+    let head: String = username.chars().take(2).collect();
+    format!("{head}***")
+}
+
+/// Dashboard rows shown at most.
+pub const DASHBOARD_LIST_MAX: i64 = 10;
+
+pub async fn dashboard(db: &impl GenericClient, merchant: Uuid) -> Result<Dashboard, AppError> {
+    let totals = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM loyalty_counts WHERE merchant_id = $1),
+                    (SELECT count(*) FROM loyalty_vips WHERE merchant_id = $1),
+                    (SELECT count(*) FROM benefit_tips WHERE merchant_id = $1)",
+            &[&merchant],
+        )
+        .await?;
+    let top = db
+        .query(
+            "SELECT u.username, c.visits FROM loyalty_counts c JOIN users u ON u.id = c.user_id
+             WHERE c.merchant_id = $1 ORDER BY c.visits DESC, c.user_id LIMIT $2",
+            &[&merchant, &DASHBOARD_LIST_MAX],
+        )
+        .await?;
+    let recent = db
+        .query(
+            "SELECT u.username, v.visits, v.became_at FROM loyalty_vips v JOIN users u ON u.id = v.user_id
+             WHERE v.merchant_id = $1 ORDER BY v.became_at DESC, v.user_id LIMIT $2",
+            &[&merchant, &DASHBOARD_LIST_MAX],
+        )
+        .await?;
+    Ok(Dashboard {
+        merchant_id: merchant,
+        customers: totals.get(0),
+        vips: totals.get(1),
+        tips_sent: totals.get(2),
+        top_customers: top.iter().map(|r| TopCustomer { customer: mask(r.get(0)), visits: r.get(1) }).collect(),
+        recent_vips: recent
+            .iter()
+            .map(|r| RecentVip { customer: mask(r.get(0)), visits: r.get(1), became_at: rfc3339(r.get::<_, OffsetDateTime>(2)) })
+            .collect(),
+    })
+}
+
+/// The merchant's owner, if the merchant exists.
+pub async fn merchant_owner(db: &impl GenericClient, merchant: Uuid) -> Result<Option<Uuid>, AppError> {
+    Ok(db.query_opt("SELECT owner_id FROM merchants WHERE id = $1", &[&merchant]).await?.map(|r| r.get(0)))
+}
