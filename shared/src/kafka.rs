@@ -21,6 +21,13 @@ use crate::error::{AppError, ErrorCode};
 pub struct EventProducer {
     producer: FutureProducer,
     publish_timeout: Duration,
+    /// Cleared by any failed delivery; the platform then starts a new
+    /// producer. Seen here with the local broker: once a record of an
+    /// idempotent producer has timed out (broker down or restarting), the
+    /// producer needs a new producer epoch, which tansu does not grant, and
+    /// every later record times out too. A new producer (new producer id)
+    /// works at once, and costs a few milliseconds.
+    healthy: std::sync::atomic::AtomicBool,
 }
 
 /// Where the broker stored a record.
@@ -89,7 +96,12 @@ impl EventProducer {
             .set("linger.ms", config.linger_ms.to_string())
             .create()
             .map_err(|e| ConfigError(format!("kafka producer: {e}")))?;
-        Ok(Self { producer, publish_timeout: Duration::from_millis(config.publish_timeout_ms) })
+        Ok(Self { producer, publish_timeout: Duration::from_millis(config.publish_timeout_ms), healthy: true.into() })
+    }
+
+    /// False once this producer should be replaced (see [`Self::publish`]).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Publishes one record and waits for the broker's acknowledgement, at
@@ -109,8 +121,20 @@ impl EventProducer {
         let outer = self.publish_timeout + Duration::from_millis(500);
         match tokio::time::timeout(outer, send).await {
             Ok(Ok(delivery)) => Ok(Delivered { partition: delivery.partition, offset: delivery.offset }),
-            Ok(Err((err, _message))) => Err(classify(err, timeout_ms)),
-            Err(_) => Err(PublishError::Unavailable { timeout_ms, reason: "timed out".into() }),
+            Ok(Err((err, _message))) => {
+                self.retire(&err.to_string());
+                Err(classify(err, timeout_ms))
+            }
+            Err(_) => {
+                self.retire("timed out");
+                Err(PublishError::Unavailable { timeout_ms, reason: "timed out".into() })
+            }
+        }
+    }
+
+    fn retire(&self, reason: &str) {
+        if self.healthy.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(reason, "delivery failed; the next publish starts a new producer");
         }
     }
 

@@ -6,7 +6,7 @@
 //! first use, so a cold start costs microseconds and a function that never
 //! publishes never starts a producer.
 
-use tokio::sync::OnceCell;
+use std::sync::{Arc, Mutex};
 
 use crate::auth::TokenIssuer;
 use crate::cache::Redis;
@@ -23,7 +23,7 @@ pub struct Platform {
     pub pg: PgPool,
     pub redis: Redis,
     pub tokens: TokenIssuer,
-    producer: OnceCell<EventProducer>,
+    producer: Mutex<Option<Arc<EventProducer>>>,
 }
 
 impl Platform {
@@ -43,16 +43,26 @@ impl Platform {
             pg: db::pool(&config.database, function)?,
             redis: Redis::new(&config.redis)?,
             tokens: TokenIssuer::new(&config.auth),
-            producer: OnceCell::new(),
+            producer: Mutex::new(None),
             config,
         })
     }
 
-    /// The shared producer, created on first use.
-    pub async fn producer(&self) -> Result<&EventProducer, AppError> {
-        self.producer
-            .get_or_try_init(|| async { EventProducer::new(&self.config.kafka, self.function) })
-            .await
-            .map_err(AppError::internal)
+    /// The shared producer, created on first use and replaced when the
+    /// broker stopped accepting its state (see [`EventProducer::is_healthy`]).
+    pub async fn producer(&self) -> Result<Arc<EventProducer>, AppError> {
+        let mut slot = self.producer.lock().expect("producer slot lock");
+        match slot.as_ref() {
+            Some(producer) if producer.is_healthy() => Ok(Arc::clone(producer)),
+            _ => {
+                let producer = Arc::new(EventProducer::new(&self.config.kafka, self.function).map_err(AppError::internal)?);
+                if let Some(old) = slot.replace(Arc::clone(&producer)) {
+                    // Destroying a librdkafka client may wait for its queue
+                    // (bounded by the publish timeout): not on a runtime thread.
+                    tokio::task::spawn_blocking(move || drop(old));
+                }
+                Ok(producer)
+            }
+        }
     }
 }

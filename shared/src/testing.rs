@@ -163,8 +163,8 @@ impl PrivateBroker {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = std::process::Command::new(bin)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://broker.db"])
-            .current_dir(&dir)
-            .stdout(std::process::Stdio::null())
+            .current_dir(dir)
+            .stdout(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).expect("broker log"))
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start the tansu broker ({bin}; set PAYSTREAM_TANSU_BIN): {e}"));

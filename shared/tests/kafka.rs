@@ -125,3 +125,41 @@ async fn with_the_broker_stopped_a_publish_fails_clearly_within_its_bound() {
     let app: paystream::AppError = err.into();
     assert_eq!((app.status(), app.code.as_str()), (503, "BROKER_UNAVAILABLE"));
 }
+
+/// After a broker restart, publishing works again (the old producer is
+/// replaced if the broker refuses its state) and records from before the
+/// restart are still there: the broker's SQLite storage is durable.
+#[tokio::test]
+async fn after_a_broker_restart_publishing_resumes_and_nothing_was_lost() {
+    let mut broker = PrivateBroker::start();
+    let mut config = fresh_config().await;
+    config.kafka.bootstrap_servers = broker.bootstrap();
+    config.kafka.publish_timeout_ms = 2_000;
+    let topic = topic(&config, 1).await;
+    let platform = paystream::Platform::from_config("tests", config.clone()).unwrap();
+    let record = |payload: &'static [u8]| OutgoingRecord { topic: &topic, key: b"k", payload, headers: &[] };
+    platform.producer().await.unwrap().publish(record(b"before")).await.expect("acknowledged");
+
+    broker.stop();
+    let failed = platform.producer().await.unwrap().publish(record(b"during")).await;
+    assert!(failed.is_err(), "no broker, no acknowledgement");
+    broker.restart();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match platform.producer().await.unwrap().publish(record(b"after")).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "publishing never resumed: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let consumer = consumer(&config, &format!("g-{}", unique_suffix()), &topic);
+    let mut seen = Vec::new();
+    while !seen.contains(&b"after".to_vec()) {
+        let m = tokio::time::timeout(RECEIVE_TIMEOUT, consumer.recv()).await.expect("records arrive").unwrap();
+        seen.push(m.payload().unwrap().to_vec());
+    }
+    assert_eq!(seen[0], b"before", "the record from before the restart survived it");
+}

@@ -42,7 +42,7 @@ impl BatchConsumer for Fds {
     async fn handle(&self, records: Vec<InRecord>) -> Result<BatchOutcome, AppError> {
         let (events, poison) = decode_all(&records, decode_payment);
         if !poison.is_empty() {
-            dead_letter(self.platform.producer().await?, CONSUMER_NAME, &poison).await?;
+            dead_letter(&*self.platform.producer().await?, CONSUMER_NAME, &poison).await?;
         }
         let events: Vec<PaymentEvent> = events.into_iter().map(|(_, e)| e).collect();
         let mut outcome = self.decide(&events).await?;

@@ -38,7 +38,7 @@ impl BatchConsumer for Loyalty {
         let p = &self.platform;
         let (events, poison) = decode_all(&records, decode_payment);
         if !poison.is_empty() {
-            dead_letter(p.producer().await?, CONSUMER_NAME, &poison).await?;
+            dead_letter(&*p.producer().await?, CONSUMER_NAME, &poison).await?;
         }
         let mut seen = HashSet::with_capacity(events.len());
         let unique: Vec<&PaymentEvent> = events.iter().map(|(_, e)| e).filter(|e| seen.insert(e.payment_id)).collect();

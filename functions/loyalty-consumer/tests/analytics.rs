@@ -224,3 +224,26 @@ async fn poison_records_go_to_the_dlq_for_both_consumers() {
     let outcome = handle_event(&loyalty, event, "test").await.unwrap();
     assert_eq!((outcome.applied, outcome.dead_lettered), (0, 1));
 }
+
+/// The loyalty and benefit MSK samples (ten café payments by alice with her
+/// Everyday card; one more) and the dashboard sample.
+#[tokio::test]
+async fn the_analytics_samples_get_their_documented_answers() {
+    const EVENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events");
+    let w = World::new().await;
+    let load = |path: &str| std::fs::read_to_string(format!("{EVENTS}/{path}")).unwrap();
+    let ten: aws_lambda_events::event::kafka::KafkaEvent = serde_json::from_str(&load("loyalty-consumer/payment-batch.json")).unwrap();
+    let outcome = handle_event(&w.loyalty, ten, "sample").await.unwrap();
+    assert_eq!(outcome.applied, 10);
+    assert_eq!(w.notifications(ALICE.0, "VIP").await.len(), 1);
+    let one: aws_lambda_events::event::kafka::KafkaEvent = serde_json::from_str(&load("benefit-consumer/payment-batch.json")).unwrap();
+    handle_event(&w.benefit, one, "sample").await.unwrap();
+    assert_eq!(w.notifications(ALICE.0, "BENEFIT_TIP").await.len(), 1);
+
+    let owner = user(&w.report.platform, "merchant_demo").await;
+    let raw = load("report/merchant-dashboard.json").replace("REPLACE_WITH_MERCHANT_TOKEN", &owner.token);
+    let response = respond(&w.report, lambda_http::request::from_str(&raw).unwrap()).await;
+    assert_eq!(response.status(), 200);
+    let board = body_json(&response);
+    assert_eq!((board["vips"].as_i64(), board["tips_sent"].as_i64()), (Some(1), Some(1)));
+}

@@ -118,7 +118,7 @@ async fn with_the_broker_stopped_mid_burst_no_accepted_order_is_lost() {
     let mut broker = PrivateBroker::start();
     let mut config = fresh_config().await;
     config.kafka.bootstrap_servers = broker.bootstrap();
-    config.kafka.publish_timeout_ms = 1_000;
+    config.kafka.publish_timeout_ms = 3_000;
     let sale = Sale::with_config(config).await;
     let users = bulk_users(&sale.order.platform, 300).await;
     let product = sale.product(200, PRICE, -60, 3_600).await;

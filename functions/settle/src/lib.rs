@@ -75,7 +75,7 @@ impl BatchConsumer for Settle {
         tx.commit().await?;
         debug_assert_eq!(settled as usize, granted.len(), "one settlement per granted order");
         if !poison.is_empty() {
-            dead_letter(p.producer().await?, CONSUMER_NAME, &poison).await?;
+            dead_letter(&*p.producer().await?, CONSUMER_NAME, &poison).await?;
         }
 
         // A FAILED order means the gate was too generous: bring it down to the truth.

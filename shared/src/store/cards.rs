@@ -37,7 +37,8 @@ pub async fn insert(db: &impl GenericClient, id: CardId, card: &NewCard<'_>) -> 
         .await;
     match result {
         Ok(_) => Ok(id),
-        Err(e) if unique_violation(&e) == Some("cards_user_fingerprint_key") => {
+        // The same card id twice (re-seeding fixed ids) is the same card too.
+        Err(e) if matches!(unique_violation(&e), Some("cards_user_fingerprint_key" | "cards_pkey")) => {
             Err(AppError::new(ErrorCode::CardAlreadyRegistered, "this card is already registered to your account"))
         }
         Err(e) => Err(e.into()),

@@ -21,7 +21,14 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Err(e) = run(&args).await {
-        eprintln!("paystream-ops: {e}");
+        // The whole chain: an operator needs the cause, not just the summary.
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(e.as_ref());
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        eprintln!("paystream-ops: {message}");
         std::process::exit(1);
     }
 }
