@@ -124,6 +124,34 @@ pub async fn dead_letter(producer: &EventProducer, consumer: &str, poison: &[Poi
     Ok(())
 }
 
+/// A batch's good events (first occurrence of each event id, in batch order)
+/// after its poison records went to the DLQ.
+pub struct Decoded<'r, T> {
+    pub events: Vec<(&'r InRecord, T)>,
+    /// Good records whose event id already appeared earlier in the batch.
+    pub repeated: usize,
+    pub dead_lettered: usize,
+}
+
+/// The start of every consumer's batch: decode, dead-letter what cannot be
+/// decoded, and drop repeats of an event id inside the batch.
+pub async fn decode_batch<'r, T, E: std::fmt::Display>(
+    platform: &crate::Platform,
+    consumer: &str,
+    records: &'r [InRecord],
+    decode: impl Fn(&[u8]) -> Result<T, E>,
+    event_id: impl Fn(&T) -> uuid::Uuid,
+) -> Result<Decoded<'r, T>, AppError> {
+    let (good, poison) = decode_all(records, decode);
+    if !poison.is_empty() {
+        dead_letter(&*platform.producer().await?, consumer, &poison).await?;
+    }
+    let decoded = good.len();
+    let mut seen = std::collections::HashSet::with_capacity(decoded);
+    let events: Vec<(&InRecord, T)> = good.into_iter().filter(|(_, e)| seen.insert(event_id(e))).collect();
+    Ok(Decoded { repeated: decoded - events.len(), dead_lettered: poison.len(), events })
+}
+
 /// What a consumer did with a batch (logged, and emitted as metrics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchOutcome {

@@ -78,6 +78,26 @@ pub fn apigw_request(method: &str, path: &str, headers: &[(&str, &str)], body: O
     crate::apigw::v2_request(method, path, headers, body)
 }
 
+/// Calls an HTTP function as `token`'s holder, with an optional
+/// Idempotency-Key and JSON body; returns the status and the JSON answer.
+pub async fn call<A: crate::http::HttpApi>(
+    api: &A,
+    method: &str,
+    path: &str,
+    token: &str,
+    idempotency_key: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let bearer = format!("Bearer {token}");
+    let mut headers = vec![("content-type", "application/json"), ("authorization", bearer.as_str())];
+    if let Some(key) = idempotency_key {
+        headers.push(("idempotency-key", key));
+    }
+    let body = body.map(|b| b.to_string());
+    let response = crate::http::respond(api, apigw_request(method, path, &headers, body.as_deref())).await;
+    (response.status().as_u16(), body_json(&response))
+}
+
 /// The JSON body of a response.
 pub fn body_json(response: &Response) -> serde_json::Value {
     match response.body() {

@@ -15,7 +15,7 @@ use paystream::domain::benefit::{better_card, card_benefit, Purchase};
 use paystream::domain::money::format_minor;
 use paystream::events::{decode_payment, PaymentEvent};
 use paystream::metrics::{self, Unit};
-use paystream::msk::{dead_letter, decode_all, BatchConsumer, BatchOutcome, InRecord};
+use paystream::msk::{decode_batch, BatchConsumer, BatchOutcome, InRecord};
 use paystream::store::benefits::{self, HeldCard, NewTip};
 use paystream::store::notifications::{self, NewNotification};
 use paystream::{AppError, Platform};
@@ -35,12 +35,8 @@ impl BenefitGuide {
 impl BatchConsumer for BenefitGuide {
     async fn handle(&self, records: Vec<InRecord>) -> Result<BatchOutcome, AppError> {
         let p = &self.platform;
-        let (events, poison) = decode_all(&records, decode_payment);
-        if !poison.is_empty() {
-            dead_letter(&*p.producer().await?, CONSUMER_NAME, &poison).await?;
-        }
-        let mut seen = HashSet::with_capacity(events.len());
-        let unique: Vec<&PaymentEvent> = events.iter().map(|(_, e)| e).filter(|e| seen.insert(e.payment_id)).collect();
+        let batch = decode_batch(p, CONSUMER_NAME, &records, decode_payment, |e: &PaymentEvent| e.payment_id).await?;
+        let unique: Vec<&PaymentEvent> = batch.events.iter().map(|(_, e)| e).collect();
         let ttl_s = p.config.cache_ttl_s;
 
         let mut db = p.pg.get().await?;
@@ -97,6 +93,6 @@ impl BatchConsumer for BenefitGuide {
         notifications::insert_many_once(&tx, &notes).await?;
         tx.commit().await?;
         metrics::emit(p.function, &[("TipsSent", new.len() as f64, Unit::Count)]);
-        Ok(BatchOutcome { applied: unique.len(), duplicates: events.len() - unique.len(), dead_lettered: poison.len() })
+        Ok(BatchOutcome { applied: unique.len(), duplicates: batch.repeated, dead_lettered: batch.dead_lettered })
     }
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use paystream::domain::travel::{assess, TravelVerdict};
 use paystream::events::{decode_payment, PaymentEvent};
 use paystream::metrics::{self, Unit};
-use paystream::msk::{dead_letter, decode_all, BatchConsumer, BatchOutcome, InRecord};
+use paystream::msk::{decode_batch, BatchConsumer, BatchOutcome, InRecord};
 use paystream::sms::{self, SmsMessage, SmsSender, KIND_VERIFICATION};
 use paystream::store::holders::{self, LastLocation};
 use paystream::store::ledger::{self, reason, LedgerRow, LedgerStatus};
@@ -40,13 +40,11 @@ impl Fds {
 
 impl BatchConsumer for Fds {
     async fn handle(&self, records: Vec<InRecord>) -> Result<BatchOutcome, AppError> {
-        let (events, poison) = decode_all(&records, decode_payment);
-        if !poison.is_empty() {
-            dead_letter(&*self.platform.producer().await?, CONSUMER_NAME, &poison).await?;
-        }
-        let events: Vec<PaymentEvent> = events.into_iter().map(|(_, e)| e).collect();
+        let batch = decode_batch(&self.platform, CONSUMER_NAME, &records, decode_payment, |e: &PaymentEvent| e.payment_id).await?;
+        let events: Vec<&PaymentEvent> = batch.events.iter().map(|(_, e)| e).collect();
         let mut outcome = self.decide(&events).await?;
-        outcome.dead_lettered = poison.len();
+        outcome.duplicates += batch.repeated;
+        outcome.dead_lettered = batch.dead_lettered;
         // Delivery failures are retried later by the sweep; the decisions
         // and their SMS rows are already committed.
         if let Err(e) = self.sms.deliver_pending(&self.platform.pg).await {
@@ -57,13 +55,9 @@ impl BatchConsumer for Fds {
 }
 
 impl Fds {
-    async fn decide(&self, events: &[PaymentEvent]) -> Result<BatchOutcome, AppError> {
+    async fn decide(&self, unique: &[&PaymentEvent]) -> Result<BatchOutcome, AppError> {
         let p = &self.platform;
         let mut outcome = BatchOutcome::default();
-        // A payment appears once per batch even if the stream repeats it.
-        let mut seen = HashSet::with_capacity(events.len());
-        let unique: Vec<&PaymentEvent> = events.iter().filter(|e| seen.insert(e.payment_id)).collect();
-        outcome.duplicates += events.len() - unique.len();
         if unique.is_empty() {
             return Ok(outcome);
         }
@@ -71,7 +65,7 @@ impl Fds {
         let mut db = p.pg.get().await?;
         let ids: Vec<Uuid> = unique.iter().map(|e| e.payment_id).collect();
         let decided = ledger::existing(&**db, &ids).await?;
-        let fresh: Vec<&PaymentEvent> = unique.into_iter().filter(|e| !decided.contains(&e.payment_id)).collect();
+        let fresh: Vec<&PaymentEvent> = unique.iter().copied().filter(|e| !decided.contains(&e.payment_id)).collect();
         outcome.duplicates += decided.len();
         if fresh.is_empty() {
             return Ok(outcome);

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use paystream::events::{decode_payment, PaymentEvent};
 use paystream::metrics::{self, Unit};
-use paystream::msk::{dead_letter, decode_all, BatchConsumer, BatchOutcome, InRecord};
+use paystream::msk::{decode_batch, BatchConsumer, BatchOutcome, InRecord};
 use paystream::store::loyalty::{self, CountChange, Visit};
 use paystream::store::notifications::{self, NewNotification};
 use paystream::domain::VipThreshold;
@@ -36,14 +36,9 @@ impl Loyalty {
 impl BatchConsumer for Loyalty {
     async fn handle(&self, records: Vec<InRecord>) -> Result<BatchOutcome, AppError> {
         let p = &self.platform;
-        let (events, poison) = decode_all(&records, decode_payment);
-        if !poison.is_empty() {
-            dead_letter(&*p.producer().await?, CONSUMER_NAME, &poison).await?;
-        }
-        let mut seen = HashSet::with_capacity(events.len());
-        let unique: Vec<&PaymentEvent> = events.iter().map(|(_, e)| e).filter(|e| seen.insert(e.payment_id)).collect();
+        let batch = decode_batch(p, CONSUMER_NAME, &records, decode_payment, |e: &PaymentEvent| e.payment_id).await?;
         let visits: Vec<Visit> =
-            unique.iter().map(|e| Visit { payment_id: e.payment_id, user_id: e.user_id, merchant_id: e.merchant_id, at: e.occurred_at }).collect();
+            batch.events.iter().map(|(_, e)| Visit { payment_id: e.payment_id, user_id: e.user_id, merchant_id: e.merchant_id, at: e.occurred_at }).collect();
 
         let mut db = p.pg.get().await?;
         let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect::<HashSet<_>>().into_iter().collect();
@@ -83,6 +78,7 @@ impl BatchConsumer for Loyalty {
         for (merchant, user) in &new_vips {
             tracing::info!(merchant_id = %merchant, user_id = %user, "customer became VIP");
         }
-        Ok(BatchOutcome { applied: counted as usize, duplicates: events.len() - counted as usize, dead_lettered: poison.len() })
+        let applied = counted as usize;
+        Ok(BatchOutcome { applied, duplicates: batch.events.len() + batch.repeated - applied, dead_lettered: batch.dead_lettered })
     }
 }

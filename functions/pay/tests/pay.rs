@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 use pay::PayApi;
 use paystream::demo::{PARIS_CAFE, SEOUL_CAFE};
 use paystream::events::decode_payment;
-use paystream::http::respond;
-use paystream::testing::{apigw_request, body_json, create_topics, fresh_config, read_topic, seed, user, PrivateBroker, TestUser};
+use paystream::testing::{create_topics, fresh_config, read_topic, seed, user, PrivateBroker, TestUser};
 use paystream::Platform;
 use serde_json::{json, Value};
 
@@ -19,14 +18,7 @@ async fn api() -> PayApi {
 }
 
 async fn call(api: &PayApi, method: &str, path: &str, who: &TestUser, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
-    let bearer = who.bearer();
-    let mut headers = vec![("content-type", "application/json"), ("authorization", bearer.as_str())];
-    if let Some(k) = key {
-        headers.push(("idempotency-key", k));
-    }
-    let body = body.map(|b| b.to_string());
-    let response = respond(api, apigw_request(method, path, &headers, body.as_deref())).await;
-    (response.status().as_u16(), body_json(&response))
+    paystream::testing::call(api, method, path, &who.token, key, body).await
 }
 
 fn payment(who: &TestUser, merchant: impl ToString, amount: i64) -> Value {

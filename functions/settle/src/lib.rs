@@ -14,7 +14,7 @@ use uuid::Uuid;
 use paystream::events::{decode_order, OrderEvent};
 use paystream::flash;
 use paystream::metrics::{self, Unit};
-use paystream::msk::{dead_letter, decode_all, BatchConsumer, BatchOutcome, InRecord, Poison};
+use paystream::msk::{dead_letter, decode_batch, BatchConsumer, BatchOutcome, InRecord, Poison};
 use paystream::store::products;
 use paystream::store::settlements::{self, Granted};
 use paystream::{AppError, Platform};
@@ -37,21 +37,19 @@ impl Settle {
 impl BatchConsumer for Settle {
     async fn handle(&self, records: Vec<InRecord>) -> Result<BatchOutcome, AppError> {
         let p = &self.platform;
-        let (events, mut poison) = decode_all(&records, decode_order);
-        let decoded = events.len();
-        let mut seen = HashSet::with_capacity(decoded);
-        let mut outcome = BatchOutcome::default();
-        let unique: Vec<(&InRecord, OrderEvent)> = events.into_iter().filter(|(_, e)| seen.insert(e.order_id)).collect();
-        outcome.duplicates = decoded - unique.len();
+        let batch = decode_batch(p, CONSUMER_NAME, &records, decode_order, |e: &OrderEvent| e.order_id).await?;
+        let mut outcome = BatchOutcome { duplicates: batch.repeated, dead_lettered: batch.dead_lettered, ..Default::default() };
+        let unique = &batch.events;
+        let mut unknown: Vec<Poison<'_>> = Vec::new();
 
         let mut db = p.pg.get().await?;
         let tx = paystream::db::begin(&mut db).await?;
         let ids: Vec<Uuid> = unique.iter().map(|(_, e)| e.order_id).collect();
         let known = settlements::orders(&tx, &ids).await?;
         let mut pending = Vec::with_capacity(unique.len());
-        for (record, event) in &unique {
+        for (record, event) in unique {
             match known.get(&event.order_id) {
-                None => poison.push(Poison { record, reason: format!("unknown order {}", event.order_id) }),
+                None => unknown.push(Poison { record, reason: format!("unknown order {}", event.order_id) }),
                 Some(order) if order.status != "PENDING" => outcome.duplicates += 1,
                 Some(order) => pending.push((event.order_id, order.user_id, order.product_id)),
             }
@@ -74,8 +72,8 @@ impl BatchConsumer for Settle {
         let settled = settlements::apply(&tx, &granted, &failed).await?;
         tx.commit().await?;
         debug_assert_eq!(settled as usize, granted.len(), "one settlement per granted order");
-        if !poison.is_empty() {
-            dead_letter(&*p.producer().await?, CONSUMER_NAME, &poison).await?;
+        if !unknown.is_empty() {
+            dead_letter(&*p.producer().await?, CONSUMER_NAME, &unknown).await?;
         }
 
         // A FAILED order means the gate was too generous: bring it down to the truth.
@@ -91,7 +89,7 @@ impl BatchConsumer for Settle {
             &[("Settlements", settled as f64, Unit::Count), ("OrdersFailed", failed.len() as f64, Unit::Count)],
         );
         outcome.applied = granted.len() + failed.len();
-        outcome.dead_lettered = poison.len();
+        outcome.dead_lettered += unknown.len();
         Ok(outcome)
     }
 }

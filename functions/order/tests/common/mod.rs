@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use order::OrderApi;
 use paystream::config::Config;
-use paystream::http::respond;
 use paystream::msk::{handle_event, BatchOutcome};
-use paystream::testing::{apigw_request, body_json, create_topics, fresh_config, msk_event, read_topic, seed, user, ReadRecord};
+pub use paystream::testing::call;
+use paystream::testing::{create_topics, fresh_config, msk_event, read_topic, seed, user, ReadRecord};
 use paystream::Platform;
 use report::ReportApi;
 use serde_json::{json, Value};
@@ -88,15 +88,4 @@ impl Sale {
             let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
         }
     }
-}
-
-pub async fn call<A: paystream::http::HttpApi>(api: &A, method: &str, path: &str, token: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
-    let bearer = format!("Bearer {token}");
-    let mut headers = vec![("content-type", "application/json"), ("authorization", bearer.as_str())];
-    if let Some(k) = key {
-        headers.push(("idempotency-key", k));
-    }
-    let body = body.map(|b| b.to_string());
-    let response = respond(api, apigw_request(method, path, &headers, body.as_deref())).await;
-    (response.status().as_u16(), body_json(&response))
 }
