@@ -1,0 +1,194 @@
+//! What the local runtime needs from `template.yaml`: each function's
+//! binary, HTTP routes, MSK event sources and schedules.
+
+use serde_yaml::Value;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub method: String,
+    /// API Gateway path template, e.g. `/merchants/{id}/dashboard`.
+    pub path: String,
+    pub function: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MskSource {
+    pub function: String,
+    pub topics: Vec<String>,
+    pub consumer_group_id: String,
+    pub batch_size: usize,
+    pub batching_window_s: u64,
+    /// `TRIM_HORIZON` (earliest) or `LATEST`.
+    pub starting_position: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub function: String,
+    pub every_s: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Template {
+    pub routes: Vec<Route>,
+    pub msk_sources: Vec<MskSource>,
+    pub schedules: Vec<Schedule>,
+}
+
+/// `rate(1 minute)`, `rate(5 minutes)`, `rate(30 seconds)`, `rate(2 hours)`.
+pub fn parse_rate(expression: &str) -> Option<u64> {
+    let inner = expression.trim().strip_prefix("rate(")?.strip_suffix(')')?;
+    let (n, unit) = inner.trim().split_once(' ')?;
+    let n: u64 = n.parse().ok()?;
+    let unit_s = match unit.trim_end_matches('s') {
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3_600,
+        "day" => 86_400,
+        _ => return None,
+    };
+    Some(n * unit_s)
+}
+
+impl Template {
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let doc: Value = serde_yaml::from_str(text).map_err(|e| format!("template.yaml: {e}"))?;
+        let resources = doc.get("Resources").and_then(Value::as_mapping).ok_or("template.yaml has no Resources")?;
+        let mut template = Template::default();
+        for (logical_id, resource) in resources {
+            if resource.get("Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
+                continue;
+            }
+            let logical_id = logical_id.as_str().unwrap_or_default();
+            let function = resource
+                .get("Metadata")
+                .and_then(|m| m.get("BuildProperties"))
+                .and_then(|b| b.get("Binary"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{logical_id}: Metadata.BuildProperties.Binary names the function's binary"))?
+                .to_owned();
+            let Some(events) = resource.get("Properties").and_then(|p| p.get("Events")).and_then(Value::as_mapping) else { continue };
+            for (name, event) in events {
+                let props = event.get("Properties").cloned().unwrap_or(Value::Null);
+                let text = |key: &str| props.get(key).and_then(Value::as_str).map(str::to_owned);
+                let number = |key: &str| props.get(key).and_then(Value::as_u64);
+                let what = format!("{logical_id}.{}", name.as_str().unwrap_or_default());
+                match event.get("Type").and_then(Value::as_str) {
+                    Some("HttpApi") => template.routes.push(Route {
+                        method: text("Method").ok_or_else(|| format!("{what}: Method"))?.to_ascii_uppercase(),
+                        path: text("Path").ok_or_else(|| format!("{what}: Path"))?,
+                        function: function.clone(),
+                    }),
+                    Some("MSK") => template.msk_sources.push(MskSource {
+                        function: function.clone(),
+                        topics: props
+                            .get("Topics")
+                            .and_then(Value::as_sequence)
+                            .map(|t| t.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                            .ok_or_else(|| format!("{what}: Topics"))?,
+                        consumer_group_id: text("ConsumerGroupId").ok_or_else(|| format!("{what}: ConsumerGroupId"))?,
+                        batch_size: number("BatchSize").unwrap_or(100) as usize,
+                        batching_window_s: number("MaximumBatchingWindowInSeconds").unwrap_or(0),
+                        starting_position: text("StartingPosition").unwrap_or_else(|| "LATEST".into()),
+                    }),
+                    Some("Schedule" | "ScheduleV2") => {
+                        let expression = text("Schedule").or_else(|| text("ScheduleExpression")).ok_or_else(|| format!("{what}: Schedule"))?;
+                        let every_s = parse_rate(&expression).ok_or_else(|| format!("{what}: only rate(...) schedules run locally"))?;
+                        template.schedules.push(Schedule { function: function.clone(), every_s });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(template)
+    }
+
+    /// The route for a request, and the path parameters it binds.
+    pub fn route(&self, method: &str, path: &str) -> RouteMatch<'_> {
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let mut path_matched = false;
+        for route in &self.routes {
+            let Some(params) = bind(&route.path, &segments) else { continue };
+            path_matched = true;
+            if route.method == method || route.method == "ANY" {
+                return RouteMatch::Found(route, params);
+            }
+        }
+        if path_matched { RouteMatch::WrongMethod } else { RouteMatch::NotFound }
+    }
+}
+
+pub enum RouteMatch<'t> {
+    Found(&'t Route, Vec<(String, String)>),
+    WrongMethod,
+    NotFound,
+}
+
+fn bind(template: &str, segments: &[&str]) -> Option<Vec<(String, String)>> {
+    let parts: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
+    if parts.len() != segments.len() {
+        return None;
+    }
+    let mut params = Vec::new();
+    for (part, segment) in parts.iter().zip(segments) {
+        match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            Some(name) => params.push((name.to_owned(), (*segment).to_owned())),
+            None if part == segment => {}
+            None => return None,
+        }
+    }
+    Some(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml");
+
+    #[test]
+    fn the_real_template_yields_routes_sources_and_schedules() {
+        let t = Template::load(std::path::Path::new(TEMPLATE)).unwrap();
+        assert!(t.routes.iter().any(|r| r.method == "POST" && r.path == "/payments" && r.function == "pay"));
+        assert!(t.routes.iter().any(|r| r.path == "/verify/{token}" && r.function == "verify"));
+        let groups: Vec<&str> = t.msk_sources.iter().map(|s| s.consumer_group_id.as_str()).collect();
+        for g in ["paystream-fds", "paystream-loyalty", "paystream-benefit", "paystream-settle"] {
+            assert!(groups.contains(&g), "{g} in {groups:?}");
+        }
+        let mut unique = groups.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), groups.len(), "every event source has its own group");
+        let fds = t.msk_sources.iter().find(|s| s.function == "fds-consumer").unwrap();
+        assert_eq!((fds.topics.clone(), fds.batch_size, fds.starting_position.as_str()), (vec!["payment-stream".to_owned()], 1000, "TRIM_HORIZON"));
+        assert!(t.schedules.iter().any(|s| s.function == "verify" && s.every_s == 60));
+    }
+
+    #[test]
+    fn routes_bind_parameters_and_tell_404_from_405() {
+        let t = Template::load(std::path::Path::new(TEMPLATE)).unwrap();
+        match t.route("GET", "/merchants/abc/dashboard") {
+            RouteMatch::Found(r, params) => {
+                assert_eq!(r.function, "report");
+                assert_eq!(params, vec![("id".to_owned(), "abc".to_owned())]);
+            }
+            _ => panic!("dashboard route"),
+        }
+        assert!(matches!(t.route("GET", "/merchants/abc"), RouteMatch::Found(r, _) if r.function == "account"));
+        assert!(matches!(t.route("DELETE", "/payments"), RouteMatch::WrongMethod));
+        assert!(matches!(t.route("GET", "/nowhere"), RouteMatch::NotFound));
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("rate(1 minute)"), Some(60));
+        assert_eq!(parse_rate("rate(5 minutes)"), Some(300));
+        assert_eq!(parse_rate("rate(30 seconds)"), Some(30));
+        assert_eq!(parse_rate("cron(0 12 * * ? *)"), None);
+    }
+}
