@@ -168,3 +168,51 @@ ensure_browser() {
 }
 
 ops() { cargo run -q --locked -p paystream-ops -- "$@"; }
+
+# --- the local serverless runtime -------------------------------------------
+export PAYSTREAM_HTTP_PORT="${PAYSTREAM_HTTP_PORT:-3000}"
+LAMBDA_PORT="${PAYSTREAM_LAMBDA_PORT:-9000}"
+export LAMBDA_ENDPOINT="http://127.0.0.1:$LAMBDA_PORT"
+export PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-http://127.0.0.1:$PAYSTREAM_HTTP_PORT}"
+export PAYSTREAM_TEMPLATE="$REPO_ROOT/template.yaml"
+LOG_DIR="$STATE_DIR/logs"
+RUNTIME_PIDS=()
+
+# Starts a background process of ours, logging to $LOG_DIR/NAME.log.
+start_bg() { # name command...
+  local name=$1; shift
+  mkdir -p "$LOG_DIR"
+  "$@" >"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  RUNTIME_PIDS+=($!)
+  log "$name started (pid $!, log $LOG_DIR/$name.log)"
+}
+
+# Every function under `cargo lambda watch` (the Lambda runtime API
+# emulator), the gateway on $PAYSTREAM_HTTP_PORT and the poller.
+start_runtime() {
+  log "building the functions and local tools"
+  (cd "$REPO_ROOT" && cargo build -q --locked --workspace --bins)
+  export PATH="$VENV/bin:$PATH"
+  (cd "$REPO_ROOT" && start_bg functions cargo-lambda lambda watch --ignore-changes --invoke-port "$LAMBDA_PORT")
+  wait_for_port 127.0.0.1 "$LAMBDA_PORT" 60 || { log "cargo lambda watch did not start"; tail -20 "$LOG_DIR/functions.log" >&2; return 1; }
+  start_bg gateway "$CARGO_TARGET_DIR/debug/gateway"
+  start_bg poller "$CARGO_TARGET_DIR/debug/poller"
+  wait_for_port 127.0.0.1 "$PAYSTREAM_HTTP_PORT" 30 || { log "gateway did not start"; tail -20 "$LOG_DIR/gateway.log" >&2; return 1; }
+}
+
+# Stops what start_runtime started: SIGINT first, so the poller leaves its
+# groups and finishes its batch, then SIGKILL after a bound.
+stop_runtime() {
+  local pid
+  for pid in "${RUNTIME_PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 50); do
+    local alive=0
+    for pid in "${RUNTIME_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.2
+  done
+  for pid in "${RUNTIME_PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  # cargo lambda watch runs each function as a child process of its own.
+  pkill -f "$CARGO_TARGET_DIR/debug/(account|pay|verify|fds-consumer|loyalty-consumer|benefit-consumer|order|settle|report)$" 2>/dev/null || true
+  RUNTIME_PIDS=()
+}

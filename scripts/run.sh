@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
-# The README's "run it" command: brings the stack up and runs the demo.
+# The README's "run it" command: brings up the stack, every function under
+# `cargo lambda watch`, the gateway and the poller, runs the demo, then keeps
+# everything running until Ctrl-C, which stops all of it cleanly.
 source "$(dirname "$0")/lib.sh"
+ensure_venv
 "$REPO_ROOT/scripts/stack.sh" up
+trap 'stop_runtime; exit 0' INT TERM
+trap 'stop_runtime' EXIT
+export PAYSTREAM_SCHEDULE_EVERY_S=10
+start_runtime
 cd "$REPO_ROOT"
-LOG_LEVEL=warn ops demo
+"$CARGO_TARGET_DIR/debug/demo" || log "the demo failed; logs are in $LOG_DIR"
+log "the platform keeps running at http://127.0.0.1:$PAYSTREAM_HTTP_PORT — Ctrl-C stops everything"
+while true; do sleep 3600; done

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# End-to-end: the demo with every expectation asserted, through the real
+# function binaries (cargo lambda watch), the gateway and the poller.
+# Called by scripts/test.sh after the stack is up.
+source "$(dirname "$0")/lib.sh"
+trap 'stop_runtime' EXIT
+export PAYSTREAM_SCHEDULE_EVERY_S=5
+start_runtime
+cd "$REPO_ROOT"
+if ! "$CARGO_TARGET_DIR/debug/demo" --check; then
+  log "end-to-end demo failed; last lines of each log:"
+  for f in "$LOG_DIR"/*.log; do echo "--- $f" >&2; tail -15 "$f" >&2; done
+  exit 1
+fi
