@@ -193,7 +193,8 @@ start_runtime() {
   log "building the functions and local tools"
   (cd "$REPO_ROOT" && cargo build -q --locked --workspace --bins)
   export PATH="$VENV/bin:$PATH"
-  (cd "$REPO_ROOT" && start_bg functions cargo-lambda lambda watch --ignore-changes --invoke-port "$LAMBDA_PORT")
+  cd "$REPO_ROOT"
+  start_bg functions cargo-lambda lambda watch --ignore-changes --invoke-port "$LAMBDA_PORT"
   wait_for_port 127.0.0.1 "$LAMBDA_PORT" 60 || { log "cargo lambda watch did not start"; tail -20 "$LOG_DIR/functions.log" >&2; return 1; }
   start_bg gateway "$CARGO_TARGET_DIR/debug/gateway"
   start_bg poller "$CARGO_TARGET_DIR/debug/poller"

@@ -20,3 +20,6 @@ log "template checks"
 
 log "cargo test (workspace)"
 cargo test --locked --workspace --all-targets
+
+log "end to end: the demo and every sample event through cargo lambda watch, the gateway and the poller"
+bash "$REPO_ROOT/scripts/e2e.sh"
