@@ -5,4 +5,5 @@
 //! Docker exists.
 
 pub mod client;
+pub mod poller;
 pub mod template;
