@@ -63,9 +63,26 @@ pub struct RedisConfig {
     pub connect_timeout_ms: u64,
 }
 
+/// How producers authenticate to the brokers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaAuth {
+    /// None (local) or TLS only, per `KAFKA_SECURITY_PROTOCOL`.
+    None,
+    /// SASL/SCRAM-SHA-512 over TLS with `KAFKA_SASL_USERNAME`/`_PASSWORD`.
+    Scram,
+    /// MSK IAM: SASL/OAUTHBEARER over TLS with SigV4-signed tokens.
+    Iam,
+}
+
 #[derive(Clone, Debug)]
 pub struct KafkaConfig {
+    /// Empty when the brokers are to be looked up from `cluster_arn`.
     pub bootstrap_servers: String,
+    /// The MSK cluster, for `GetBootstrapBrokers` at cold start.
+    pub cluster_arn: Option<String>,
+    pub auth: KafkaAuth,
+    /// Region for IAM tokens (`AWS_REGION`, which Lambda sets).
+    pub region: String,
     /// Upper bound for one publish, queueing and retries included
     /// (librdkafka `message.timeout.ms`). A publish never waits longer.
     pub publish_timeout_ms: u64,
@@ -146,6 +163,7 @@ impl Config {
             "aws" => Environment::Aws,
             other => return Err(ConfigError(format!("PAYSTREAM_ENV must be local or aws, not {other:?}"))),
         };
+        let cluster_arn = env.optional("KAFKA_CLUSTER_ARN");
         let config = Config {
             environment,
             database: DatabaseConfig {
@@ -161,7 +179,16 @@ impl Config {
                 connect_timeout_ms: env.number("REDIS_CONNECT_TIMEOUT_MS", 1_000)?,
             },
             kafka: KafkaConfig {
-                bootstrap_servers: env.string("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+                // With a cluster ARN and no brokers, they are looked up at cold start.
+                bootstrap_servers: env.string("KAFKA_BOOTSTRAP_SERVERS", if cluster_arn.is_some() { "" } else { "127.0.0.1:9092" }),
+                auth: match env.string("KAFKA_AUTH", "none").as_str() {
+                    "none" => KafkaAuth::None,
+                    "scram" => KafkaAuth::Scram,
+                    "iam" => KafkaAuth::Iam,
+                    other => return Err(ConfigError(format!("KAFKA_AUTH must be none, scram or iam, not {other:?}"))),
+                },
+                cluster_arn,
+                region: env.string("AWS_REGION", "us-east-1"),
                 publish_timeout_ms: env.number("KAFKA_PUBLISH_TIMEOUT_MS", 5_000)?,
                 linger_ms: env.number("KAFKA_LINGER_MS", 1)?,
                 security_protocol: env.string("KAFKA_SECURITY_PROTOCOL", "plaintext"),
@@ -232,6 +259,9 @@ impl Config {
         ];
         if self.benefit_min_gain_minor < 1 {
             return Err(ConfigError("BENEFIT_MIN_GAIN must be at least 1".into()));
+        }
+        if self.kafka.auth == KafkaAuth::Scram && (self.kafka.sasl_username.is_none() || self.kafka.sasl_password.is_none()) {
+            return Err(ConfigError("KAFKA_AUTH=scram needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD".into()));
         }
         if !(self.fds.max_speed_kmh.is_finite() && self.fds.max_speed_kmh > 0.0) {
             return Err(ConfigError("FDS_MAX_SPEED_KMH must be a positive number".into()));

@@ -15,11 +15,18 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
-use crate::config::{ConfigError, KafkaConfig};
+use crate::config::{ConfigError, KafkaAuth, KafkaConfig};
+use crate::msk_connect::IamTokenContext;
 use crate::error::{AppError, ErrorCode};
 
+/// A producer with the context its authentication needs.
+enum Inner {
+    Plain(FutureProducer),
+    Iam(FutureProducer<IamTokenContext>),
+}
+
 pub struct EventProducer {
-    producer: FutureProducer,
+    producer: Inner,
     publish_timeout: Duration,
     /// Cleared by any failed delivery; the platform then starts a new
     /// producer. Seen here with the local broker: once a record of an
@@ -46,6 +53,28 @@ pub struct OutgoingRecord<'a> {
     pub headers: &'a [(&'a str, &'a [u8])],
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn settings(pairs: &[(&str, &str)]) -> ClientConfig {
+        let config = Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap();
+        client_config(&config.kafka, "test")
+    }
+
+    #[test]
+    fn authentication_modes_set_the_librdkafka_properties() {
+        let local = settings(&[]);
+        assert_eq!(local.get("security.protocol"), Some("plaintext"));
+        let iam = settings(&[("KAFKA_AUTH", "iam"), ("KAFKA_BOOTSTRAP_SERVERS", "b:9098")]);
+        assert_eq!((iam.get("security.protocol"), iam.get("sasl.mechanism")), (Some("sasl_ssl"), Some("OAUTHBEARER")));
+        let scram = settings(&[("KAFKA_AUTH", "scram"), ("KAFKA_SASL_USERNAME", "u"), ("KAFKA_SASL_PASSWORD", "p")]);
+        assert_eq!((scram.get("sasl.mechanism"), scram.get("sasl.username")), (Some("SCRAM-SHA-512"), Some("u")));
+        assert!(Config::from_vars([("KAFKA_AUTH".to_string(), "scram".to_string())].into()).is_err(), "SCRAM needs credentials");
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// Not acknowledged in time (broker down, unreachable, restarting).
@@ -66,11 +95,13 @@ impl From<PublishError> for AppError {
 /// librdkafka settings shared by producers and (test/tool) consumers.
 pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("client.id", client_id)
-        .set("security.protocol", &config.security_protocol);
-    if let Some(mechanism) = &config.sasl_mechanism {
+    client.set("bootstrap.servers", &config.bootstrap_servers).set("client.id", client_id);
+    match config.auth {
+        KafkaAuth::None => client.set("security.protocol", &config.security_protocol),
+        KafkaAuth::Scram => client.set("security.protocol", "sasl_ssl").set("sasl.mechanism", "SCRAM-SHA-512"),
+        KafkaAuth::Iam => client.set("security.protocol", "sasl_ssl").set("sasl.mechanism", "OAUTHBEARER"),
+    };
+    if let Some(mechanism) = config.sasl_mechanism.as_ref().filter(|_| config.auth == KafkaAuth::None) {
         client.set("sasl.mechanism", mechanism);
     }
     if let Some(username) = &config.sasl_username {
@@ -83,9 +114,13 @@ pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
 }
 
 impl EventProducer {
+    /// `config.bootstrap_servers` must be resolved (see
+    /// [`crate::msk_connect::resolve_bootstrap`]). With IAM auth it must be
+    /// called inside a Tokio runtime.
     pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self, ConfigError> {
         let timeout_ms = config.publish_timeout_ms.to_string();
-        let producer = client_config(config, client_id)
+        let mut settings = client_config(config, client_id);
+        settings
             // Idempotence gives exactly-once per partition across the
             // producer's own retries, and requires acks=all.
             .set("enable.idempotence", "true")
@@ -93,9 +128,12 @@ impl EventProducer {
             .set("message.timeout.ms", &timeout_ms)
             .set("request.timeout.ms", &timeout_ms)
             .set("socket.connection.setup.timeout.ms", &timeout_ms)
-            .set("linger.ms", config.linger_ms.to_string())
-            .create()
-            .map_err(|e| ConfigError(format!("kafka producer: {e}")))?;
+            .set("linger.ms", config.linger_ms.to_string());
+        let fail = |e: rdkafka::error::KafkaError| ConfigError(format!("kafka producer: {e}"));
+        let producer = match config.auth {
+            KafkaAuth::Iam => Inner::Iam(settings.create_with_context(IamTokenContext::new(config.region.clone())).map_err(fail)?),
+            _ => Inner::Plain(settings.create().map_err(fail)?),
+        };
         Ok(Self { producer, publish_timeout: Duration::from_millis(config.publish_timeout_ms), healthy: true.into() })
     }
 
@@ -112,10 +150,14 @@ impl EventProducer {
         for (name, value) in record.headers {
             headers = headers.insert(Header { key: name, value: Some(*value) });
         }
-        let send = self.producer.send(
-            FutureRecord::to(record.topic).key(record.key).payload(record.payload).headers(headers),
-            Timeout::After(self.publish_timeout),
-        );
+        let future_record = FutureRecord::to(record.topic).key(record.key).payload(record.payload).headers(headers);
+        let queue = Timeout::After(self.publish_timeout);
+        let send = async {
+            match &self.producer {
+                Inner::Plain(p) => p.send(future_record, queue).await,
+                Inner::Iam(p) => p.send(future_record, queue).await,
+            }
+        };
         // message.timeout.ms already bounds delivery; the outer timeout is a
         // second, independent bound in case librdkafka itself is wedged.
         let outer = self.publish_timeout + Duration::from_millis(500);
@@ -140,9 +182,11 @@ impl EventProducer {
 
     /// Waits (bounded) for queued records to be delivered; call on shutdown.
     pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
-        self.producer
-            .flush(Timeout::After(timeout))
-            .map_err(|e| PublishError::Unavailable { timeout_ms: timeout.as_millis() as u64, reason: e.to_string() })
+        let flushed = match &self.producer {
+            Inner::Plain(p) => p.flush(Timeout::After(timeout)),
+            Inner::Iam(p) => p.flush(Timeout::After(timeout)),
+        };
+        flushed.map_err(|e| PublishError::Unavailable { timeout_ms: timeout.as_millis() as u64, reason: e.to_string() })
     }
 }
 

@@ -17,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod flash;
 pub mod msk;
+pub mod msk_connect;
 pub mod sms;
 pub mod verification;
 pub mod http;

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::auth::TokenIssuer;
 use crate::cache::Redis;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, KafkaConfig};
+use crate::msk_connect;
 use crate::db::{self, PgPool};
 use crate::error::AppError;
 use crate::kafka::EventProducer;
@@ -24,6 +25,8 @@ pub struct Platform {
     pub redis: Redis,
     pub tokens: TokenIssuer,
     producer: Mutex<Option<Arc<EventProducer>>>,
+    /// Bootstrap brokers, resolved once (from configuration or MSK).
+    bootstrap: tokio::sync::OnceCell<String>,
 }
 
 impl Platform {
@@ -44,6 +47,7 @@ impl Platform {
             redis: Redis::new(&config.redis)?,
             tokens: TokenIssuer::new(&config.auth),
             producer: Mutex::new(None),
+            bootstrap: tokio::sync::OnceCell::new(),
             config,
         })
     }
@@ -51,11 +55,23 @@ impl Platform {
     /// The shared producer, created on first use and replaced when the
     /// broker stopped accepting its state (see [`EventProducer::is_healthy`]).
     pub async fn producer(&self) -> Result<Arc<EventProducer>, AppError> {
+        let bootstrap = self
+            .bootstrap
+            .get_or_try_init(|| async {
+                if self.config.kafka.bootstrap_servers.is_empty() {
+                    msk_connect::resolve_bootstrap(&self.config.kafka, &msk_connect::MskDirectory::from_env().await).await
+                } else {
+                    Ok(self.config.kafka.bootstrap_servers.clone())
+                }
+            })
+            .await
+            .map_err(|e| AppError::new(crate::ErrorCode::BrokerUnavailable, "event brokers unknown").with_source(e))?;
         let mut slot = self.producer.lock().expect("producer slot lock");
         match slot.as_ref() {
             Some(producer) if producer.is_healthy() => Ok(Arc::clone(producer)),
             _ => {
-                let producer = Arc::new(EventProducer::new(&self.config.kafka, self.function).map_err(AppError::internal)?);
+                let kafka = KafkaConfig { bootstrap_servers: bootstrap.clone(), ..self.config.kafka.clone() };
+                let producer = Arc::new(EventProducer::new(&kafka, self.function).map_err(AppError::internal)?);
                 if let Some(old) = slot.replace(Arc::clone(&producer)) {
                     // Destroying a librdkafka client may wait for its queue
                     // (bounded by the publish timeout): not on a runtime thread.
