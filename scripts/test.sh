@@ -18,6 +18,19 @@ log "template checks"
 "$VENV/bin/sam" validate --lint --template-file template.yaml
 "$VENV/bin/sam" validate --region us-east-1 --template-file template.yaml
 
+log "sam build: an arm64 bootstrap for every function (cargo-lambda + zig, offline)"
+SAM_BUILD_DIR="$PAYSTREAM_CACHE/sam-build"
+PATH="$VENV/bin:$PATH" "$VENV/bin/sam" build --template-file template.yaml --build-dir "$SAM_BUILD_DIR"
+functions=0
+for bootstrap in "$SAM_BUILD_DIR"/*/bootstrap; do
+  # ELF e_machine (bytes 18-19) is 0xb7 0x00 for aarch64.
+  [[ "$(od -An -tx1 -j18 -N2 "$bootstrap" | tr -d ' ')" == "b700" ]] || { log "$bootstrap is not an arm64 executable"; exit 1; }
+  functions=$((functions + 1))
+done
+expected=$(grep -c 'Type: AWS::Serverless::Function' template.yaml)
+[[ "$functions" -eq "$expected" ]] || { log "sam build produced $functions bootstraps, the template has $expected functions"; exit 1; }
+log "sam build: $functions arm64 bootstraps"
+
 log "cargo test (workspace)"
 cargo test --locked --workspace --all-targets
 
