@@ -7,7 +7,10 @@ trap 'stop_runtime' EXIT
 export PAYSTREAM_SCHEDULE_EVERY_S=5
 start_runtime
 cd "$REPO_ROOT"
-if ! "$CARGO_TARGET_DIR/debug/demo" --check || ! PATH="$VENV/bin:$PATH" python3 scripts/invoke_samples.py; then
+export LOG_DIR
+if ! "$CARGO_TARGET_DIR/debug/demo" --check ||
+   ! PATH="$VENV/bin:$PATH" python3 scripts/invoke_samples.py ||
+   ! python3 scripts/redelivery_check.py; then
   log "end-to-end demo failed; last lines of each log:"
   for f in "$LOG_DIR"/*.log; do echo "--- $f" >&2; tail -15 "$f" >&2; done
   exit 1
