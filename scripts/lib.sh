@@ -202,11 +202,12 @@ start_runtime() {
   wait_for_port 127.0.0.1 "$PAYSTREAM_HTTP_PORT" 30 || { log "gateway did not start"; tail -20 "$LOG_DIR/gateway.log" >&2; return 1; }
 }
 
-# Stops what start_runtime started: SIGINT first, so the poller leaves its
-# groups and finishes its batch, then SIGKILL after a bound.
+# Stops what start_runtime started: SIGTERM first, so the poller finishes
+# its batch and closes its consumers, then SIGKILL after a bound. (SIGINT
+# would not do: background jobs of a script start with SIGINT ignored.)
 stop_runtime() {
   local pid
-  for pid in "${RUNTIME_PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  for pid in "${RUNTIME_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for _ in $(seq 1 50); do
     local alive=0
     for pid in "${RUNTIME_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done

@@ -12,4 +12,6 @@ start_runtime
 cd "$REPO_ROOT"
 "$CARGO_TARGET_DIR/debug/demo" || log "the demo failed; logs are in $LOG_DIR"
 log "the platform keeps running at http://127.0.0.1:$PAYSTREAM_HTTP_PORT — Ctrl-C stops everything"
-while true; do sleep 3600; done
+# `wait` returns as soon as a trapped signal arrives (a foreground `sleep`
+# would hold the trap back until it ended).
+wait "${RUNTIME_PIDS[@]}"

@@ -7,3 +7,13 @@
 pub mod client;
 pub mod poller;
 pub mod template;
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. Scripts stop background tools
+/// with SIGTERM, because a non-interactive shell starts them ignoring SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -53,7 +53,7 @@ async fn main() {
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                 });
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = paystream_local::shutdown_signal() => {
                 tracing::info!("gateway stopping");
                 return;
             }

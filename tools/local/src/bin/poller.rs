@@ -41,7 +41,7 @@ async fn main() {
         tasks.spawn(tick(schedule, every_s, endpoint.clone(), client.clone(), stop_rx.clone()));
     }
     tracing::info!(sources = template.msk_sources.len(), schedules = template.schedules.len(), %endpoint, "poller running");
-    tokio::signal::ctrl_c().await.ok();
+    paystream_local::shutdown_signal().await;
     tracing::info!("poller stopping: finishing in-flight batches and leaving the groups");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
