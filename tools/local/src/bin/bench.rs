@@ -1,0 +1,160 @@
+//! Benchmarks the flash-sale decision (accepted or sold out) on a hot
+//! product against Redis on this machine, next to two baselines measured in
+//! the same run: FlashPay's lock-then-check-then-decrement order path, and
+//! Redis's raw rate for one atomic step (a bare DECR).
+//!
+//!   bench [attempts] [concurrency]      defaults: 20000 64
+//!
+//! Prints one table row per path: decisions/s, p50 and p99 latency, and the
+//! ratio to the gate.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paystream::cache::Redis;
+use paystream::config::Config;
+use paystream::flash::{self, SaleState};
+use redis::AsyncCommands;
+use uuid::Uuid;
+
+const STOCK: i64 = 1_000;
+/// Spin bound for the baseline's lock (FlashPay retries until it gets it).
+const LOCK_ATTEMPTS_MAX: usize = 10_000;
+
+struct Run {
+    name: &'static str,
+    per_s: f64,
+    p50: Duration,
+    p99: Duration,
+    accepted: usize,
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let attempts = args.first().copied().unwrap_or(20_000);
+    let concurrency = args.get(1).copied().unwrap_or(64).max(1);
+    let mut config = Config::from_env().expect("configuration");
+    config.redis.key_prefix = format!("bench:{}:", Uuid::new_v4().simple());
+    let redis = Arc::new(Redis::new(&config.redis).expect("redis"));
+
+    println!("flash-sale decisions on one hot product: stock {STOCK}, {attempts} attempts by distinct buyers, {concurrency} concurrent");
+    let gate = measure("paystream gate (one Lua script)", &redis, attempts, concurrency, gate_setup, gate_step).await;
+    let lock = measure("baseline: lock, check, decrement", &redis, attempts, concurrency, lock_setup, lock_step).await;
+    let raw = measure("Redis raw: one DECR", &redis, attempts, concurrency, lock_setup, raw_step).await;
+    println!("{:<36} {:>12} {:>9} {:>9} {:>9} {:>8}", "path", "decisions/s", "p50 ms", "p99 ms", "accepted", "vs gate");
+    for run in [&gate, &lock, &raw] {
+        println!(
+            "{:<36} {:>12.0} {:>9.2} {:>9.2} {:>9} {:>7.2}x",
+            run.name,
+            run.per_s,
+            run.p50.as_secs_f64() * 1e3,
+            run.p99.as_secs_f64() * 1e3,
+            run.accepted,
+            run.per_s / gate.per_s
+        );
+    }
+    assert_eq!(gate.accepted as i64, STOCK.min(attempts as i64), "the gate never oversells");
+    // Leave nothing behind in Redis.
+    let mut conn = redis.conn().await.expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", redis.prefix())).query_async(&mut conn).await.unwrap_or_default();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap_or(());
+    }
+}
+
+type Setup = fn(Arc<Redis>, Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+type Step = fn(Arc<Redis>, Uuid, Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
+async fn measure(name: &'static str, redis: &Arc<Redis>, attempts: usize, concurrency: usize, setup: Setup, step: Step) -> Run {
+    let product = Uuid::new_v4();
+    setup(Arc::clone(redis), product).await;
+    let started = Instant::now();
+    let per_task = attempts.div_ceil(concurrency);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..concurrency {
+        let redis = Arc::clone(redis);
+        let n = per_task.min(attempts.saturating_sub(t * per_task));
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(n);
+            let mut accepted = 0;
+            for _ in 0..n {
+                let begun = Instant::now();
+                if step(Arc::clone(&redis), product, Uuid::new_v4()).await {
+                    accepted += 1;
+                }
+                latencies.push(begun.elapsed());
+            }
+            (latencies, accepted)
+        });
+    }
+    let mut latencies = Vec::with_capacity(attempts);
+    let mut accepted = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (l, a) = result.expect("task");
+        latencies.extend(l);
+        accepted += a;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
+    Run { name, per_s: latencies.len() as f64 / elapsed.as_secs_f64(), p50: pick(0.50), p99: pick(0.99), accepted }
+}
+
+fn gate_setup(redis: Arc<Redis>, product: Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let now = time::OffsetDateTime::now_utc();
+        let state = SaleState { start_time: now - time::Duration::minutes(1), end_time: now + time::Duration::hours(1), remaining: STOCK, buyers: Vec::new() };
+        flash::load(&redis, product, &state).await.expect("load gate");
+    })
+}
+
+fn gate_step(redis: Arc<Redis>, product: Uuid, user: Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
+    Box::pin(async move { matches!(flash::reserve(&redis, product, user, time::OffsetDateTime::now_utc()).await, Ok(flash::Reservation::Reserved)) })
+}
+
+fn keys(redis: &Redis, product: Uuid) -> (String, String, String) {
+    (redis.key(&format!("base:{product}:lock")), redis.key(&format!("base:{product}:stock")), redis.key(&format!("base:{product}:buyers")))
+}
+
+fn lock_setup(redis: Arc<Redis>, product: Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let (_, stock, _) = keys(&redis, product);
+        let mut conn = redis.conn().await.expect("redis");
+        let _: () = conn.set(stock, STOCK).await.expect("set stock");
+    })
+}
+
+/// FlashPay's order path: take a lock, read stock and buyers, decrement, release.
+fn lock_step(redis: Arc<Redis>, product: Uuid, user: Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
+    Box::pin(async move {
+        let (lock, stock, buyers) = keys(&redis, product);
+        let mut conn = redis.conn().await.expect("redis");
+        let token = user.to_string();
+        for _ in 0..LOCK_ATTEMPTS_MAX {
+            let got: bool = redis::cmd("SET").arg(&lock).arg(&token).arg("NX").arg("PX").arg(100).query_async(&mut conn).await.map(|v: Option<String>| v.is_some()).unwrap_or(false);
+            if got {
+                let remaining: i64 = conn.get(&stock).await.unwrap_or(0);
+                let already: bool = conn.sismember(&buyers, &token).await.unwrap_or(false);
+                let ok = remaining > 0 && !already;
+                if ok {
+                    let _: i64 = conn.decr(&stock, 1).await.unwrap_or(0);
+                    let _: i64 = conn.sadd(&buyers, &token).await.unwrap_or(0);
+                }
+                let _: i64 = conn.del(&lock).await.unwrap_or(0);
+                return ok;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    })
+}
+
+fn raw_step(redis: Arc<Redis>, product: Uuid, _user: Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
+    Box::pin(async move {
+        let (_, stock, _) = keys(&redis, product);
+        let mut conn = redis.conn().await.expect("redis");
+        let left: i64 = conn.decr(&stock, 1).await.unwrap_or(-1);
+        left >= 0
+    })
+}
