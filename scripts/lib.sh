@@ -137,6 +137,14 @@ ensure_database() {
   fi
 }
 
+# The Rust standard library for Lambda's arm64 (sam build cross-compiles).
+ensure_arm64_target() {
+  if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+    log "adding the aarch64-unknown-linux-gnu Rust target"
+    rustup target add aarch64-unknown-linux-gnu
+  fi
+}
+
 ensure_venv() {
   local stamp="$VENV/.paystream-tools"
   if [[ -f "$stamp" ]] && [[ "$(cat "$stamp")" == "${PY_TOOLS[*]}" ]]; then

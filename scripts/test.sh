@@ -19,6 +19,7 @@ log "template checks"
 "$VENV/bin/sam" validate --region us-east-1 --template-file template.yaml
 
 log "sam build: an arm64 bootstrap for every function (cargo-lambda + zig, offline)"
+ensure_arm64_target
 SAM_BUILD_DIR="$PAYSTREAM_CACHE/sam-build"
 PATH="$VENV/bin:$PATH" "$VENV/bin/sam" build --template-file template.yaml --build-dir "$SAM_BUILD_DIR"
 functions=0
