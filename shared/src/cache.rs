@@ -3,6 +3,7 @@
 //! retries. Every key goes through [`Redis::key`] so it carries the
 //! configured prefix.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -48,5 +49,47 @@ impl Redis {
 
     pub fn prefix(&self) -> &str {
         &self.config.key_prefix
+    }
+}
+
+impl Redis {
+    /// Cache-aside read of many ids: one MGET of `{namespace}:{id}`; the
+    /// misses come from `load` (one query, the truth) and are written back
+    /// in one pipeline with a TTL. Ids `load` does not return are cached as
+    /// `T::default()` too, so a missing row is not re-read every batch.
+    pub async fn read_through<T, F, Fut>(&self, namespace: &str, ids: &[uuid::Uuid], ttl_s: u64, load: F) -> Result<HashMap<uuid::Uuid, T>, AppError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Default,
+        F: FnOnce(Vec<uuid::Uuid>) -> Fut,
+        Fut: std::future::Future<Output = Result<HashMap<uuid::Uuid, T>, AppError>>,
+    {
+        let mut found = HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(found);
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.key(&format!("{namespace}:{id}"))).collect();
+        let mut conn = self.conn().await?;
+        let cached: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let mut misses = Vec::new();
+        for (id, value) in ids.iter().zip(cached) {
+            match value.and_then(|v| serde_json::from_str::<T>(&v).ok()) {
+                Some(v) => {
+                    found.insert(*id, v);
+                }
+                None => misses.push(*id),
+            }
+        }
+        if misses.is_empty() {
+            return Ok(found);
+        }
+        let mut loaded = load(misses.clone()).await?;
+        let mut pipe = redis::pipe();
+        for id in misses {
+            let value = loaded.remove(&id).unwrap_or_default();
+            pipe.set_ex(self.key(&format!("{namespace}:{id}")), serde_json::to_string(&value).map_err(AppError::internal)?, ttl_s).ignore();
+            found.insert(id, value);
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(found)
     }
 }

@@ -20,52 +20,13 @@ pub struct HeldCard {
     pub last4: String,
 }
 
-/// Reads `ids` through Redis (one MGET); misses come from `load` (one query)
-/// and are written back (one pipeline) with a TTL.
-async fn cache_aside<T, F, Fut>(redis: &Redis, namespace: &str, ids: &[Uuid], ttl_s: u64, load: F) -> Result<HashMap<Uuid, T>, AppError>
-where
-    T: Serialize + for<'de> Deserialize<'de> + Default,
-    F: FnOnce(Vec<Uuid>) -> Fut,
-    Fut: std::future::Future<Output = Result<HashMap<Uuid, T>, AppError>>,
-{
-    let mut found = HashMap::with_capacity(ids.len());
-    if ids.is_empty() {
-        return Ok(found);
-    }
-    let keys: Vec<String> = ids.iter().map(|id| redis.key(&format!("{namespace}:{id}"))).collect();
-    let mut conn = redis.conn().await?;
-    let cached: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-    let mut misses = Vec::new();
-    for (id, value) in ids.iter().zip(cached) {
-        match value.and_then(|v| serde_json::from_str::<T>(&v).ok()) {
-            Some(v) => {
-                found.insert(*id, v);
-            }
-            None => misses.push(*id),
-        }
-    }
-    if misses.is_empty() {
-        return Ok(found);
-    }
-    let mut loaded = load(misses.clone()).await?;
-    let mut pipe = redis::pipe();
-    for id in misses {
-        // An empty answer is cached too, so a missing row is not re-read each batch.
-        let value = loaded.remove(&id).unwrap_or_default();
-        pipe.set_ex(redis.key(&format!("{namespace}:{id}")), serde_json::to_string(&value).map_err(AppError::internal)?, ttl_s).ignore();
-        found.insert(id, value);
-    }
-    let _: () = pipe.query_async(&mut conn).await?;
-    Ok(found)
-}
-
 fn cards_namespace() -> &'static str {
     "ben:cards"
 }
 
 /// Every card of each user.
 pub async fn cards_of(redis: &Redis, db: &impl GenericClient, users: &[Uuid], ttl_s: u64) -> Result<HashMap<Uuid, Vec<HeldCard>>, AppError> {
-    cache_aside(redis, cards_namespace(), users, ttl_s, |misses| async move {
+    redis.read_through(cards_namespace(), users, ttl_s, |misses| async move {
         let rows = db
             .query(
                 "SELECT c.user_id, c.id, c.card_product_id, p.name, c.last4 FROM cards c JOIN card_products p ON p.id = c.card_product_id
@@ -91,7 +52,7 @@ pub async fn forget_cards(redis: &Redis, user: Uuid) -> Result<(), AppError> {
 
 /// Every rule of each card product.
 pub async fn rules_of(redis: &Redis, db: &impl GenericClient, products: &[Uuid], ttl_s: u64) -> Result<HashMap<Uuid, Vec<Rule>>, AppError> {
-    cache_aside(redis, "ben:rules", products, ttl_s, |misses| async move {
+    redis.read_through("ben:rules", products, ttl_s, |misses| async move {
         let rows = db
             .query(
                 "SELECT card_product_id, merchant_category, merchant_id, rate_bp, cap_minor, currency FROM benefit_rules WHERE card_product_id = ANY($1)",

@@ -51,42 +51,28 @@ pub async fn lock(db: &impl GenericClient, user: Uuid) -> Result<(), AppError> {
     Ok(())
 }
 
+const LOCATION_NAMESPACE: &str = "fds:last";
+
 fn cache_key(redis: &Redis, user: Uuid) -> String {
-    redis.key(&format!("fds:last:{user}"))
+    redis.key(&format!("{LOCATION_NAMESPACE}:{user}"))
 }
 
-/// Last accepted locations of `users`: one Redis MGET, one PostgreSQL query
-/// for the misses, one pipelined Redis fill.
+/// Last accepted locations of `users`, cache-aside: one Redis MGET, one
+/// PostgreSQL query for the misses, one pipelined Redis fill. Holders with
+/// no accepted payment yet are cached as "none" until their first one.
 pub async fn last_locations(redis: &Redis, db: &impl GenericClient, users: &[Uuid]) -> Result<HashMap<Uuid, LastLocation>, AppError> {
-    let mut found = HashMap::with_capacity(users.len());
-    if users.is_empty() {
-        return Ok(found);
-    }
-    let keys: Vec<String> = users.iter().map(|u| cache_key(redis, *u)).collect();
-    let mut conn = redis.conn().await?;
-    let cached: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-    let mut misses = Vec::new();
-    for (user, value) in users.iter().zip(cached) {
-        match value.and_then(|v| serde_json::from_str::<LastLocation>(&v).ok()) {
-            Some(location) => {
-                found.insert(*user, location);
-            }
-            None => misses.push(*user),
-        }
-    }
-    if misses.is_empty() {
-        return Ok(found);
-    }
-    let rows = db
-        .query("SELECT user_id, payment_id, country, lat, lon, occurred_at FROM holder_locations WHERE user_id = ANY($1)", &[&misses])
+    let read = redis
+        .read_through(LOCATION_NAMESPACE, users, LOCATION_CACHE_TTL_S, |misses| async move {
+            let rows = db
+                .query("SELECT user_id, payment_id, country, lat, lon, occurred_at FROM holder_locations WHERE user_id = ANY($1)", &[&misses])
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), Some(LastLocation { payment_id: r.get(1), country: r.get(2), lat: r.get(3), lon: r.get(4), at: r.get(5) })))
+                .collect::<HashMap<Uuid, Option<LastLocation>>>())
+        })
         .await?;
-    let loaded: Vec<(Uuid, LastLocation)> = rows
-        .iter()
-        .map(|r| (r.get(0), LastLocation { payment_id: r.get(1), country: r.get(2), lat: r.get(3), lon: r.get(4), at: r.get(5) }))
-        .collect();
-    cache(redis, &loaded).await?;
-    found.extend(loaded);
-    Ok(found)
+    Ok(read.into_iter().filter_map(|(user, location)| location.map(|l| (user, l))).collect())
 }
 
 /// Writes locations to PostgreSQL (inside the caller's transaction). A

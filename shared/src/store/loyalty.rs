@@ -96,36 +96,16 @@ pub async fn insert_vips(db: &impl GenericClient, vips: &[CountChange]) -> Resul
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Merchants' names and VIP thresholds, cache-aside: Redis first, then
-/// PostgreSQL for the misses (and Redis is filled).
+/// Merchants' names and VIP thresholds, cache-aside (Redis first, then
+/// PostgreSQL for the misses, filling Redis).
 pub async fn merchant_facts(redis: &Redis, db: &impl GenericClient, merchants: &[Uuid], ttl_s: u64) -> Result<HashMap<Uuid, (String, i32)>, AppError> {
-    let mut found = HashMap::new();
-    if merchants.is_empty() {
-        return Ok(found);
-    }
-    let keys: Vec<String> = merchants.iter().map(|m| redis.key(&format!("loy:merchant:{m}"))).collect();
-    let mut conn = redis.conn().await?;
-    let cached: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-    let mut misses = Vec::new();
-    for (m, v) in merchants.iter().zip(cached) {
-        match v.and_then(|v| serde_json::from_str::<(String, i32)>(&v).ok()) {
-            Some(facts) => {
-                found.insert(*m, facts);
-            }
-            None => misses.push(*m),
-        }
-    }
-    if !misses.is_empty() {
-        let rows = db.query("SELECT id, name, vip_threshold FROM merchants WHERE id = ANY($1)", &[&misses]).await?;
-        let mut pipe = redis::pipe();
-        for r in &rows {
-            let facts: (String, i32) = (r.get(1), r.get(2));
-            pipe.set_ex(redis.key(&format!("loy:merchant:{}", r.get::<_, Uuid>(0))), serde_json::to_string(&facts).map_err(AppError::internal)?, ttl_s).ignore();
-            found.insert(r.get(0), facts);
-        }
-        let _: () = pipe.query_async(&mut conn).await?;
-    }
-    Ok(found)
+    let read = redis
+        .read_through("loy:merchant", merchants, ttl_s, |misses| async move {
+            let rows = db.query("SELECT id, name, vip_threshold FROM merchants WHERE id = ANY($1)", &[&misses]).await?;
+            Ok(rows.iter().map(|r| (r.get(0), Some((r.get(1), r.get(2))))).collect::<HashMap<Uuid, Option<(String, i32)>>>())
+        })
+        .await?;
+    Ok(read.into_iter().filter_map(|(m, facts)| facts.map(|f| (m, f))).collect())
 }
 
 fn count_key(redis: &Redis, merchant: Uuid, user: Uuid) -> String {
