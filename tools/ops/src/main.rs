@@ -3,9 +3,6 @@
 //!   paystream-ops migrate                     apply pending migrations
 //!   paystream-ops seed                        migrate, then seed demo data (repeatable)
 //!   paystream-ops create-admin NAME PHONE     create an admin; password from PAYSTREAM_ADMIN_PASSWORD
-//!   paystream-ops demo                        walk through the account flow in-process
-
-mod demo;
 
 use paystream::config::{Config, Environment};
 use paystream::domain::Role;
@@ -53,8 +50,7 @@ async fn run(args: &[String]) -> Result<(), Error> {
             let id = paystream::demo::ensure_user(&platform.pg, paystream::domain::UserId::new_random(), username, phone, Role::Admin, &admin_password).await?;
             println!("admin {username}: {id}");
         }
-        ["demo"] => demo::run(Platform::from_config("paystream-demo", config)?).await?,
-        _ => return Err("usage: paystream-ops migrate | seed | create-admin NAME PHONE | demo".into()),
+        _ => return Err("usage: paystream-ops migrate | seed | create-admin NAME PHONE".into()),
     }
     Ok(())
 }
