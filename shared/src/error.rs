@@ -216,8 +216,14 @@ pub struct Problem<'a> {
 
 impl From<tokio_postgres::Error> for AppError {
     fn from(err: tokio_postgres::Error) -> Self {
-        // A dropped connection is an outage, not a bug: say so, so clients retry.
-        if err.is_closed() || err.as_db_error().is_none() && err.to_string().contains("connect") {
+        // A lost or refused connection is an outage, not a bug: say so, so
+        // clients retry. Everything else (constraint, SQL, conversion) is ours.
+        let io_failure = std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>());
+        let server_unavailable = err.code().is_some_and(|c| {
+            let code = c.code();
+            code.starts_with("08") || code == "57P01" || code == "57P03" || code == "53300"
+        });
+        if err.is_closed() || io_failure || server_unavailable {
             return AppError::new(ErrorCode::DependencyUnavailable, "database unavailable; retry later").with_source(err);
         }
         AppError::internal(err)
