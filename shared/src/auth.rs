@@ -61,8 +61,9 @@ pub struct AccessToken {
 }
 
 pub struct TokenIssuer {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// `None` when this function was given no signing key: it then refuses
+    /// to issue or accept any token (never signs with an empty key).
+    keys: Option<(EncodingKey, DecodingKey)>,
     validation: Validation,
     issuer: String,
     audience: String,
@@ -71,7 +72,10 @@ pub struct TokenIssuer {
 
 impl TokenIssuer {
     pub fn new(config: &AuthConfig) -> Self {
-        let secret = config.jwt_secret.expose().as_bytes();
+        let keys = config.jwt_secret.as_ref().map(|secret| {
+            let secret = secret.expose().as_bytes();
+            (EncodingKey::from_secret(secret), DecodingKey::from_secret(secret))
+        });
         let mut validation = Validation::new(JWT_ALGORITHM);
         validation.set_issuer(&[&config.jwt_issuer]);
         validation.set_audience(&[&config.jwt_audience]);
@@ -79,8 +83,7 @@ impl TokenIssuer {
         validation.leeway = config.jwt_leeway_s;
         validation.validate_exp = true;
         Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            keys,
             validation,
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
@@ -103,12 +106,12 @@ impl TokenIssuer {
             iat,
             exp: iat + self.ttl_s as i64,
         };
-        let token = jsonwebtoken::encode(&Header::new(JWT_ALGORITHM), &claims, &self.encoding).map_err(AppError::internal)?;
+        let token = jsonwebtoken::encode(&Header::new(JWT_ALGORITHM), &claims, &self.keys()?.0).map_err(AppError::internal)?;
         Ok(AccessToken { access_token: token, token_type: "Bearer", expires_in: self.ttl_s })
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller, AppError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.keys()?.1, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             let detail = match e.kind() {
                 ErrorKind::ExpiredSignature => "access token expired",
@@ -120,6 +123,10 @@ impl TokenIssuer {
             AppError::unauthorized(detail)
         })?;
         Ok(Caller { user_id: UserId(data.claims.sub), role: data.claims.role })
+    }
+
+    fn keys(&self) -> Result<&(EncodingKey, DecodingKey), AppError> {
+        self.keys.as_ref().ok_or_else(|| AppError::new(crate::ErrorCode::Internal, "this function has no JWT signing key (JWT_SECRET / JWT_SECRET_ARN)"))
     }
 
     /// Reads `Authorization: Bearer <token>` and verifies it.

@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::IntoConnectionInfo;
 use tokio::sync::OnceCell;
 
 use crate::config::{ConfigError, RedisConfig};
 use crate::error::AppError;
+use crate::tls;
 
 /// Reconnect attempts before a command fails (each with backoff).
 const RECONNECT_RETRIES_MAX: usize = 3;
@@ -22,8 +24,24 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// `rediss://` URLs connect over TLS and verify the server's certificate
+    /// and name: against `REDIS_CA_FILE` when set, else the system's roots
+    /// (ElastiCache presents certificates from a public CA).
     pub fn new(config: &RedisConfig) -> Result<Self, ConfigError> {
-        let client = redis::Client::open(config.url.expose()).map_err(|e| ConfigError(format!("REDIS_URL: {e}")))?;
+        let bad_url = |e: redis::RedisError| ConfigError(format!("REDIS_URL: {e}"));
+        let mut info = config.url.expose().into_connection_info().map_err(bad_url)?;
+        if let Some(password) = &config.password {
+            let settings = info.redis_settings().clone().set_password(password.expose());
+            info = info.set_redis_settings(settings);
+        }
+        let client = match &config.ca_file {
+            Some(path) => {
+                let root_cert = tls::read_pem_file("REDIS_CA_FILE", path)?;
+                redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) })
+                    .map_err(|e| ConfigError(format!("REDIS_CA_FILE: {e}")))?
+            }
+            None => redis::Client::open(info).map_err(bad_url)?,
+        };
         Ok(Self { client, manager: OnceCell::new(), config: config.clone() })
     }
 

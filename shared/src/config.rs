@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::aws_secrets;
 use crate::secret::Secret;
 
 /// Secrets that are fine on a laptop and fatal on AWS.
@@ -45,9 +46,31 @@ pub struct Config {
     pub log_filter: String,
 }
 
+/// How connections to PostgreSQL are protected (`DATABASE_TLS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseTls {
+    /// Plain TCP: loopback only (laptops, CI).
+    Disable,
+    /// TLS required, the server's certificate chain checked against the CA
+    /// bundle and its name against the host (libpq's `verify-full`). RDS
+    /// forces TLS from PostgreSQL 15; anything weaker lets a man in the
+    /// middle read card holders' data.
+    VerifyFull,
+}
+
 #[derive(Clone, Debug)]
 pub struct DatabaseConfig {
+    /// Host, port and database; credentials may be in it (local) or come
+    /// separately from a secret (`DATABASE_SECRET_ARN` on AWS).
     pub url: Secret,
+    /// Overrides the URL's user (`DATABASE_USER`).
+    pub user: Option<String>,
+    /// Overrides the URL's password (`DATABASE_PASSWORD`).
+    pub password: Option<Secret>,
+    pub tls: DatabaseTls,
+    /// PEM file of the CAs to trust instead of the bundled Amazon RDS bundle
+    /// (`DATABASE_CA_FILE`).
+    pub ca_file: Option<std::path::PathBuf>,
     pub pool_max_size: usize,
     pub connect_timeout_ms: u64,
     pub statement_timeout_ms: u64,
@@ -55,7 +78,14 @@ pub struct DatabaseConfig {
 
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
+    /// `redis://` (plain) or `rediss://` (TLS, e.g. ElastiCache with
+    /// in-transit encryption; the server certificate is verified).
     pub url: Secret,
+    /// AUTH token, overriding the URL's (`REDIS_PASSWORD`).
+    pub password: Option<Secret>,
+    /// PEM file of the CAs to trust for `rediss://` instead of the system's
+    /// (`REDIS_CA_FILE`).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Prefix for every key we write, so several deployments (or parallel
     /// tests) can share one Redis without seeing each other.
     pub key_prefix: String,
@@ -100,14 +130,27 @@ pub struct KafkaConfig {
 
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
-    pub jwt_secret: Secret,
+    /// HS256 key. `None` on AWS for a function that was given none (the
+    /// consumers): it can then neither issue nor accept tokens.
+    pub jwt_secret: Option<Secret>,
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub access_token_ttl_s: u64,
     /// Clock skew tolerated when checking `exp`.
     pub jwt_leeway_s: u64,
     /// HMAC key for card fingerprints (a PAN is never stored, only this).
-    pub pan_fingerprint_key: Secret,
+    /// `None` on AWS for functions that never see a PAN.
+    pub pan_fingerprint_key: Option<Secret>,
+}
+
+impl AuthConfig {
+    /// The card fingerprint key, or an internal error for a function that
+    /// was deployed without one.
+    pub fn pan_key(&self) -> Result<&Secret, crate::AppError> {
+        self.pan_fingerprint_key.as_ref().ok_or_else(|| {
+            crate::AppError::new(crate::ErrorCode::Internal, "this function has no PAN_FINGERPRINT_KEY (PAN_FINGERPRINT_KEY_ARN)")
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -150,9 +193,21 @@ pub struct SmsConfig {
 pub struct ConfigError(pub String);
 
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment. Synchronous: it does not resolve
+    /// secret ARNs (see [`Config::load`]).
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_vars(std::env::vars().collect())
+    }
+
+    /// Reads the process environment after replacing secret ARNs
+    /// (`JWT_SECRET_ARN`, `DATABASE_SECRET_ARN`, ...) by the secrets' values
+    /// from AWS Secrets Manager. Without such variables it makes no call.
+    pub async fn load() -> Result<Self, ConfigError> {
+        let mut vars: HashMap<String, String> = std::env::vars().collect();
+        if aws_secrets::has_refs(&vars) {
+            aws_secrets::resolve(&mut vars, &aws_secrets::SecretsManager::from_env().await).await?;
+        }
+        Self::from_vars(vars)
     }
 
     /// Reads configuration from an explicit map (tests build their own).
@@ -168,12 +223,23 @@ impl Config {
             environment,
             database: DatabaseConfig {
                 url: Secret::new(env.string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/paystream")),
+                user: env.optional("DATABASE_USER"),
+                password: env.optional("DATABASE_PASSWORD").map(Secret::new),
+                // On AWS the safe choice is the default; locally the loopback server.
+                tls: match env.string("DATABASE_TLS", if environment == Environment::Aws { "verify-full" } else { "disable" }).as_str() {
+                    "disable" => DatabaseTls::Disable,
+                    "verify-full" => DatabaseTls::VerifyFull,
+                    other => return Err(ConfigError(format!("DATABASE_TLS must be disable or verify-full, not {other:?}"))),
+                },
+                ca_file: env.optional("DATABASE_CA_FILE").map(Into::into),
                 pool_max_size: env.number("PG_POOL_MAX_SIZE", 8)?,
                 connect_timeout_ms: env.number("PG_CONNECT_TIMEOUT_MS", 3_000)?,
                 statement_timeout_ms: env.number("PG_STATEMENT_TIMEOUT_MS", 5_000)?,
             },
             redis: RedisConfig {
                 url: Secret::new(env.string("REDIS_URL", "redis://127.0.0.1:6379/0")),
+                password: env.optional("REDIS_PASSWORD").map(Secret::new),
+                ca_file: env.optional("REDIS_CA_FILE").map(Into::into),
                 key_prefix: env.string("REDIS_KEY_PREFIX", "ps:"),
                 response_timeout_ms: env.number("REDIS_RESPONSE_TIMEOUT_MS", 1_000)?,
                 connect_timeout_ms: env.number("REDIS_CONNECT_TIMEOUT_MS", 1_000)?,
@@ -199,12 +265,12 @@ impl Config {
                 order_topic: env.string("ORDER_TOPIC", "order-stream"),
             },
             auth: AuthConfig {
-                jwt_secret: Secret::new(env.string("JWT_SECRET", LOCAL_JWT_SECRET)),
+                jwt_secret: env.secret("JWT_SECRET", environment, LOCAL_JWT_SECRET),
                 jwt_issuer: env.string("JWT_ISSUER", "paystream"),
                 jwt_audience: env.string("JWT_AUDIENCE", "paystream-api"),
                 access_token_ttl_s: env.number("ACCESS_TOKEN_TTL_S", 900)?,
                 jwt_leeway_s: env.number("JWT_LEEWAY_S", 5)?,
-                pan_fingerprint_key: Secret::new(env.string("PAN_FINGERPRINT_KEY", LOCAL_PAN_FINGERPRINT_KEY)),
+                pan_fingerprint_key: env.secret("PAN_FINGERPRINT_KEY", environment, LOCAL_PAN_FINGERPRINT_KEY),
             },
             http: HttpConfig {
                 max_body_bytes: env.number("HTTP_MAX_BODY_BYTES", 64 * 1024)?,
@@ -234,18 +300,20 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
-        if self.auth.jwt_secret.expose().len() < JWT_SECRET_MIN_BYTES {
-            return Err(ConfigError(format!("JWT_SECRET must be at least {JWT_SECRET_MIN_BYTES} bytes")));
+        let keys = [
+            ("JWT_SECRET", &self.auth.jwt_secret, LOCAL_JWT_SECRET),
+            ("PAN_FINGERPRINT_KEY", &self.auth.pan_fingerprint_key, LOCAL_PAN_FINGERPRINT_KEY),
+        ];
+        for (name, key, local_value) in keys {
+            let Some(key) = key else { continue };
+            if key.expose().len() < JWT_SECRET_MIN_BYTES {
+                return Err(ConfigError(format!("{name} must be at least {JWT_SECRET_MIN_BYTES} bytes")));
+            }
+            if self.environment == Environment::Aws && key.expose() == local_value {
+                return Err(ConfigError(format!("the local-only {name} must not be used with PAYSTREAM_ENV=aws")));
+            }
         }
-        if self.auth.pan_fingerprint_key.expose().len() < JWT_SECRET_MIN_BYTES {
-            return Err(ConfigError(format!("PAN_FINGERPRINT_KEY must be at least {JWT_SECRET_MIN_BYTES} bytes")));
-        }
-        if self.environment == Environment::Aws
-            && (self.auth.jwt_secret.expose() == LOCAL_JWT_SECRET
-                || self.auth.pan_fingerprint_key.expose() == LOCAL_PAN_FINGERPRINT_KEY)
-        {
-            return Err(ConfigError("local-only secrets must not be used with PAYSTREAM_ENV=aws".into()));
-        }
+
         let bounds = [
             ("PG_POOL_MAX_SIZE", self.database.pool_max_size as u64),
             ("ACCESS_TOKEN_TTL_S", self.auth.access_token_ttl_s),
@@ -299,6 +367,16 @@ impl Vars {
         self.0.get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 
+    /// A key that has a local default and none on AWS (a function on AWS
+    /// gets only the secrets it needs).
+    fn secret(&self, name: &str, environment: Environment, local_default: &str) -> Option<Secret> {
+        match (self.optional(name), environment) {
+            (Some(value), _) => Some(Secret::new(value)),
+            (None, Environment::Local) => Some(Secret::new(local_default)),
+            (None, Environment::Aws) => None,
+        }
+    }
+
     fn string(&self, name: &str, default: &str) -> String {
         self.optional(name).unwrap_or_else(|| default.to_owned())
     }
@@ -329,8 +407,19 @@ mod tests {
 
     #[test]
     fn aws_refuses_local_secrets() {
-        let err = Config::from_vars(vars(&[("PAYSTREAM_ENV", "aws")])).unwrap_err();
-        assert!(err.0.contains("local-only"), "{err}");
+        let err = Config::from_vars(vars(&[("PAYSTREAM_ENV", "aws"), ("JWT_SECRET", LOCAL_JWT_SECRET)])).unwrap_err();
+        assert!(err.0.contains("local-only JWT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn on_aws_a_function_has_only_the_keys_it_was_given_and_tls_to_the_database() {
+        let config = Config::from_vars(vars(&[("PAYSTREAM_ENV", "aws")])).unwrap();
+        assert!(config.auth.jwt_secret.is_none() && config.auth.pan_fingerprint_key.is_none());
+        assert_eq!(config.database.tls, DatabaseTls::VerifyFull);
+        let local = Config::from_vars(HashMap::new()).unwrap();
+        assert_eq!(local.auth.jwt_secret.as_ref().map(Secret::expose), Some(LOCAL_JWT_SECRET));
+        assert_eq!(local.database.tls, DatabaseTls::Disable);
+        assert!(Config::from_vars(vars(&[("DATABASE_TLS", "prefer")])).is_err(), "only disable or verify-full");
     }
 
     #[test]
@@ -362,7 +451,9 @@ mod tests {
     #[test]
     fn debug_masks_secrets() {
         let config = Config::from_vars(HashMap::new()).unwrap();
+        let config = Config { database: DatabaseConfig { password: Some(Secret::new("db-pass-word")), ..config.database }, ..config };
         let shown = format!("{config:?}");
+        assert!(!shown.contains("db-pass-word"));
         assert!(!shown.contains(LOCAL_JWT_SECRET));
         assert!(!shown.contains(LOCAL_PAN_FINGERPRINT_KEY));
     }

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use sha2::{Digest, Sha256};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
-use crate::config::{ConfigError, DatabaseConfig};
+use crate::config::{ConfigError, DatabaseConfig, DatabaseTls};
+use crate::tls;
 
 pub type PgPool = Pool;
 pub use tokio_postgres::error::SqlState;
@@ -22,7 +24,27 @@ pub fn pool(config: &DatabaseConfig, application_name: &str) -> Result<PgPool, C
     pg.application_name(application_name);
     // A runaway statement must not hold a connection (and a Lambda) forever.
     pg.options(format!("-c statement_timeout={}", config.statement_timeout_ms));
-    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    if let Some(user) = &config.user {
+        pg.user(user);
+    }
+    if let Some(password) = &config.password {
+        pg.password(password.expose());
+    }
+    let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    let manager = match config.tls {
+        DatabaseTls::Disable => Manager::from_config(pg, NoTls, manager_config),
+        DatabaseTls::VerifyFull => {
+            // `Require`, not the default `Prefer`: a server (or a man in the
+            // middle) that declines TLS must not get a plaintext session.
+            pg.ssl_mode(SslMode::Require);
+            let pem = match &config.ca_file {
+                Some(path) => tls::read_pem_file("DATABASE_CA_FILE", path)?,
+                None => tls::AWS_RDS_CA_BUNDLE_PEM.as_bytes().to_vec(),
+            };
+            let client = tls::client_config("DATABASE_CA_FILE", tls::root_store("DATABASE_CA_FILE", &pem)?)?;
+            Manager::from_config(pg, tokio_postgres_rustls::MakeRustlsConnect::new(client), manager_config)
+        }
+    };
     let timeout = Some(Duration::from_millis(config.connect_timeout_ms));
     Pool::builder(manager)
         .max_size(config.pool_max_size)

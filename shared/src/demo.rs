@@ -151,7 +151,7 @@ pub async fn seed(pg: &PgPool, config: &Config, admin_password: &Secret) -> Resu
                 user_id,
                 card_product_id: *product,
                 last4: &pan.last4(),
-                fingerprint: &pan.fingerprint(&config.auth.pan_fingerprint_key),
+                fingerprint: &pan.fingerprint(config.auth.pan_key()?),
                 expiry: far_future,
             };
             match cards::insert(db, *card_id, &card).await {

@@ -7,6 +7,7 @@
 //! domain types that parse instead of validate.
 
 pub mod apigw;
+pub mod aws_secrets;
 pub mod auth;
 pub mod cache;
 pub mod config;
@@ -28,9 +29,10 @@ pub mod platform;
 pub mod secret;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use error::{AppError, ErrorCode};
-pub use platform::Platform;
+pub use platform::{Need, Platform};

@@ -29,11 +29,32 @@ pub struct Platform {
     bootstrap: tokio::sync::OnceCell<String>,
 }
 
+/// A key a function cannot work without. Each function names its own, so
+/// on AWS it is given (and may read) only those, and a deployment that
+/// forgot one fails at cold start instead of on the first request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Issues or checks access tokens.
+    JwtSecret,
+    /// Fingerprints card numbers.
+    PanFingerprintKey,
+}
+
 impl Platform {
-    /// Reads the environment, installs JSON logging and builds the clients.
-    pub fn bootstrap(function: &'static str) -> Result<Self, ConfigError> {
-        let config = Config::from_env()?;
+    /// Reads the environment (fetching secrets named by ARN from Secrets
+    /// Manager), installs JSON logging and builds the clients.
+    pub async fn bootstrap(function: &'static str, needs: &[Need]) -> Result<Self, ConfigError> {
+        let config = Config::load().await?;
         telemetry::init(&config.log_filter);
+        for need in needs {
+            let (present, name) = match need {
+                Need::JwtSecret => (config.auth.jwt_secret.is_some(), "JWT_SECRET or JWT_SECRET_ARN"),
+                Need::PanFingerprintKey => (config.auth.pan_fingerprint_key.is_some(), "PAN_FINGERPRINT_KEY or PAN_FINGERPRINT_KEY_ARN"),
+            };
+            if !present {
+                return Err(ConfigError(format!("{function} needs {name}")));
+            }
+        }
         let platform = Self::from_config(function, config)?;
         tracing::info!(function, "bootstrapped");
         Ok(platform)

@@ -392,3 +392,60 @@ pub async fn bulk_users(p: &Platform, n: usize) -> Vec<(crate::domain::UserId, S
         })
         .collect()
 }
+
+/// What an [`aws_endpoint`] answers: HTTP status, body, content type.
+pub type AwsAnswer = (u16, String, &'static str);
+
+/// An AWS-API-compatible endpoint on loopback (there is no AWS here): every
+/// request (head and body, as text) is recorded, and `answer` says what to
+/// send back. The SDK clients under test point their `endpoint_url` at it,
+/// so they sign, serialise and parse exactly as they would against AWS.
+pub async fn aws_endpoint<F>(answer: F) -> (String, Arc<Mutex<Vec<String>>>)
+where
+    F: Fn(&str, usize) -> AwsAnswer + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let url = format!("http://{}", listener.local_addr().expect("local addr"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            // The head, then the body by Content-Length.
+            let (head_end, length) = loop {
+                let Ok(n) = socket.read(&mut chunk).await else { break (0, 0) };
+                if n == 0 {
+                    break (0, 0);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                    let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap_or(0));
+                    break (i + 4, length);
+                }
+            };
+            if head_end == 0 {
+                continue;
+            }
+            while buf.len() < head_end + length {
+                match socket.read(&mut chunk).await {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => break,
+                }
+            }
+            let request = String::from_utf8_lossy(&buf).to_string();
+            let calls = {
+                let mut log = log.lock().expect("endpoint log");
+                log.push(request.clone());
+                log.len()
+            };
+            let (status, body, content_type) = answer(&request, calls);
+            let response = format!("HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    (url, seen)
+}

@@ -6,55 +6,26 @@ use std::sync::{Arc, Mutex};
 
 use aws_sdk_sns::config::{BehaviorVersion, Credentials, Region};
 use paystream::sms::{enqueue, SmsMessage, SmsSender, KIND_VERIFICATION};
-use paystream::testing::{platform, seed};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use paystream::testing::{aws_endpoint, platform, seed};
 
-/// Accepts SNS Publish calls (query or JSON protocol) and keeps their bodies.
+/// Accepts SNS Publish calls (query or JSON protocol); the first fails when
+/// `fail_first`. Returns the endpoint and the Publish calls it accepted.
 async fn fake_sns(fail_first: bool) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&seen);
-    tokio::spawn(async move {
-        let mut calls = 0;
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            // Read the head, then the body by Content-Length.
-            let (head_end, length) = loop {
-                let n = socket.read(&mut chunk).await.unwrap();
-                if n == 0 {
-                    break (0, 0);
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
-                    let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
-                    break (i + 4, length);
-                }
-            };
-            while buf.len() < head_end + length {
-                let n = socket.read(&mut chunk).await.unwrap();
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let request = String::from_utf8_lossy(&buf).to_string();
-            calls += 1;
-            let json = request.to_ascii_lowercase().contains("application/x-amz-json");
-            let (status, body, content_type) = if fail_first && calls == 1 {
-                (500, "<ErrorResponse><Error><Code>InternalError</Code></Error></ErrorResponse>".to_owned(), "text/xml")
-            } else if json {
-                log.lock().unwrap().push(request);
-                (200, r#"{"MessageId":"m-1"}"#.to_owned(), "application/x-amz-json-1.0")
-            } else {
-                log.lock().unwrap().push(request);
-                (200, "<PublishResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\"><PublishResult><MessageId>m-1</MessageId></PublishResult><ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></PublishResponse>".to_owned(), "text/xml")
-            };
-            let response = format!("HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-            socket.write_all(response.as_bytes()).await.unwrap();
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&accepted);
+    let (url, _all) = aws_endpoint(move |request, calls| {
+        if fail_first && calls == 1 {
+            return (500, "<ErrorResponse><Error><Code>InternalError</Code></Error></ErrorResponse>".to_owned(), "text/xml");
         }
-    });
-    (url, seen)
+        log.lock().unwrap().push(request.to_owned());
+        if request.to_ascii_lowercase().contains("application/x-amz-json") {
+            (200, r#"{"MessageId":"m-1"}"#.to_owned(), "application/x-amz-json-1.0")
+        } else {
+            (200, "<PublishResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\"><PublishResult><MessageId>m-1</MessageId></PublishResult><ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></PublishResponse>".to_owned(), "text/xml")
+        }
+    })
+    .await;
+    (url, accepted)
 }
 
 fn client(endpoint: &str) -> aws_sdk_sns::Client {

@@ -27,7 +27,7 @@ pub async fn register(p: &Platform, req: &Request) -> Result<Response, AppError>
     let pan = CardNumber::parse(&body.pan)?;
     let expiry = CardExpiry::parse(&body.expiry, OffsetDateTime::now_utc())?;
     let product = CardProductId(body.card_product_id);
-    let fingerprint = pan.fingerprint(&p.config.auth.pan_fingerprint_key);
+    let fingerprint = pan.fingerprint(p.config.auth.pan_key()?);
     let last4 = pan.last4();
     drop(pan);
 

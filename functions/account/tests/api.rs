@@ -207,7 +207,7 @@ async fn expired_forged_and_unsigned_tokens_are_401() {
 
     let expired = c.api.platform.tokens.issue_at(user, Role::User, time::OffsetDateTime::now_utc() - time::Duration::hours(1)).unwrap().access_token;
     let mut other = paystream::config::Config::from_env().unwrap();
-    other.auth.jwt_secret = paystream::secret::Secret::new("someone-elses-secret-someone-elses-secret");
+    other.auth.jwt_secret = Some(paystream::secret::Secret::new("someone-elses-secret-someone-elses-secret"));
     let forged = paystream::auth::TokenIssuer::new(&other.auth).issue(user, Role::Admin).unwrap().access_token;
     let (_, payload, _) = { let mut p = good.split('.'); (p.next().unwrap(), p.next().unwrap().to_owned(), p.next()) };
     let unsigned = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");

@@ -3,6 +3,6 @@ use paystream::Platform;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let platform = Platform::bootstrap("benefit-consumer")?;
+    let platform = Platform::bootstrap("benefit-consumer", &[]).await?;
     paystream::msk::run(BenefitGuide::new(platform)).await
 }

@@ -28,6 +28,27 @@ pub struct Schedule {
     pub every_s: u64,
 }
 
+/// Which name the Invoke API knows a function by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InvokeNames {
+    /// The binary (`Metadata.BuildProperties.Binary`): `cargo lambda watch`.
+    #[default]
+    Binary,
+    /// The resource's logical id (`PayFunction`): `sam local start-lambda`.
+    LogicalId,
+}
+
+impl InvokeNames {
+    /// `PAYSTREAM_INVOKE_NAMES`: `binary` (default) or `logical-id`.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("PAYSTREAM_INVOKE_NAMES").as_deref() {
+            Err(_) | Ok("binary") => Ok(Self::Binary),
+            Ok("logical-id") => Ok(Self::LogicalId),
+            Ok(other) => Err(format!("PAYSTREAM_INVOKE_NAMES must be binary or logical-id, not {other:?}")),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Template {
     pub routes: Vec<Route>,
@@ -51,12 +72,19 @@ pub fn parse_rate(expression: &str) -> Option<u64> {
 }
 
 impl Template {
-    pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text)
+    /// The template at `PAYSTREAM_TEMPLATE` (default `template.yaml`), with
+    /// functions named as `PAYSTREAM_INVOKE_NAMES` says.
+    pub fn from_env() -> Result<Self, String> {
+        let path = std::env::var("PAYSTREAM_TEMPLATE").unwrap_or_else(|_| "template.yaml".into());
+        Self::load(std::path::Path::new(&path), InvokeNames::from_env()?)
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn load(path: &std::path::Path, names: InvokeNames) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text, names)
+    }
+
+    pub fn parse(text: &str, names: InvokeNames) -> Result<Self, String> {
         let doc: Value = serde_yaml::from_str(text).map_err(|e| format!("template.yaml: {e}"))?;
         let resources = doc.get("Resources").and_then(Value::as_mapping).ok_or("template.yaml has no Resources")?;
         let mut template = Template::default();
@@ -65,13 +93,16 @@ impl Template {
                 continue;
             }
             let logical_id = logical_id.as_str().unwrap_or_default();
-            let function = resource
+            let binary = resource
                 .get("Metadata")
                 .and_then(|m| m.get("BuildProperties"))
                 .and_then(|b| b.get("Binary"))
                 .and_then(Value::as_str)
-                .ok_or_else(|| format!("{logical_id}: Metadata.BuildProperties.Binary names the function's binary"))?
-                .to_owned();
+                .ok_or_else(|| format!("{logical_id}: Metadata.BuildProperties.Binary names the function's binary"))?;
+            let function = match names {
+                InvokeNames::Binary => binary.to_owned(),
+                InvokeNames::LogicalId => logical_id.to_owned(),
+            };
             let Some(events) = resource.get("Properties").and_then(|p| p.get("Events")).and_then(Value::as_mapping) else { continue };
             for (name, event) in events {
                 let props = event.get("Properties").cloned().unwrap_or(Value::Null);
@@ -153,7 +184,7 @@ mod tests {
 
     #[test]
     fn the_real_template_yields_routes_sources_and_schedules() {
-        let t = Template::load(std::path::Path::new(TEMPLATE)).unwrap();
+        let t = Template::load(std::path::Path::new(TEMPLATE), InvokeNames::Binary).unwrap();
         assert!(t.routes.iter().any(|r| r.method == "POST" && r.path == "/payments" && r.function == "pay"));
         assert!(t.routes.iter().any(|r| r.path == "/verify/{token}" && r.function == "verify"));
         let groups: Vec<&str> = t.msk_sources.iter().map(|s| s.consumer_group_id.as_str()).collect();
@@ -171,7 +202,7 @@ mod tests {
 
     #[test]
     fn routes_bind_parameters_and_tell_404_from_405() {
-        let t = Template::load(std::path::Path::new(TEMPLATE)).unwrap();
+        let t = Template::load(std::path::Path::new(TEMPLATE), InvokeNames::Binary).unwrap();
         match t.route("GET", "/merchants/abc/dashboard") {
             RouteMatch::Found(r, params) => {
                 assert_eq!(r.function, "report");
@@ -182,6 +213,14 @@ mod tests {
         assert!(matches!(t.route("GET", "/merchants/abc"), RouteMatch::Found(r, _) if r.function == "account"));
         assert!(matches!(t.route("DELETE", "/payments"), RouteMatch::WrongMethod));
         assert!(matches!(t.route("GET", "/nowhere"), RouteMatch::NotFound));
+    }
+
+    #[test]
+    fn sam_local_knows_functions_by_logical_id() {
+        let t = Template::load(std::path::Path::new(TEMPLATE), InvokeNames::LogicalId).unwrap();
+        assert!(matches!(t.route("POST", "/payments"), RouteMatch::Found(r, _) if r.function == "PayFunction"));
+        assert!(t.msk_sources.iter().any(|s| s.function == "FdsConsumerFunction" && s.consumer_group_id == "paystream-fds"));
+        assert!(t.schedules.iter().any(|s| s.function == "VerifyFunction"));
     }
 
     #[test]

@@ -32,8 +32,7 @@ struct Gateway {
 #[tokio::main]
 async fn main() {
     paystream::telemetry::init(&std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()));
-    let template_path = std::env::var("PAYSTREAM_TEMPLATE").unwrap_or_else(|_| "template.yaml".into());
-    let template = Template::load(std::path::Path::new(&template_path)).unwrap_or_else(|e| fail(&e));
+    let template = Template::from_env().unwrap_or_else(|e| fail(&e));
     let port: u16 = std::env::var("PAYSTREAM_HTTP_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000);
     let endpoint = std::env::var("LAMBDA_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into());
     let gateway = Arc::new(Gateway { template, endpoint, client: HttpClient::new(Duration::from_secs(60)) });

@@ -23,8 +23,7 @@ use tokio::sync::watch;
 #[tokio::main]
 async fn main() {
     paystream::telemetry::init(&std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()));
-    let template_path = std::env::var("PAYSTREAM_TEMPLATE").unwrap_or_else(|_| "template.yaml".into());
-    let template = Template::load(std::path::Path::new(&template_path)).unwrap_or_else(|e| fail(&e));
+    let template = Template::from_env().unwrap_or_else(|e| fail(&e));
     let config = Config::from_env().unwrap_or_else(|e| fail(&e.to_string()));
     let endpoint = std::env::var("LAMBDA_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into());
     // Locally, schedules may run faster than on AWS (the demo and e2e tests).
