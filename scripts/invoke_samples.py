@@ -3,9 +3,14 @@ against the running local functions and checks each answer.
 
 The samples carry placeholder tokens; real ones are obtained by logging in
 through the gateway. HTTP samples must answer with the status listed here;
-MSK and schedule samples must succeed (no function error)."""
+MSK and schedule samples must succeed (no function error). Every HTTP
+answer's body must also match the response schema that openapi.json
+documents for its route and status (jsonschema, which cfn-lint brings into
+the project's virtualenv), so the document cannot drift from the code."""
 
-import glob, json, os, subprocess, sys, tempfile, urllib.request
+import base64, glob, json, os, subprocess, sys, tempfile, urllib.request
+
+import jsonschema
 
 GATEWAY = f"http://127.0.0.1:{os.environ.get('PAYSTREAM_HTTP_PORT', '3000')}"
 LAMBDA_PORT = os.environ.get("PAYSTREAM_LAMBDA_PORT", "9000")
@@ -22,6 +27,7 @@ EXPECTED = {
     "account/create-merchant.json": {201},
     "account/get-merchant.json": {200},
     "account/list-notifications.json": {200},
+    "account/get-openapi.json": {200},
     "pay/create-payment.json": {202},
     "pay/get-payment.json": {404},            # the sample's payment id is nobody's
     "verify/get-verification.json": {404},    # ... and so is its token
@@ -37,6 +43,35 @@ EXPECTED = {
 }
 
 
+def schema_problem(openapi, event, answer):
+    """None when the answer's body matches the documented schema, else why not."""
+    route = event["routeKey"]
+    method, path = route.split(" ", 1)
+    operation = openapi["paths"].get(path, {}).get(method.lower())
+    if operation is None:
+        return f"{route} is not in openapi.json"
+    status = str(answer.get("statusCode"))
+    response = operation["responses"].get(status)
+    if response is None:
+        return f"{route} answered {status}, which openapi.json does not document"
+    content_type = (answer.get("headers") or {}).get("content-type", "").split(";")[0].strip()
+    media = response.get("content", {}).get(content_type)
+    if media is None:
+        return f"{route} {status}: content type {content_type!r} not documented ({sorted(response.get('content', {}))})"
+    if not content_type.endswith("json"):
+        return None
+    body = answer.get("body") or ""
+    if answer.get("isBase64Encoded"):
+        body = base64.b64decode(body).decode()
+    # The schema's $refs point into the document's components.
+    schema = dict(media["schema"], components=openapi["components"])
+    try:
+        jsonschema.Draft202012Validator(schema).validate(json.loads(body))
+    except jsonschema.ValidationError as e:
+        return f"{route} {status}: body does not match openapi.json: {e.message} at {list(e.absolute_path)}"
+    return None
+
+
 def login(username, password):
     req = urllib.request.Request(f"{GATEWAY}/auth/login", data=json.dumps({"username": username, "password": password}).encode(),
                                  headers={"content-type": "application/json"}, method="POST")
@@ -50,6 +85,7 @@ def main():
         "REPLACE_WITH_MERCHANT_TOKEN": login("merchant_demo", "demo-password"),
         "REPLACE_WITH_ADMIN_TOKEN": login("admin", ADMIN_PASSWORD),
     }
+    openapi = json.load(open("openapi.json"))
     failures, count = [], 0
     for path in sorted(glob.glob("events/*/*.json")):
         sample = os.path.relpath(path, "events")
@@ -73,6 +109,9 @@ def main():
             print(f"{'ok  ' if ok else 'FAIL'} {sample}: {status}")
             if not ok:
                 failures.append(f"{sample}: status {status}, expected {sorted(EXPECTED.get(sample, []))}: {str(answer)[:300]}")
+            elif (problem := schema_problem(openapi, json.loads(text), answer)) is not None:
+                print(f"FAIL {sample}: {problem}")
+                failures.append(f"{sample}: {problem}")
         else:
             print(f"ok   {sample}: {json.dumps(answer)[:120]}")
     print(f"{count - len(failures)} passed, {len(failures)} failed")

@@ -13,6 +13,9 @@ psql -h 127.0.0.1 -U postgres -d postgres -tAc \
   "SELECT datname FROM pg_database WHERE datname LIKE 'paystream\_t\_%'" |
   while read -r db; do [[ -n "$db" ]] && psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null; done
 
+log "openapi.json: a valid OpenAPI 3.1 document (the cargo tests check it matches the code)"
+"$VENV/bin/openapi-spec-validator" openapi.json
+
 log "template checks"
 "$VENV/bin/cfn-lint" template.yaml
 "$VENV/bin/sam" validate --lint --template-file template.yaml

@@ -19,6 +19,7 @@ pub mod events;
 pub mod flash;
 pub mod msk;
 pub mod msk_connect;
+pub mod openapi;
 pub mod sms;
 pub mod verification;
 pub mod http;

@@ -52,6 +52,10 @@ impl HttpApi for AccountApi {
                 "GET" => merchants::get(p, &req, id).await,
                 _ => Err(method_not_allowed()),
             },
+            ["openapi.json"] => match method {
+                "GET" => Ok(http::json(lambda_http::http::StatusCode::OK, paystream::openapi::document_cached())),
+                _ => Err(method_not_allowed()),
+            },
             ["me", "notifications"] => match method {
                 "GET" => notifications::list(p, &req).await,
                 _ => Err(method_not_allowed()),

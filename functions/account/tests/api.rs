@@ -265,6 +265,15 @@ async fn card_products_list_their_benefit_rules() {
 }
 
 #[tokio::test]
+async fn the_openapi_document_is_served_without_authentication() {
+    let c = Client::new().await;
+    let (status, body) = c.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, paystream::openapi::document());
+    assert_eq!(body["paths"]["/payments"]["post"]["responses"]["503"]["content"]["application/problem+json"]["schema"]["$ref"], "#/components/schemas/Problem");
+}
+
+#[tokio::test]
 async fn unknown_routes_and_methods_are_problems() {
     let c = Client::new().await;
     let (status, body) = c.call("GET", "/nowhere", None, None).await;

@@ -215,6 +215,19 @@ mod tests {
         assert!(matches!(t.route("GET", "/nowhere"), RouteMatch::NotFound));
     }
 
+    /// The OpenAPI document and the template describe the same routes,
+    /// served by the same functions.
+    #[test]
+    fn every_template_route_is_documented_and_every_documented_route_deployed() {
+        let t = Template::load(std::path::Path::new(TEMPLATE), InvokeNames::Binary).unwrap();
+        let mut deployed: Vec<(String, String, String)> = t.routes.iter().map(|r| (r.method.clone(), r.path.clone(), r.function.clone())).collect();
+        let mut documented: Vec<(String, String, String)> =
+            paystream::openapi::OPERATIONS.iter().map(|o| (o.method.to_owned(), o.path.to_owned(), o.function.to_owned())).collect();
+        deployed.sort();
+        documented.sort();
+        assert_eq!(deployed, documented);
+    }
+
     #[test]
     fn sam_local_knows_functions_by_logical_id() {
         let t = Template::load(std::path::Path::new(TEMPLATE), InvokeNames::LogicalId).unwrap();

@@ -3,6 +3,7 @@
 //!   paystream-ops migrate                     apply pending migrations
 //!   paystream-ops seed                        migrate, then seed demo data (repeatable)
 //!   paystream-ops create-admin NAME PHONE     create an admin; password from PAYSTREAM_ADMIN_PASSWORD
+//!   paystream-ops openapi                     print the OpenAPI document (committed as openapi.json)
 
 use paystream::config::{Config, Environment};
 use paystream::domain::Role;
@@ -31,7 +32,13 @@ async fn main() {
 }
 
 async fn run(args: &[String]) -> Result<(), Error> {
-    let config = Config::from_env()?;
+    if args == ["openapi"] {
+        // Needs no configuration: the document is a function of the code.
+        print!("{}", paystream::openapi::document_text());
+        return Ok(());
+    }
+    // With secret ARNs (on AWS) the secrets are fetched first, as a function would.
+    let config = Config::load().await?;
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["migrate"] => {
             let applied = migrate(&config).await?;
@@ -50,7 +57,7 @@ async fn run(args: &[String]) -> Result<(), Error> {
             let id = paystream::demo::ensure_user(&platform.pg, paystream::domain::UserId::new_random(), username, phone, Role::Admin, &admin_password).await?;
             println!("admin {username}: {id}");
         }
-        _ => return Err("usage: paystream-ops migrate | seed | create-admin NAME PHONE".into()),
+        _ => return Err("usage: paystream-ops migrate | seed | create-admin NAME PHONE | openapi".into()),
     }
     Ok(())
 }

@@ -1,0 +1,1169 @@
+//! The OpenAPI 3.1 document of every HTTP route, generated from code.
+//!
+//! The route table below is the one place the HTTP surface is described;
+//! `document()` turns it into the JSON that `GET /openapi.json` serves and
+//! that is committed as `openapi.json` (CI regenerates it and fails on drift).
+//! Error codes, titles and statuses come from the one catalogue in
+//! [`crate::error`], and limits from the domain types, so the document cannot
+//! disagree with them. Body schemas are written by hand to match the Rust
+//! request and response types field for field (those types do not derive a
+//! schema, and adding a derive crate is not worth it for ~25 small bodies).
+
+use serde_json::{json, Map, Value};
+
+use crate::domain::money::AMOUNT_MAX_MINOR;
+use crate::domain::{MerchantCategory, Password, VipThreshold};
+use crate::error::ErrorCode;
+// A short alias keeps each row of the route table on a readable line.
+use crate::error::ErrorCode as E;
+use crate::store::ledger::reason;
+
+/// How a route authenticates its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// Public.
+    None,
+    /// `Authorization: Bearer <JWT>` (HS256 access token from `POST /auth/login`).
+    Bearer,
+    /// The single-use token in the path (the SMS link) is the credential.
+    VerificationToken,
+}
+
+/// One HTTP route: what it takes, what it answers, which function serves it.
+#[derive(Clone, Copy, Debug)]
+pub struct Operation {
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// API Gateway route template, e.g. `/merchants/{id}/dashboard`.
+    pub path: &'static str,
+    /// Binary name of the Lambda function that serves it.
+    pub function: &'static str,
+    /// camelCase, unique.
+    pub operation_id: &'static str,
+    pub summary: &'static str,
+    pub auth: Auth,
+    /// Name of a schema in `components.schemas`, or `None` without a body.
+    pub request: Option<&'static str>,
+    pub success_status: u16,
+    /// Schema name of the success body.
+    pub success: &'static str,
+    /// Error codes this route can answer with (500 `INTERNAL` is implied).
+    pub errors: &'static [ErrorCode],
+    /// Accepts an `Idempotency-Key` header.
+    pub idempotency_key: bool,
+    /// `(name, description)` of optional string query parameters.
+    pub query: &'static [(&'static str, &'static str)],
+}
+
+/// The route whose answers are HTML pages (a browser follows the SMS link).
+const VERIFY_PATH: &str = "/verify/{token}";
+/// Schema of an HTML page body.
+const HTML_PAGE: &str = "VerifyPage";
+/// Schema of every error body.
+const PROBLEM: &str = "Problem";
+
+const LIMIT: (&str, &str) = ("limit", "Page size: an integer from 1 to the configured maximum (HTTP_PAGE_LIMIT_MAX, default 200); default 50.");
+
+/// Every HTTP route of the API, in the order of the spec's contract table.
+pub const OPERATIONS: &[Operation] = &[
+    Operation {
+        method: "POST",
+        path: "/auth/signup",
+        function: "account",
+        operation_id: "signup",
+        summary: "Create an account (role USER or MERCHANT)",
+        auth: Auth::None,
+        request: Some("SignupRequest"),
+        success_status: 201,
+        success: "UserCreated",
+        errors: &[E::Validation, E::MalformedBody, E::PayloadTooLarge, E::UnsupportedMediaType, E::UsernameTaken, E::EmailTaken, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "POST",
+        path: "/auth/login",
+        function: "account",
+        operation_id: "login",
+        summary: "Log in and get a short-lived access token",
+        auth: Auth::None,
+        request: Some("LoginRequest"),
+        success_status: 200,
+        success: "AccessToken",
+        // A malformed username is BAD_CREDENTIALS too, never VALIDATION: the
+        // answer must not tell which part was wrong.
+        errors: &[E::MalformedBody, E::PayloadTooLarge, E::UnsupportedMediaType, E::BadCredentials, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "POST",
+        path: "/cards",
+        function: "account",
+        operation_id: "registerCard",
+        summary: "Register one of the caller's cards (USER)",
+        auth: Auth::Bearer,
+        request: Some("RegisterCardRequest"),
+        success_status: 201,
+        success: "RegisteredCard",
+        errors: &[
+            E::Validation,
+            E::MalformedBody,
+            E::InvalidPan,
+            E::PayloadTooLarge,
+            E::UnsupportedMediaType,
+            E::Unauthorized,
+            E::Forbidden,
+            E::NotFound,
+            E::CardAlreadyRegistered,
+            E::DependencyUnavailable,
+        ],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/cards",
+        function: "account",
+        operation_id: "listCards",
+        summary: "The caller's cards, oldest first (USER)",
+        auth: Auth::Bearer,
+        request: None,
+        success_status: 200,
+        success: "CardList",
+        errors: &[E::Unauthorized, E::Forbidden, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/me/notifications",
+        function: "account",
+        operation_id: "listNotifications",
+        summary: "The caller's notifications, newest first (any role)",
+        auth: Auth::Bearer,
+        request: None,
+        success_status: 200,
+        success: "NotificationList",
+        errors: &[E::Validation, E::Unauthorized, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[LIMIT],
+    },
+    Operation {
+        method: "GET",
+        path: "/card-products",
+        function: "account",
+        operation_id: "listCardProducts",
+        summary: "Card products with their benefit rules",
+        auth: Auth::None,
+        request: None,
+        success_status: 200,
+        success: "CardProductList",
+        errors: &[E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "POST",
+        path: "/merchants",
+        function: "account",
+        operation_id: "createMerchant",
+        summary: "Create a merchant owned by the caller (MERCHANT or ADMIN)",
+        auth: Auth::Bearer,
+        request: Some("CreateMerchantRequest"),
+        success_status: 201,
+        success: "MerchantCreated",
+        errors: &[E::Validation, E::MalformedBody, E::PayloadTooLarge, E::UnsupportedMediaType, E::Unauthorized, E::Forbidden, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/merchants/{id}",
+        function: "account",
+        operation_id: "getMerchant",
+        summary: "A merchant's public facts (any role)",
+        auth: Auth::Bearer,
+        request: None,
+        success_status: 200,
+        success: "MerchantPublic",
+        errors: &[E::Unauthorized, E::NotFound, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "POST",
+        path: "/payments",
+        function: "pay",
+        operation_id: "createPayment",
+        summary: "Accept a card payment; 202 once the event broker acknowledged it (USER)",
+        auth: Auth::Bearer,
+        request: Some("CreatePaymentRequest"),
+        success_status: 202,
+        success: "PaymentAccepted",
+        errors: &[
+            E::Validation,
+            E::MalformedBody,
+            E::PayloadTooLarge,
+            E::UnsupportedMediaType,
+            E::Unauthorized,
+            E::Forbidden,
+            E::NotFound,
+            E::IdempotencyKeyReused,
+            E::BrokerUnavailable,
+            E::DependencyUnavailable,
+        ],
+        idempotency_key: true,
+        query: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/payments/{id}",
+        function: "pay",
+        operation_id: "getPayment",
+        summary: "A payment's status (its owner or ADMIN)",
+        auth: Auth::Bearer,
+        request: None,
+        success_status: 200,
+        success: "Payment",
+        errors: &[E::Unauthorized, E::NotFound, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "GET",
+        path: VERIFY_PATH,
+        function: "verify",
+        operation_id: "showVerification",
+        summary: "The approve/deny page behind the SMS link; never changes state",
+        auth: Auth::VerificationToken,
+        request: None,
+        success_status: 200,
+        success: HTML_PAGE,
+        errors: &[E::NotFound, E::TokenUsed, E::TokenExpired, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "POST",
+        path: VERIFY_PATH,
+        function: "verify",
+        operation_id: "decideVerification",
+        summary: "The card holder approves or denies a held payment",
+        auth: Auth::VerificationToken,
+        request: Some("VerificationDecision"),
+        success_status: 200,
+        success: "VerificationResult",
+        errors: &[
+            E::Validation,
+            E::MalformedBody,
+            E::PayloadTooLarge,
+            E::UnsupportedMediaType,
+            E::NotFound,
+            E::TokenUsed,
+            E::TokenExpired,
+            E::DependencyUnavailable,
+        ],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "POST",
+        path: "/products",
+        function: "order",
+        operation_id: "createProduct",
+        summary: "Put a limited-stock product on flash sale (ADMIN)",
+        auth: Auth::Bearer,
+        request: Some("CreateProductRequest"),
+        success_status: 201,
+        success: "Product",
+        errors: &[E::Validation, E::MalformedBody, E::PayloadTooLarge, E::UnsupportedMediaType, E::Unauthorized, E::Forbidden, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/products",
+        function: "order",
+        operation_id: "listProducts",
+        summary: "Flash-sale products, latest sale first, with live remaining stock",
+        auth: Auth::None,
+        request: None,
+        success_status: 200,
+        success: "ProductList",
+        errors: &[E::Validation, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[LIMIT],
+    },
+    Operation {
+        method: "GET",
+        path: "/products/{id}",
+        function: "order",
+        operation_id: "getProduct",
+        summary: "One flash-sale product with live remaining stock",
+        auth: Auth::None,
+        request: None,
+        success_status: 200,
+        success: "Product",
+        errors: &[E::NotFound, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "POST",
+        path: "/orders",
+        function: "order",
+        operation_id: "createOrder",
+        summary: "Order one unit of a flash-sale product (USER)",
+        auth: Auth::Bearer,
+        request: Some("CreateOrderRequest"),
+        success_status: 202,
+        success: "OrderAccepted",
+        // 503 here is DEPENDENCY_UNAVAILABLE (nothing reserved); a slow broker
+        // never fails an order, the outbox relay publishes it later.
+        errors: &[
+            E::Validation,
+            E::MalformedBody,
+            E::PayloadTooLarge,
+            E::UnsupportedMediaType,
+            E::Unauthorized,
+            E::Forbidden,
+            E::NotFound,
+            E::IdempotencyKeyReused,
+            E::SoldOut,
+            E::AlreadyPurchased,
+            E::SaleNotStarted,
+            E::SaleEnded,
+            E::DependencyUnavailable,
+        ],
+        idempotency_key: true,
+        query: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/orders/{id}",
+        function: "order",
+        operation_id: "getOrder",
+        summary: "An order's status (its owner or ADMIN)",
+        auth: Auth::Bearer,
+        request: None,
+        success_status: 200,
+        success: "Order",
+        errors: &[E::Unauthorized, E::NotFound, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/settlements",
+        function: "report",
+        operation_id: "listSettlements",
+        summary: "Settlements, newest first, in cursor pages (ADMIN, or a USER for their own)",
+        auth: Auth::Bearer,
+        request: None,
+        success_status: 200,
+        success: "SettlementPage",
+        errors: &[E::Validation, E::Unauthorized, E::Forbidden, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[
+            ("user_id", "Only this buyer's settlements. A USER may pass only their own id (another answers 403); a USER always sees only their own."),
+            ("product_id", "Only this product's settlements."),
+            LIMIT,
+            ("cursor", "The `next_cursor` of the previous page."),
+        ],
+    },
+    Operation {
+        method: "GET",
+        path: "/settlements/summary",
+        function: "report",
+        operation_id: "settlementsSummary",
+        summary: "Count and total of settlements (ADMIN, or a USER for their own)",
+        auth: Auth::Bearer,
+        request: None,
+        success_status: 200,
+        success: "SettlementSummary",
+        errors: &[E::Validation, E::Unauthorized, E::Forbidden, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[
+            ("product_id", "Only this product's settlements."),
+            ("user_id", "Only this buyer's settlements. A USER may pass only their own id (another answers 403); a USER always sees only their own."),
+        ],
+    },
+    Operation {
+        method: "GET",
+        path: "/merchants/{id}/dashboard",
+        function: "report",
+        operation_id: "merchantDashboard",
+        summary: "A merchant's loyalty dashboard (its owner or ADMIN)",
+        auth: Auth::Bearer,
+        request: None,
+        success_status: 200,
+        success: "Dashboard",
+        errors: &[E::Unauthorized, E::NotFound, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/openapi.json",
+        function: "account",
+        operation_id: "getOpenApiDocument",
+        summary: "This OpenAPI 3.1 document",
+        auth: Auth::None,
+        request: None,
+        success_status: 200,
+        success: "OpenApiDocument",
+        errors: &[],
+        idempotency_key: false,
+        query: &[],
+    },
+];
+
+/// The document, built once per execution environment (it never changes
+/// while the code does not).
+pub fn document_cached() -> &'static Value {
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(document)
+}
+
+/// The document as committed in `openapi.json`: pretty, with a final newline.
+pub fn document_text() -> String {
+    let mut text = serde_json::to_string_pretty(&document()).expect("a JSON value always serialises");
+    text.push('\n');
+    text
+}
+
+/// The OpenAPI 3.1 document of every route in [`OPERATIONS`].
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for op in OPERATIONS {
+        let item = paths.entry(op.path).or_insert_with(|| Value::Object(Map::new()));
+        item.as_object_mut()
+            .expect("path items are only ever created as objects, just above")
+            .insert(op.method.to_ascii_lowercase(), operation(op));
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "paystream",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Serverless payments: card payments with real-time fraud, loyalty and benefit analytics, and flash sales. \
+                JSON in and out; money is an integer amount in minor units plus an ISO 4217 currency; ids are UUIDs; \
+                times are RFC 3339 UTC. Errors are RFC 9457 problem+json with a stable `code`. \
+                Someone else's object answers 404.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "Access token from POST /auth/login (HS256; exp, iss and aud required).",
+                },
+            },
+        },
+    })
+}
+
+fn operation(op: &Operation) -> Value {
+    let mut parameters: Vec<Value> = path_parameters(op.path).map(path_parameter).collect();
+    if op.idempotency_key {
+        parameters.push(idempotency_key_header());
+    }
+    parameters.extend(op.query.iter().map(|(name, description)| query_parameter(name, description)));
+
+    let mut value = json!({
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        // Tagging by function tells a reader which Lambda serves the route.
+        "tags": [op.function],
+        "security": security(op.auth),
+        "responses": responses(op),
+    });
+    let fields = value.as_object_mut().expect("built as an object just above");
+    if !parameters.is_empty() {
+        fields.insert("parameters".to_owned(), Value::Array(parameters));
+    }
+    if let Some(schema) = op.request {
+        fields.insert("requestBody".to_owned(), request_body(op, schema));
+    }
+    let notes = notes(op);
+    if !notes.is_empty() {
+        fields.insert("description".to_owned(), Value::String(notes.join(" ")));
+    }
+    value
+}
+
+/// Behaviour a client must know that the schemas cannot say.
+fn notes(op: &Operation) -> Vec<&'static str> {
+    let mut notes = Vec::new();
+    if op.auth == Auth::VerificationToken {
+        notes.push("The token in the path (from the SMS link) is the credential; it is single use and expires.");
+    }
+    if op.path == VERIFY_PATH {
+        notes.push("Browsers (Accept: text/html) get HTML pages, errors included; other clients get JSON and problem+json.");
+    }
+    if op.idempotency_key {
+        notes.push(
+            "With an Idempotency-Key, the same key and body answer the first response again and do nothing twice; \
+             the same key with another body answers 409 IDEMPOTENCY_KEY_REUSED. Keys live at least 24 h.",
+        );
+    }
+    notes
+}
+
+/// Requirements are per operation, with no document-wide default, so a
+/// public route can never inherit bearer auth by accident.
+fn security(auth: Auth) -> Value {
+    match auth {
+        Auth::Bearer => json!([{ "bearerAuth": [] }]),
+        Auth::None | Auth::VerificationToken => json!([]),
+    }
+}
+
+/// Names of the `{name}` segments of a route template.
+fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+}
+
+fn path_parameter(name: &str) -> Value {
+    let schema = if name == "token" {
+        // 128 random bits as hex (`verification::parse_token`, case-insensitive).
+        json!({ "type": "string", "pattern": "^[0-9a-fA-F]{32}$" })
+    } else {
+        json!({ "type": "string", "format": "uuid" })
+    };
+    let description = if name == "token" {
+        "Verification token from the SMS link; a malformed or unknown one answers 404."
+    } else {
+        "A malformed id answers 404, like an unknown one or someone else's."
+    };
+    json!({ "name": name, "in": "path", "required": true, "description": description, "schema": schema })
+}
+
+fn query_parameter(name: &str, description: &str) -> Value {
+    let schema = if name.ends_with("_id") { json!({ "type": "string", "format": "uuid" }) } else { json!({ "type": "string" }) };
+    json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
+}
+
+fn idempotency_key_header() -> Value {
+    json!({
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": false,
+        "description": "Makes a retry safe: 1-255 visible ASCII characters, scoped to the caller.",
+        // Mirrors `idempotency::key_from` (KEY_MAX_CHARS = 255, visible ASCII).
+        "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$" },
+    })
+}
+
+fn request_body(op: &Operation, schema: &str) -> Value {
+    let mut content = Map::new();
+    content.insert("application/json".to_owned(), json!({ "schema": schema_ref(schema) }));
+    // The approve/deny page posts an HTML form.
+    if op.path == VERIFY_PATH && op.method == "POST" {
+        content.insert("application/x-www-form-urlencoded".to_owned(), json!({ "schema": schema_ref(schema) }));
+    }
+    json!({ "required": true, "content": content })
+}
+
+fn responses(op: &Operation) -> Value {
+    let mut responses = Map::new();
+    responses.insert(op.success_status.to_string(), success_response(op));
+
+    // One response per distinct status; a failure of ours (500) is always possible.
+    let mut statuses: Vec<u16> = op.errors.iter().map(|code| code.status()).chain([ErrorCode::Internal.status()]).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    for status in statuses {
+        let mut codes: Vec<&str> = op.errors.iter().filter(|code| code.status() == status).map(|code| code.as_str()).collect();
+        if status == ErrorCode::Internal.status() && !op.errors.contains(&ErrorCode::Internal) {
+            codes.push(ErrorCode::Internal.as_str());
+        }
+        let mut content = Map::new();
+        content.insert("application/problem+json".to_owned(), json!({ "schema": schema_ref(PROBLEM) }));
+        if op.path == VERIFY_PATH {
+            content.insert("text/html".to_owned(), json!({ "schema": schema_ref(HTML_PAGE) }));
+        }
+        responses.insert(status.to_string(), json!({ "description": codes.join(", "), "content": content }));
+    }
+    Value::Object(responses)
+}
+
+fn success_response(op: &Operation) -> Value {
+    let mut content = Map::new();
+    if op.path == VERIFY_PATH {
+        content.insert("text/html".to_owned(), json!({ "schema": schema_ref(HTML_PAGE) }));
+    }
+    // The verify page itself is HTML only; every other answer is (also) JSON.
+    if op.success != HTML_PAGE {
+        content.insert("application/json".to_owned(), json!({ "schema": schema_ref(op.success) }));
+    }
+    let description = match op.success_status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        _ => "Success",
+    };
+    json!({ "description": description, "content": content })
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+// Small builders for the schemas below. Each schema is its own small
+// `json!` call: one literal for all of them would exceed the macro's
+// recursion limit.
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({ "type": "object", "required": required, "properties": properties })
+}
+
+/// Request bodies are `#[serde(deny_unknown_fields)]`: unknown fields answer 400.
+fn closed(required: &[&str], properties: Value) -> Value {
+    let mut schema = object(required, properties);
+    if let Some(fields) = schema.as_object_mut() {
+        fields.insert("additionalProperties".to_owned(), Value::Bool(false));
+    }
+    schema
+}
+
+fn array_of(item: &str) -> Value {
+    json!({ "type": "array", "items": schema_ref(item) })
+}
+
+fn uuid() -> Value {
+    json!({ "type": "string", "format": "uuid" })
+}
+
+/// Times leave the API as RFC 3339 UTC (`store::rfc3339`).
+fn time() -> Value {
+    json!({ "type": "string", "format": "date-time" })
+}
+
+fn currency() -> Value {
+    json!({ "type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 code, uppercase." })
+}
+
+/// What `Currency::parse` accepts on the way in.
+fn currency_in() -> Value {
+    json!({ "type": "string", "pattern": "^[A-Z]{3}$", "description": "Uppercase ISO 4217 code of a supported currency (e.g. KRW, USD, EUR)." })
+}
+
+/// Integer minor units, as stored (i64).
+fn minor_units() -> Value {
+    json!({ "type": "integer", "format": "int64", "description": "Integer amount in minor units of `currency`." })
+}
+
+/// What `Amount::parse` accepts: strictly positive, bounded.
+fn amount_in() -> Value {
+    json!({
+        "type": "integer",
+        "format": "int64",
+        "minimum": 1,
+        "maximum": AMOUNT_MAX_MINOR,
+        "description": "Integer amount in minor units of `currency`.",
+    })
+}
+
+fn categories() -> Vec<&'static str> {
+    MerchantCategory::ALL.iter().map(|c| c.as_str()).collect()
+}
+
+/// JSON Schemas of every request and response body, matching the Rust types
+/// (field names as serialised; `Option` fields skipped when `None` are not
+/// required; `Option` fields always serialised are required and nullable).
+fn schemas() -> Value {
+    let mut s = Map::new();
+    let mut add = |name: &str, schema: Value| {
+        s.insert(name.to_owned(), schema);
+    };
+
+    // error::Problem (RFC 9457).
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    add(
+        PROBLEM,
+        object(
+            &["type", "title", "status", "code", "detail"],
+            json!({
+                "type": { "type": "string", "const": "about:blank", "description": "Always about:blank: `code` identifies the problem." },
+                "title": { "type": "string", "description": "Fixed per code." },
+                "status": { "type": "integer", "minimum": 400, "maximum": 599 },
+                "code": { "type": "string", "enum": codes, "description": "Stable, machine-readable error code." },
+                "detail": { "type": "string", "description": "Human-readable explanation for this occurrence." },
+            }),
+        ),
+    );
+    add(HTML_PAGE, json!({ "type": "string", "contentMediaType": "text/html", "description": "An HTML page." }));
+    add("OpenApiDocument", json!({ "type": "object", "description": "An OpenAPI 3.1 document (this one)." }));
+
+    // account: auth.rs
+    add(
+        "SignupRequest",
+        closed(
+            &["username", "email", "password", "phone"],
+            json!({
+                "username": {
+                    "type": "string",
+                    "pattern": "^\\s*[A-Za-z0-9_.-]{3,32}\\s*$",
+                    "description": "3-32 characters of a-z, 0-9, '_', '.', '-'; case-insensitive (stored lowercase).",
+                },
+                "email": { "type": "string", "format": "email", "description": "Stored lowercase." },
+                "password": { "type": "string", "minLength": Password::MIN_CHARS, "maxLength": Password::MAX_CHARS },
+                "phone": { "type": "string", "description": "E.164: '+' and 8-15 digits (spaces and dashes ignored).", "examples": ["+821012345678"] },
+                "role": { "type": ["string", "null"], "enum": ["USER", "MERCHANT", null], "description": "Default USER. ADMIN is never granted by sign-up." },
+            }),
+        ),
+    );
+    add("UserCreated", object(&["user_id"], json!({ "user_id": uuid() })));
+    add(
+        "LoginRequest",
+        closed(&["username", "password"], json!({ "username": { "type": "string" }, "password": { "type": "string" } })),
+    );
+    // auth::AccessToken
+    add(
+        "AccessToken",
+        object(
+            &["access_token", "token_type", "expires_in"],
+            json!({
+                "access_token": { "type": "string", "description": "HS256 JWT." },
+                "token_type": { "type": "string", "const": "Bearer" },
+                "expires_in": { "type": "integer", "minimum": 0, "description": "Seconds until the token expires." },
+            }),
+        ),
+    );
+
+    // account: cards.rs, store::cards
+    add(
+        "RegisterCardRequest",
+        closed(
+            &["card_product_id", "pan", "expiry"],
+            json!({
+                "card_product_id": uuid(),
+                "pan": {
+                    "type": "string",
+                    "pattern": "^[0-9 -]+$",
+                    "description": "12-19 digits passing the Luhn check; spaces or dashes between groups allowed. Never stored, logged or returned.",
+                },
+                "expiry": { "type": "string", "pattern": "^\\s*(0[1-9]|1[0-2])/[0-9]{2}\\s*$", "description": "MM/YY, not in the past." },
+            }),
+        ),
+    );
+    add(
+        "RegisteredCard",
+        object(
+            &["card_id", "last4", "card_product_id"],
+            json!({ "card_id": uuid(), "last4": { "type": "string", "pattern": "^[0-9]{4}$" }, "card_product_id": uuid() }),
+        ),
+    );
+    add(
+        "Card",
+        object(
+            &["card_id", "last4", "card_product_id", "card_product_name", "expiry", "created_at"],
+            json!({
+                "card_id": uuid(),
+                "last4": { "type": "string", "pattern": "^[0-9]{4}$" },
+                "card_product_id": uuid(),
+                "card_product_name": { "type": "string" },
+                "expiry": { "type": "string", "pattern": "^(0[1-9]|1[0-2])/[0-9]{2}$", "description": "MM/YY." },
+                "created_at": time(),
+            }),
+        ),
+    );
+    add("CardList", array_of("Card"));
+
+    // store::notifications::NotificationView
+    add(
+        "Notification",
+        object(
+            &["notification_id", "kind", "payload", "created_at"],
+            json!({
+                "notification_id": uuid(),
+                "kind": { "type": "string", "examples": ["VIP", "BENEFIT_TIP", "VERIFICATION_APPROVED", "VERIFICATION_DENIED"] },
+                "payload": { "type": "object", "description": "Kind-specific details." },
+                "created_at": time(),
+            }),
+        ),
+    );
+    add("NotificationList", array_of("Notification"));
+
+    // store::card_products
+    add(
+        "BenefitRule",
+        object(
+            &["scope", "rate_bp", "cap_amount", "currency"],
+            json!({
+                "scope": { "type": "string", "enum": ["everywhere", "category", "merchant"] },
+                "merchant_category": { "type": "string", "description": "Present when scope is category." },
+                "merchant_id": { "type": "string", "format": "uuid", "description": "Present when scope is merchant." },
+                "rate_bp": { "type": "integer", "format": "int32", "minimum": 0, "maximum": 10000, "description": "Basis points (1/100 of a percent)." },
+                "cap_amount": { "type": "integer", "format": "int64", "description": "Largest benefit one payment can earn, in minor units of `currency`." },
+                "currency": currency(),
+            }),
+        ),
+    );
+    add(
+        "CardProduct",
+        object(
+            &["card_product_id", "name", "issuer", "benefit_rules"],
+            json!({
+                "card_product_id": uuid(),
+                "name": { "type": "string" },
+                "issuer": { "type": "string" },
+                "benefit_rules": array_of("BenefitRule"),
+            }),
+        ),
+    );
+    add("CardProductList", array_of("CardProduct"));
+
+    // account: merchants.rs, store::merchants
+    add(
+        "CreateMerchantRequest",
+        closed(
+            &["name", "category", "country", "lat", "lon"],
+            json!({
+                "name": { "type": "string", "description": "1-120 characters after trimming." },
+                "category": { "type": "string", "enum": categories() },
+                "country": { "type": "string", "pattern": "^[A-Z]{2}$", "description": "ISO 3166-1 alpha-2, uppercase." },
+                "lat": { "type": "number", "minimum": -90, "maximum": 90 },
+                "lon": { "type": "number", "minimum": -180, "maximum": 180 },
+                "vip_threshold": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "maximum": VipThreshold::MAX,
+                    "default": VipThreshold::DEFAULT,
+                    "description": "Visits at which a customer becomes VIP.",
+                },
+            }),
+        ),
+    );
+    add("MerchantCreated", object(&["merchant_id"], json!({ "merchant_id": uuid() })));
+    add(
+        "MerchantPublic",
+        object(
+            &["merchant_id", "name", "category", "country", "lat", "lon"],
+            json!({
+                "merchant_id": uuid(),
+                "name": { "type": "string" },
+                "category": { "type": "string", "examples": categories() },
+                "country": { "type": "string", "pattern": "^[A-Z]{2}$" },
+                "lat": { "type": "number" },
+                "lon": { "type": "number" },
+            }),
+        ),
+    );
+
+    // pay: payments.rs, store::payments::PaymentView
+    add(
+        "CreatePaymentRequest",
+        closed(
+            &["card_id", "merchant_id", "amount", "currency"],
+            json!({ "card_id": uuid(), "merchant_id": uuid(), "amount": amount_in(), "currency": currency_in() }),
+        ),
+    );
+    add(
+        "PaymentAccepted",
+        object(&["payment_id", "status"], json!({ "payment_id": uuid(), "status": { "type": "string", "const": "RECEIVED" } })),
+    );
+    let reasons =
+        [reason::IMPOSSIBLE_TRAVEL, reason::HOLDER_LOCKED, reason::APPROVED_BY_HOLDER, reason::DENIED_BY_HOLDER, reason::VERIFICATION_EXPIRED];
+    add(
+        "Payment",
+        object(
+            &["payment_id", "status", "amount", "currency", "merchant_id"],
+            json!({
+                "payment_id": uuid(),
+                "status": {
+                    "type": "string",
+                    "enum": ["RECEIVED", "COMPLETED", "PENDING", "DENIED"],
+                    "description": "RECEIVED until fraud detection has decided.",
+                },
+                "amount": minor_units(),
+                "currency": currency(),
+                "merchant_id": uuid(),
+                "reason": { "type": "string", "examples": reasons, "description": "Why the payment got its status, when there is a reason." },
+            }),
+        ),
+    );
+
+    // verify: lib.rs (DecisionBody, and the JSON answer of decide)
+    add(
+        "VerificationDecision",
+        object(&["decision"], json!({ "decision": { "type": "string", "enum": ["approve", "deny"] } })),
+    );
+    add(
+        "VerificationResult",
+        object(
+            &["payment_id", "status"],
+            json!({ "payment_id": uuid(), "status": { "type": "string", "enum": ["COMPLETED", "DENIED"] } }),
+        ),
+    );
+
+    // order: products.rs, store::products::ProductView
+    add(
+        "CreateProductRequest",
+        closed(
+            &["title", "price", "currency", "stock", "start_time", "end_time"],
+            json!({
+                "title": { "type": "string", "description": "1-200 characters after trimming." },
+                "price": amount_in(),
+                "currency": currency_in(),
+                // Mirrors STOCK_MAX in functions/order/src/products.rs.
+                "stock": { "type": "integer", "minimum": 1, "maximum": 10_000_000 },
+                "start_time": { "type": "string", "format": "date-time", "description": "RFC 3339; the sale opens at this instant." },
+                "end_time": { "type": "string", "format": "date-time", "description": "RFC 3339, after start_time; the sale is closed from this instant." },
+            }),
+        ),
+    );
+    add(
+        "Product",
+        object(
+            &["product_id", "title", "price", "currency", "stock", "remaining", "start_time", "end_time"],
+            json!({
+                "product_id": uuid(),
+                "title": { "type": "string" },
+                "price": minor_units(),
+                "currency": currency(),
+                "stock": { "type": "integer", "format": "int32", "minimum": 1 },
+                "remaining": { "type": "integer", "format": "int64", "minimum": 0, "description": "Live remaining stock, 0..stock." },
+                "start_time": time(),
+                "end_time": time(),
+            }),
+        ),
+    );
+    add("ProductList", array_of("Product"));
+
+    // order: orders.rs, store::orders::OrderView
+    add("CreateOrderRequest", closed(&["product_id"], json!({ "product_id": uuid() })));
+    add(
+        "OrderAccepted",
+        object(&["order_id", "status"], json!({ "order_id": uuid(), "status": { "type": "string", "const": "PENDING" } })),
+    );
+    add(
+        "Order",
+        object(
+            &["order_id", "product_id", "status", "amount", "currency", "created_at"],
+            json!({
+                "order_id": uuid(),
+                "product_id": uuid(),
+                "status": { "type": "string", "enum": ["PENDING", "SUCCESS", "FAILED"] },
+                "amount": minor_units(),
+                "currency": currency(),
+                "reason": { "type": "string", "examples": ["NO_STOCK_AT_SETTLEMENT"], "description": "Why a FAILED order failed." },
+                "created_at": time(),
+            }),
+        ),
+    );
+
+    // report: store::settlements
+    add(
+        "Settlement",
+        object(
+            &["settlement_id", "order_id", "user_id", "product_id", "amount", "currency", "settled_at"],
+            json!({
+                "settlement_id": uuid(),
+                "order_id": uuid(),
+                "user_id": uuid(),
+                "product_id": uuid(),
+                "amount": minor_units(),
+                "currency": currency(),
+                "settled_at": time(),
+            }),
+        ),
+    );
+    add(
+        "SettlementPage",
+        object(
+            &["items"],
+            json!({
+                "items": array_of("Settlement"),
+                "next_cursor": { "type": "string", "description": "Pass as `cursor` for the next (older) page; absent on the last page." },
+            }),
+        ),
+    );
+    // `currency` and `latest` are `Option`s serialised as null, so present.
+    add(
+        "SettlementSummary",
+        object(
+            &["count", "total_amount", "currency", "latest"],
+            json!({
+                "count": { "type": "integer", "format": "int64", "minimum": 0 },
+                "total_amount": { "type": "integer", "format": "int64", "description": "Sum in minor units of `currency`." },
+                "currency": { "type": ["string", "null"], "description": "Currency of the total; null when there are none or they mix currencies." },
+                "latest": { "anyOf": [schema_ref("Settlement"), { "type": "null" }], "description": "The newest settlement, null when there is none." },
+            }),
+        ),
+    );
+
+    // report: store::loyalty::Dashboard
+    add(
+        "TopCustomer",
+        object(
+            &["customer", "visits"],
+            json!({
+                "customer": { "type": "string", "description": "Masked: the first two letters of the username, then ***." },
+                "visits": { "type": "integer", "format": "int32" },
+            }),
+        ),
+    );
+    add(
+        "RecentVip",
+        object(
+            &["customer", "visits", "became_at"],
+            json!({
+                "customer": { "type": "string", "description": "Masked: the first two letters of the username, then ***." },
+                "visits": { "type": "integer", "format": "int32" },
+                "became_at": time(),
+            }),
+        ),
+    );
+    add(
+        "Dashboard",
+        object(
+            &["merchant_id", "customers", "vips", "top_customers", "recent_vips", "tips_sent"],
+            json!({
+                "merchant_id": uuid(),
+                "customers": { "type": "integer", "format": "int64", "minimum": 0 },
+                "vips": { "type": "integer", "format": "int64", "minimum": 0 },
+                "top_customers": array_of("TopCustomer"),
+                "recent_vips": array_of("RecentVip"),
+                "tips_sent": { "type": "integer", "format": "int64", "minimum": 0, "description": "Benefit tips sent for payments at this merchant." },
+            }),
+        ),
+    );
+
+    Value::Object(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn operation_ids_are_unique_camel_case() {
+        let mut seen = HashSet::new();
+        for op in OPERATIONS {
+            assert!(seen.insert(op.operation_id), "duplicate operationId {}", op.operation_id);
+            assert!(op.operation_id.starts_with(|c: char| c.is_ascii_lowercase()), "{}", op.operation_id);
+            assert!(op.operation_id.chars().all(|c| c.is_ascii_alphanumeric()), "{}", op.operation_id);
+        }
+    }
+
+    /// CI fails when the committed document and the code disagree.
+    #[test]
+    fn the_committed_openapi_json_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.json");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == document_text(),
+            "openapi.json is out of date with the code; regenerate it: cargo run -p paystream-ops -- openapi > openapi.json"
+        );
+    }
+
+    #[test]
+    fn routes_are_unique() {
+        let mut seen = HashSet::new();
+        for op in OPERATIONS {
+            assert!(op.method == "GET" || op.method == "POST", "{} {}", op.method, op.path);
+            assert!(op.path.starts_with('/'), "{}", op.path);
+            assert!(seen.insert((op.method, op.path)), "duplicate route {} {}", op.method, op.path);
+        }
+    }
+
+    #[test]
+    fn every_referenced_schema_exists() {
+        let schemas = schemas();
+        for op in OPERATIONS {
+            for name in op.request.into_iter().chain([op.success]) {
+                assert!(schemas.get(name).is_some(), "{} {}: schema {name} missing", op.method, op.path);
+            }
+        }
+        assert!(schemas.get(PROBLEM).is_some());
+        assert!(schemas.get(HTML_PAGE).is_some());
+    }
+
+    fn collect_refs(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(fields) => {
+                for (key, child) in fields {
+                    match (key.as_str(), child.as_str()) {
+                        ("$ref", Some(target)) => out.push(target.to_owned()),
+                        _ => collect_refs(child, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| collect_refs(item, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_ref_in_the_document_resolves() {
+        let doc = document();
+        let mut refs = Vec::new();
+        collect_refs(&doc, &mut refs);
+        assert!(!refs.is_empty());
+        for target in refs {
+            let name = target.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("unexpected $ref {target}"));
+            assert!(doc["components"]["schemas"].get(name).is_some(), "dangling $ref {target}");
+        }
+    }
+
+    #[test]
+    fn document_has_every_operation() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["info"]["title"], "paystream");
+        for op in OPERATIONS {
+            let item = &doc["paths"][op.path][op.method.to_ascii_lowercase()];
+            assert_eq!(item["operationId"], op.operation_id, "{} {}", op.method, op.path);
+            let responses = item["responses"].as_object().expect("responses object");
+            assert!(responses.contains_key(&op.success_status.to_string()), "{} {}", op.method, op.path);
+            assert!(responses.contains_key("500"), "{} {}", op.method, op.path);
+            for code in op.errors {
+                let description = responses[&code.status().to_string()]["description"].as_str().expect("description");
+                assert!(description.contains(code.as_str()), "{} {}: {description}", op.method, op.path);
+            }
+            assert_eq!(item["requestBody"].is_object(), op.request.is_some(), "{} {}", op.method, op.path);
+        }
+    }
+
+    #[test]
+    fn path_parameters_match_the_template() {
+        let doc = document();
+        for op in OPERATIONS {
+            let item = &doc["paths"][op.path][op.method.to_ascii_lowercase()];
+            let declared: Vec<&str> = item["parameters"]
+                .as_array()
+                .map(|params| params.iter().filter(|p| p["in"] == "path").filter_map(|p| p["name"].as_str()).collect())
+                .unwrap_or_default();
+            let expected: Vec<&str> = path_parameters(op.path).collect();
+            assert_eq!(declared, expected, "{} {}", op.method, op.path);
+        }
+    }
+
+    #[test]
+    fn problem_code_lists_the_whole_catalogue() {
+        let doc = document();
+        let codes = doc["components"]["schemas"][PROBLEM]["properties"]["code"]["enum"].as_array().expect("enum").clone();
+        assert_eq!(codes.len(), ErrorCode::ALL.len());
+        for code in ErrorCode::ALL {
+            assert!(codes.contains(&Value::from(code.as_str())), "{}", code.as_str());
+        }
+    }
+
+    #[test]
+    fn bearer_routes_require_the_bearer_scheme() {
+        let doc = document();
+        for op in OPERATIONS {
+            let security = &doc["paths"][op.path][op.method.to_ascii_lowercase()]["security"];
+            let wants_bearer = op.auth == Auth::Bearer;
+            assert_eq!(security[0].get("bearerAuth").is_some(), wants_bearer, "{} {}", op.method, op.path);
+        }
+    }
+}
