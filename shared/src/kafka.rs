@@ -92,6 +92,25 @@ impl From<PublishError> for AppError {
     }
 }
 
+/// Creates topics (the local broker does not create them on first use); a
+/// topic that already exists is fine. Used by tests and the benchmarks.
+pub async fn create_topics(config: &KafkaConfig, topics: &[(&str, i32)]) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        client_config(config, "paystream-admin").create().map_err(|e| format!("admin client: {e}"))?;
+    let new: Vec<NewTopic> = topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics(&new, &options).await.map_err(|e| format!("create topics: {e}"))?;
+    for result in results {
+        match result {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(format!("creating topic {topic}: {code}")),
+        }
+    }
+    Ok(())
+}
+
 /// librdkafka settings shared by producers and (test/tool) consumers.
 pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut client = ClientConfig::new();

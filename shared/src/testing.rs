@@ -6,8 +6,6 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use lambda_http::Body;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::Config;
@@ -61,15 +59,7 @@ pub async fn platform(function: &'static str) -> Platform {
 
 /// Creates topics on the configured broker (they are not auto-created).
 pub async fn create_topics(config: &Config, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = client_config(&config.kafka, "paystream-tests").create().expect("admin client");
-    let new: Vec<NewTopic> = topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
-    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
-    let results = admin.create_topics(&new, &opts).await.expect("create topics");
-    for result in results {
-        if let Err((topic, code)) = result {
-            assert_eq!(code, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "creating topic {topic}");
-        }
-    }
+    crate::kafka::create_topics(&config.kafka, topics).await.expect("create topics");
 }
 
 /// Builds the request an API Gateway HTTP API (payload v2) would deliver,

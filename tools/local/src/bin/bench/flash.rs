@@ -3,7 +3,7 @@
 //! the same run: FlashPay's lock-then-check-then-decrement order path, and
 //! Redis's raw rate for one atomic step (a bare DECR).
 //!
-//!   bench [attempts] [concurrency]      defaults: 20000 64
+//!   bench flash [attempts] [concurrency]      defaults: 20000 64
 //!
 //! Prints one table row per path: decisions/s, p50 and p99 latency, and the
 //! ratio to the gate.
@@ -29,11 +29,8 @@ struct Run {
     accepted: usize,
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let attempts = args.first().copied().unwrap_or(20_000);
-    let concurrency = args.get(1).copied().unwrap_or(64).max(1);
+pub async fn run(attempts: usize, concurrency: usize) {
+    let concurrency = concurrency.max(1);
     let mut config = Config::from_env().expect("configuration");
     config.redis.key_prefix = format!("bench:{}:", Uuid::new_v4().simple());
     let redis = Arc::new(Redis::new(&config.redis).expect("redis"));

@@ -1,0 +1,40 @@
+//! paystream's benchmarks. Each prints its figures next to a baseline
+//! measured in the same run, so a ratio is reported, not just a time.
+//!
+//!   bench flash [attempts] [concurrency]   flash-sale decisions on a hot product (defaults 20000 64)
+//!   bench lambda [runs] [rounds]           cold start and peak memory of every function (defaults 20 20)
+//!   bench consumers [batches]              MSK consumers on 1,000-record batches (default 10)
+//!   bench intake [payments] [concurrency]  POST /payments, broker-acknowledged (defaults 20000 64)
+//!
+//! Run from the repository root with the stack up, in release:
+//! `cargo run --release -p paystream-local --bin bench -- flash`.
+
+mod consumers;
+mod flash;
+mod intake;
+mod lambda;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let numbers = |from: usize| -> Vec<usize> { args.iter().skip(from).filter_map(|a| a.parse().ok()).collect() };
+    match args.first().map(String::as_str) {
+        Some("lambda") => {
+            let n = numbers(1);
+            lambda::run(n.first().copied().unwrap_or(20), n.get(1).copied().unwrap_or(20)).await;
+        }
+        Some("consumers") => consumers::run(numbers(1).first().copied().unwrap_or(10)).await,
+        Some("intake") => {
+            let n = numbers(1);
+            intake::run(n.first().copied().unwrap_or(20_000), n.get(1).copied().unwrap_or(64)).await;
+        }
+        Some("flash") => {
+            let n = numbers(1);
+            flash::run(n.first().copied().unwrap_or(20_000), n.get(1).copied().unwrap_or(64)).await;
+        }
+        _ => {
+            eprintln!("usage: bench flash [attempts] [concurrency] | lambda [runs] [rounds] | consumers [batches] | intake [payments] [concurrency]");
+            std::process::exit(2);
+        }
+    }
+}
