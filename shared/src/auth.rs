@@ -126,7 +126,10 @@ impl TokenIssuer {
     }
 
     fn keys(&self) -> Result<&(EncodingKey, DecodingKey), AppError> {
-        self.keys.as_ref().ok_or_else(|| AppError::new(crate::ErrorCode::Internal, "this function has no JWT signing key (JWT_SECRET / JWT_SECRET_ARN)"))
+        // Logged with the source; the client sees only the generic detail.
+        self.keys
+            .as_ref()
+            .ok_or_else(|| AppError::internal(crate::config::ConfigError("this function has no JWT signing key (JWT_SECRET / JWT_SECRET_ARN)".into())))
     }
 
     /// Reads `Authorization: Bearer <token>` and verifies it.

@@ -40,8 +40,9 @@ pub const SECRET_REFS: &[SecretRef] = &[
 /// Where secret strings come from (Secrets Manager on AWS).
 #[allow(async_fn_in_trait)]
 pub trait SecretStore {
-    /// The secret's current `SecretString`. The error must not contain it.
-    async fn secret_string(&self, arn: &str) -> Result<String, String>;
+    /// The current `SecretString` of every ARN, by ARN. An error names the
+    /// ARN that failed and why, never a secret value.
+    async fn secret_strings(&self, arns: &[String]) -> Result<HashMap<String, String>, (String, String)>;
 }
 
 /// True when any variable names a secret ARN, i.e. [`resolve`] has work.
@@ -54,20 +55,28 @@ pub fn has_refs(vars: &HashMap<String, String>) -> bool {
 /// of [`SECRET_REFS`]). A target that is also set directly is an error: two
 /// sources for one secret is a deployment mistake, not a precedence question.
 pub async fn resolve(vars: &mut HashMap<String, String>, store: &impl SecretStore) -> Result<(), ConfigError> {
-    let mut fetched: HashMap<String, String> = HashMap::new();
+    let arn_of = |vars: &HashMap<String, String>, r: &SecretRef| vars.get(r.arn_var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let mut arns: Vec<String> = Vec::new();
     for secret_ref in SECRET_REFS {
-        let Some(arn) = vars.get(secret_ref.arn_var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else { continue };
+        let Some(arn) = arn_of(vars, secret_ref) else { continue };
         if vars.get(secret_ref.target).is_some_and(|v| !v.trim().is_empty()) {
             return Err(ConfigError(format!("{} and {} are both set; set only one", secret_ref.target, secret_ref.arn_var)));
         }
-        if !fetched.contains_key(&arn) {
-            let value = store
-                .secret_string(&arn)
-                .await
-                .map_err(|e| ConfigError(format!("{}: could not read the secret: {e}", secret_ref.arn_var)))?;
-            fetched.insert(arn.clone(), value);
+        if !arns.contains(&arn) {
+            arns.push(arn);
         }
-        let secret = &fetched[&arn];
+    }
+    debug_assert!(arns.len() <= SECRET_REFS.len());
+    if arns.is_empty() {
+        return Ok(());
+    }
+    let fetched = store.secret_strings(&arns).await.map_err(|(arn, why)| {
+        let variable = SECRET_REFS.iter().find(|r| arn_of(vars, r).as_deref() == Some(arn.as_str())).map_or("a secret ARN", |r| r.arn_var);
+        ConfigError(format!("{variable}: could not read the secret: {why}"))
+    })?;
+    for secret_ref in SECRET_REFS {
+        let Some(arn) = arn_of(vars, secret_ref) else { continue };
+        let secret = fetched.get(&arn).ok_or_else(|| ConfigError(format!("{}: the secret store did not answer for it", secret_ref.arn_var)))?;
         let value = match secret_ref.json_field {
             None => secret.clone(),
             Some(field) => json_field(secret, field)
@@ -75,7 +84,6 @@ pub async fn resolve(vars: &mut HashMap<String, String>, store: &impl SecretStor
         };
         vars.insert(secret_ref.target.to_owned(), value);
     }
-    debug_assert!(fetched.len() <= SECRET_REFS.len());
     Ok(())
 }
 
@@ -83,6 +91,12 @@ fn json_field(secret: &str, field: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(secret).ok()?;
     value.get(field)?.as_str().map(str::to_owned)
 }
+
+/// Bounds of one cold-start fetch: Lambda's init phase has 10 s in all, and
+/// a function in a VPC without a route to Secrets Manager must fail with
+/// the variable named, not time out silently.
+const SECRETS_CONNECT_TIMEOUT_MS: u64 = 1_000;
+const SECRETS_OPERATION_TIMEOUT_MS: u64 = 4_000;
 
 /// The AWS Secrets Manager client. Honours the SDK's usual environment
 /// (region, credentials, `AWS_ENDPOINT_URL_SECRETS_MANAGER`).
@@ -92,7 +106,13 @@ pub struct SecretsManager {
 
 impl SecretsManager {
     pub async fn from_env() -> Self {
-        Self { client: aws_sdk_secretsmanager::Client::new(&aws_config::load_from_env().await) }
+        let shared = aws_config::load_from_env().await;
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_millis(SECRETS_CONNECT_TIMEOUT_MS))
+            .operation_timeout(std::time::Duration::from_millis(SECRETS_OPERATION_TIMEOUT_MS))
+            .build();
+        let config = aws_sdk_secretsmanager::config::Builder::from(&shared).timeout_config(timeouts).build();
+        Self { client: aws_sdk_secretsmanager::Client::from_conf(config) }
     }
 
     pub fn new(client: aws_sdk_secretsmanager::Client) -> Self {
@@ -100,16 +120,36 @@ impl SecretsManager {
     }
 }
 
-impl SecretStore for SecretsManager {
-    async fn secret_string(&self, arn: &str) -> Result<String, String> {
-        let answer = self
-            .client
+impl SecretsManager {
+    async fn secret_string(client: &aws_sdk_secretsmanager::Client, arn: &str) -> Result<String, String> {
+        let answer = client
             .get_secret_value()
             .secret_id(arn)
             .send()
             .await
             .map_err(|e| aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string())?;
         answer.secret_string.ok_or_else(|| "the secret has no SecretString (binary secrets are not supported)".to_owned())
+    }
+}
+
+impl SecretStore for SecretsManager {
+    /// All at once: a cold start waits for the slowest secret, not the sum.
+    async fn secret_strings(&self, arns: &[String]) -> Result<HashMap<String, String>, (String, String)> {
+        let mut fetches = tokio::task::JoinSet::new();
+        for arn in arns {
+            let (client, arn) = (self.client.clone(), arn.clone());
+            fetches.spawn(async move {
+                let value = Self::secret_string(&client, &arn).await;
+                (arn, value)
+            });
+        }
+        let mut values = HashMap::with_capacity(arns.len());
+        while let Some(done) = fetches.join_next().await {
+            let (arn, value) = done.map_err(|e| ("a secret ARN".to_owned(), e.to_string()))?;
+            let value = value.map_err(|why| (arn.clone(), why))?;
+            values.insert(arn, value);
+        }
+        Ok(values)
     }
 }
 
@@ -123,9 +163,14 @@ mod tests {
     struct Fixed(HashMap<&'static str, &'static str>, std::cell::Cell<usize>);
 
     impl SecretStore for Fixed {
-        async fn secret_string(&self, arn: &str) -> Result<String, String> {
-            self.1.set(self.1.get() + 1);
-            self.0.get(arn).map(|v| v.to_string()).ok_or_else(|| format!("ResourceNotFoundException: {arn}"))
+        async fn secret_strings(&self, arns: &[String]) -> Result<HashMap<String, String>, (String, String)> {
+            arns.iter()
+                .map(|arn| {
+                    self.1.set(self.1.get() + 1);
+                    let value = self.0.get(arn.as_str()).ok_or_else(|| (arn.clone(), "ResourceNotFoundException".to_owned()))?;
+                    Ok((arn.clone(), value.to_string()))
+                })
+                .collect()
         }
     }
 

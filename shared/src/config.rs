@@ -148,7 +148,8 @@ impl AuthConfig {
     /// was deployed without one.
     pub fn pan_key(&self) -> Result<&Secret, crate::AppError> {
         self.pan_fingerprint_key.as_ref().ok_or_else(|| {
-            crate::AppError::new(crate::ErrorCode::Internal, "this function has no PAN_FINGERPRINT_KEY (PAN_FINGERPRINT_KEY_ARN)")
+            // Logged with the source; the client sees only the generic detail.
+            crate::AppError::internal(ConfigError("this function has no PAN_FINGERPRINT_KEY (PAN_FINGERPRINT_KEY_ARN)".into()))
         })
     }
 }
@@ -325,6 +326,13 @@ impl Config {
             ("SMS_RATE_WINDOW_S", self.sms.rate_window_s),
             ("CACHE_TTL_S", self.cache_ttl_s),
         ];
+        // Card holders' data never crosses the VPC in plaintext.
+        if self.environment == Environment::Aws && self.database.tls == DatabaseTls::Disable {
+            return Err(ConfigError("DATABASE_TLS=disable is refused with PAYSTREAM_ENV=aws".into()));
+        }
+        if self.environment == Environment::Aws && !self.redis.url.expose().starts_with("rediss://") {
+            return Err(ConfigError("REDIS_URL must be rediss:// (TLS) with PAYSTREAM_ENV=aws".into()));
+        }
         if self.benefit_min_gain_minor < 1 {
             return Err(ConfigError("BENEFIT_MIN_GAIN must be at least 1".into()));
         }
@@ -405,15 +413,25 @@ mod tests {
         assert_eq!(config.auth.access_token_ttl_s, 900);
     }
 
+    const AWS_REDIS: (&str, &str) = ("REDIS_URL", "rediss://cache.example:6379/0");
+
     #[test]
     fn aws_refuses_local_secrets() {
-        let err = Config::from_vars(vars(&[("PAYSTREAM_ENV", "aws"), ("JWT_SECRET", LOCAL_JWT_SECRET)])).unwrap_err();
+        let err = Config::from_vars(vars(&[("PAYSTREAM_ENV", "aws"), AWS_REDIS, ("JWT_SECRET", LOCAL_JWT_SECRET)])).unwrap_err();
         assert!(err.0.contains("local-only JWT_SECRET"), "{err}");
     }
 
     #[test]
+    fn aws_refuses_plaintext_to_the_database_and_redis() {
+        let err = Config::from_vars(vars(&[("PAYSTREAM_ENV", "aws"), AWS_REDIS, ("DATABASE_TLS", "disable")])).unwrap_err();
+        assert!(err.0.contains("DATABASE_TLS"), "{err}");
+        let err = Config::from_vars(vars(&[("PAYSTREAM_ENV", "aws"), ("REDIS_URL", "redis://cache.example:6379/0")])).unwrap_err();
+        assert!(err.0.contains("rediss://"), "{err}");
+    }
+
+    #[test]
     fn on_aws_a_function_has_only_the_keys_it_was_given_and_tls_to_the_database() {
-        let config = Config::from_vars(vars(&[("PAYSTREAM_ENV", "aws")])).unwrap();
+        let config = Config::from_vars(vars(&[("PAYSTREAM_ENV", "aws"), AWS_REDIS])).unwrap();
         assert!(config.auth.jwt_secret.is_none() && config.auth.pan_fingerprint_key.is_none());
         assert_eq!(config.database.tls, DatabaseTls::VerifyFull);
         let local = Config::from_vars(HashMap::new()).unwrap();

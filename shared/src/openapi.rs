@@ -1134,7 +1134,7 @@ mod tests {
     }
 
     #[test]
-    fn path_parameters_match_the_template() {
+    fn every_path_segment_parameter_is_declared() {
         let doc = document();
         for op in OPERATIONS {
             let item = &doc["paths"][op.path][op.method.to_ascii_lowercase()];

@@ -115,8 +115,8 @@ fn return_large_blocks_to_the_os() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         const LARGE_BLOCK_BYTES: libc::c_int = 1 << 20;
-        // SAFETY: mallopt only changes allocator tuning; called before any
-        // thread of ours allocates concurrently (the first thing at cold start).
+        // SAFETY: mallopt only changes allocator tuning and takes glibc's
+        // own lock, so other threads allocating meanwhile are fine.
         let applied = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES) };
         debug_assert_eq!(applied, 1, "mallopt(M_MMAP_THRESHOLD) is supported by glibc");
     }

@@ -34,6 +34,7 @@ async fn every_account_sample_event_gets_its_documented_answer() {
         ("create-merchant", 201),
         ("get-merchant", 200),
         ("list-notifications", 200),
+        ("get-openapi", 200),
     ];
     let mut files: Vec<String> = std::fs::read_dir(EVENTS_DIR)
         .unwrap()
