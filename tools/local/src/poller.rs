@@ -42,7 +42,7 @@ pub fn consumer_for(config: &Config, source: &MskSource) -> Result<StreamConsume
 pub async fn poll(consumer: Arc<StreamConsumer>, source: MskSource, endpoint: String, client: HttpClient, mut stop: watch::Receiver<bool>) {
     assert!(source.batch_size > 0, "BatchSize must be positive");
     let window = Duration::from_secs(source.batching_window_s).max(Duration::from_millis(50));
-    loop {
+    'batches: loop {
         // Collect one batch: up to BatchSize records, or what arrived within
         // the batching window after the first one.
         let mut batch: Vec<OwnedMessage> = Vec::with_capacity(source.batch_size);
@@ -67,14 +67,22 @@ pub async fn poll(consumer: Arc<StreamConsumer>, source: MskSource, endpoint: St
             }
         }
         let event = msk_event(&batch);
-        // The same batch until it succeeds: never skip, never reorder.
+        // The same batch until it succeeds: never skip, never reorder. The
+        // only way out without success is shutdown, which leaves the batch
+        // uncommitted, so it is delivered again after the restart.
         let mut delay_ms = RETRY_FIRST_MS;
         loop {
             match client.invoke(&endpoint, &source.function, &event).await {
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(function = %source.function, records = batch.len(), retry_in_ms = delay_ms, error = %e, "invocation failed; retrying the batch");
-                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+                        _ = stop.changed() => {
+                            tracing::info!(function = %source.function, records = batch.len(), "stopping; the undelivered batch stays uncommitted");
+                            break 'batches;
+                        }
+                    }
                     delay_ms = (delay_ms * 2).min(RETRY_MAX_MS);
                 }
             }

@@ -21,10 +21,11 @@ use paystream_local::template::MskSource;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-/// Invocations received: (function, payload); the first one fails.
+/// Invocations received: (function, payload).
 type Calls = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
 
-async fn flaky_lambda() -> (String, Calls) {
+/// An Invoke API endpoint whose first `failures` invocations fail.
+async fn flaky_lambda(failures: usize) -> (String, Calls) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let calls: Calls = Arc::default();
@@ -41,7 +42,7 @@ async fn flaky_lambda() -> (String, Calls) {
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         let mut calls = seen.lock().unwrap();
                         calls.push((function, serde_json::from_slice(&body).unwrap()));
-                        let response = if calls.len() == 1 {
+                        let response = if calls.len() <= failures {
                             Response::builder()
                                 .status(200)
                                 .header("x-amz-function-error", "Unhandled")
@@ -79,7 +80,7 @@ async fn a_failed_invocation_gets_the_same_batch_again_and_commits_only_after_su
         producer.publish(OutgoingRecord { topic: &topic, key: b"k", payload: value.as_bytes(), headers: &[("h", b"v")] }).await.unwrap();
     }
 
-    let (endpoint, calls) = flaky_lambda().await;
+    let (endpoint, calls) = flaky_lambda(1).await;
     let group = format!("group-{}", unique_suffix());
     let source = MskSource {
         function: "settle".into(),
@@ -118,4 +119,42 @@ async fn a_failed_invocation_gets_the_same_batch_again_and_commits_only_after_su
     wanted.add_partition(&topic, 0);
     let committed = probe.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
     assert_eq!(committed.find_partition(&topic, 0).unwrap().offset(), Offset::Offset(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_retries_stops_promptly_and_leaves_the_batch_uncommitted() {
+    let config = fresh_config().await;
+    let topic = format!("poller-stop-{}", unique_suffix());
+    create_topics(&config, &[(&topic, 1)]).await;
+    let producer = EventProducer::new(&config.kafka, "tests").unwrap();
+    producer.publish(OutgoingRecord { topic: &topic, key: b"k", payload: b"only", headers: &[] }).await.unwrap();
+
+    let (endpoint, calls) = flaky_lambda(usize::MAX).await;
+    let group = format!("group-{}", unique_suffix());
+    let source = MskSource {
+        function: "settle".into(),
+        topics: vec![topic.clone()],
+        consumer_group_id: group.clone(),
+        batch_size: 10,
+        batching_window_s: 0,
+        starting_position: "TRIM_HORIZON".into(),
+    };
+    let consumer = Arc::new(consumer_for(&config, &source).unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(poll(Arc::clone(&consumer), source, endpoint, HttpClient::new(Duration::from_secs(10)), stop_rx));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while calls.lock().unwrap().len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "the poller did not keep retrying");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopping = tokio::time::Instant::now();
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task).await.expect("stops within 2 s, mid-retry").unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(2));
+
+    let probe: StreamConsumer = client_config(&config.kafka, "probe").set("group.id", &group).create().unwrap();
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition(&topic, 0);
+    let committed = probe.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
+    assert_eq!(committed.find_partition(&topic, 0).unwrap().offset(), Offset::Invalid, "nothing committed: the batch comes again");
 }
