@@ -12,7 +12,6 @@
 
 use std::time::{Duration, Instant};
 
-use paystream::config::Config;
 use paystream::db::PgPool;
 use paystream::demo;
 use paystream::events::{decode_order, decode_payment, OrderEvent, PaymentEvent};
@@ -163,9 +162,7 @@ fn time_decode(batches: &[Vec<InRecord>], payments: bool) -> (usize, Duration) {
 
 pub async fn run(batches: usize) {
     assert!(batches > 0, "batches must be positive");
-    let mut config = Config::from_env().expect("configuration");
-    let suffix = Uuid::new_v4().simple().to_string()[..12].to_owned();
-    config.redis.key_prefix = format!("bench:{suffix}:");
+    let (config, suffix) = crate::stats::isolated_config().await;
     let setup = Platform::from_config("bench", config.clone()).expect("platform");
     let users = create_users(&setup.pg, &suffix).await;
     let platform = |name: &'static str| Platform::from_config(name, config.clone()).expect("platform");

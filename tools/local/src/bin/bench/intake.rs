@@ -12,35 +12,18 @@
 //! stack ever sees them.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use paystream::apigw::v2_request;
-use paystream::config::Config;
 use paystream::domain::{Role, UserId};
 use paystream::kafka::{create_topics, EventProducer, OutgoingRecord};
 use paystream::Platform;
-use uuid::Uuid;
 
 use crate::consumers::create_users;
-
-struct Run {
-    name: &'static str,
-    per_s: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-fn summarise(name: &'static str, mut latencies: Vec<Duration>, elapsed: Duration) -> Run {
-    latencies.sort();
-    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
-    Run { name, per_s: latencies.len() as f64 / elapsed.as_secs_f64(), p50: pick(0.50), p99: pick(0.99) }
-}
+use crate::stats::{drive, print, summarise};
 
 pub async fn run(payments: usize, concurrency: usize) {
     assert!(payments > 0 && concurrency > 0, "payments and concurrency must be positive");
-    let mut config = Config::from_env().expect("configuration");
-    let suffix = Uuid::new_v4().simple().to_string()[..12].to_owned();
-    config.redis.key_prefix = format!("bench:{suffix}:");
+    let (mut config, suffix) = crate::stats::isolated_config().await;
     config.kafka.payment_topic = format!("bench-payments-{suffix}");
     create_topics(&config.kafka, &[(config.kafka.payment_topic.as_str(), 3)]).await.expect("bench topic");
     let platform = Platform::from_config("pay", config.clone()).expect("platform");
@@ -56,69 +39,32 @@ pub async fn run(payments: usize, concurrency: usize) {
             .collect(),
     );
     let api = Arc::new(pay::PayApi::new(platform));
+    let pay = move |i: usize| {
+        let (api, requests) = (Arc::clone(&api), Arc::clone(&requests));
+        async move {
+            let (auth, body) = &requests[i % requests.len()];
+            let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
+            let answer = paystream::http::respond(api.as_ref(), v2_request("POST", "/payments", &headers, Some(body))).await;
+            assert_eq!(answer.status(), 202, "payment accepted");
+        }
+    };
     // Opens the pool and the producer before the clock starts.
-    let (auth, body) = &requests[0];
-    let warm = paystream::http::respond(api.as_ref(), v2_request("POST", "/payments", &[("content-type", "application/json"), ("authorization", auth)], Some(body))).await;
-    assert_eq!(warm.status(), 202, "warm-up payment accepted");
+    pay(0).await;
 
     println!("payment intake: {payments} payments by {} users, {concurrency} in flight", users.len());
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..concurrency {
-        let (api, requests) = (Arc::clone(&api), Arc::clone(&requests));
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            for i in (t..payments).step_by(concurrency) {
-                let (auth, body) = &requests[i % requests.len()];
-                let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
-                let begun = Instant::now();
-                let answer = paystream::http::respond(api.as_ref(), v2_request("POST", "/payments", &headers, Some(body))).await;
-                assert_eq!(answer.status(), 202, "payment accepted");
-                latencies.push(begun.elapsed());
-            }
-            latencies
-        });
-    }
-    let mut latencies = Vec::with_capacity(payments);
-    while let Some(done) = tasks.join_next().await {
-        latencies.extend(done.expect("intake task"));
-    }
-    let intake = summarise("paystream POST /payments (202)", latencies, started.elapsed());
+    let intake = summarise("paystream POST /payments (202)", drive(payments, concurrency, pay).await);
 
     // Baseline: the same number of same-sized events, published directly.
     let producer = Arc::new(EventProducer::new(&config.kafka, "bench").expect("producer"));
     let topic: Arc<str> = config.kafka.payment_topic.clone().into();
-    let sample = Arc::new(vec![b'x'; 420]);
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..concurrency {
-        let (producer, topic, sample) = (Arc::clone(&producer), Arc::clone(&topic), Arc::clone(&sample));
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            for i in (t..payments).step_by(concurrency) {
-                let key = i.to_string();
-                let begun = Instant::now();
-                producer.publish(OutgoingRecord { topic: &topic, key: key.as_bytes(), payload: &sample, headers: &[] }).await.expect("publish");
-                latencies.push(begun.elapsed());
-            }
-            latencies
-        });
-    }
-    let mut latencies = Vec::with_capacity(payments);
-    while let Some(done) = tasks.join_next().await {
-        latencies.extend(done.expect("publish task"));
-    }
-    let publish = summarise("baseline: broker publish only", latencies, started.elapsed());
-
-    println!("{:<34} {:>12} {:>9} {:>9} {:>12}", "path", "payments/s", "p50 ms", "p99 ms", "vs publish");
-    for run in [&intake, &publish] {
-        println!(
-            "{:<34} {:>12.0} {:>9.2} {:>9.2} {:>11.3}x",
-            run.name,
-            run.per_s,
-            run.p50.as_secs_f64() * 1e3,
-            run.p99.as_secs_f64() * 1e3,
-            run.per_s / publish.per_s
-        );
-    }
+    let publish = move |i: usize| {
+        let (producer, topic) = (Arc::clone(&producer), Arc::clone(&topic));
+        async move {
+            let key = i.to_string();
+            let payload = [b'x'; 420];
+            producer.publish(OutgoingRecord { topic: &topic, key: key.as_bytes(), payload: &payload, headers: &[] }).await.expect("publish");
+        }
+    };
+    let publish = summarise("baseline: broker publish only", drive(payments, concurrency, publish).await);
+    print("payments/s", &[&intake, &publish], &publish);
 }

@@ -5,6 +5,7 @@
 //!   bench lambda [runs] [rounds]           cold start and peak memory of every function (defaults 20 20)
 //!   bench consumers [batches]              MSK consumers on 1,000-record batches (default 10)
 //!   bench intake [payments] [concurrency]  POST /payments, broker-acknowledged (defaults 20000 64)
+//!   bench orders [orders] [concurrency]    POST /orders, durable accepted orders (defaults 20000 64)
 //!
 //! Run from the repository root with the stack up, in release:
 //! `cargo run --release -p paystream-local --bin bench -- flash`.
@@ -13,6 +14,8 @@ mod consumers;
 mod flash;
 mod intake;
 mod lambda;
+mod orders;
+mod stats;
 
 #[tokio::main]
 async fn main() {
@@ -28,12 +31,16 @@ async fn main() {
             let n = numbers(1);
             intake::run(n.first().copied().unwrap_or(20_000), n.get(1).copied().unwrap_or(64)).await;
         }
+        Some("orders") => {
+            let n = numbers(1);
+            orders::run(n.first().copied().unwrap_or(20_000), n.get(1).copied().unwrap_or(64)).await;
+        }
         Some("flash") => {
             let n = numbers(1);
             flash::run(n.first().copied().unwrap_or(20_000), n.get(1).copied().unwrap_or(64)).await;
         }
         _ => {
-            eprintln!("usage: bench flash [attempts] [concurrency] | lambda [runs] [rounds] | consumers [batches] | intake [payments] [concurrency]");
+            eprintln!("usage: bench flash [attempts] [concurrency] | lambda [runs] [rounds] | consumers [batches] | intake [payments] [concurrency] | orders [orders] [concurrency]");
             std::process::exit(2);
         }
     }
