@@ -30,17 +30,8 @@ pub struct User {
 
 /// 1,000 users, each with an Everyday and a Cafe Lover card.
 pub async fn create_users(pg: &PgPool, suffix: &str) -> Vec<User> {
+    let ids = crate::stats::create_buyers(pg, BATCH_RECORDS, suffix).await;
     let db = pg.get().await.expect("database");
-    let rows = db
-        .query(
-            "INSERT INTO users (id, username, email, password_hash, phone, role)
-             SELECT gen_random_uuid(), 'bench' || i || '_' || $2, 'bench' || i || '_' || $2 || '@example.com', 'unusable', '+821055550000', 'USER'
-             FROM generate_series(1, $1::int) AS i RETURNING id",
-            &[&(BATCH_RECORDS as i32), &suffix],
-        )
-        .await
-        .expect("bench users");
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
     let mut users = Vec::with_capacity(ids.len());
     for product in [demo::EVERYDAY.0, demo::CAFE_LOVER.0] {
         let cards = db

@@ -19,21 +19,6 @@ use uuid::Uuid;
 
 use crate::stats::{drive, print, summarise};
 
-/// `n` buyers (users without cards).
-async fn create_buyers(pg: &PgPool, n: usize, suffix: &str) -> Vec<Uuid> {
-    let db = pg.get().await.expect("database");
-    let rows = db
-        .query(
-            "INSERT INTO users (id, username, email, password_hash, phone, role)
-             SELECT gen_random_uuid(), 'buyer' || i || '_' || $2, 'buyer' || i || '_' || $2 || '@example.com', 'unusable', '+821055550000', 'USER'
-             FROM generate_series(1, $1::int) AS i RETURNING id",
-            &[&(n as i32), &suffix],
-        )
-        .await
-        .expect("bench buyers");
-    rows.iter().map(|r| r.get(0)).collect()
-}
-
 async fn create_product(pg: &PgPool, stock: usize) -> Uuid {
     let id = Uuid::new_v4();
     let stock = i32::try_from(stock).expect("stock fits the column");
@@ -56,7 +41,7 @@ pub async fn run(orders: usize, concurrency: usize) {
     config.kafka.order_topic = format!("bench-orders-{suffix}");
     create_topics(&config.kafka, &[(config.kafka.order_topic.as_str(), 3)]).await.expect("bench topic");
     let platform = Platform::from_config("order", config.clone()).expect("platform");
-    let buyers = create_buyers(&platform.pg, orders, &suffix).await;
+    let buyers = crate::stats::create_buyers(&platform.pg, orders, &suffix).await;
     let product = create_product(&platform.pg, orders).await;
     let tokens: Arc<Vec<String>> =
         Arc::new(buyers.iter().map(|b| format!("Bearer {}", platform.tokens.issue(UserId(*b), Role::User).expect("token").access_token)).collect());

@@ -86,3 +86,18 @@ pub async fn isolated_config() -> (paystream::config::Config, String) {
     paystream::demo::seed(&pool, &config, &Secret::new("bench-admin-password-not-used")).await.expect("seed paystream_bench");
     (config, suffix)
 }
+
+/// `n` new users without cards, named with `suffix` so runs never collide.
+pub async fn create_buyers(pg: &paystream::db::PgPool, n: usize, suffix: &str) -> Vec<uuid::Uuid> {
+    let db = pg.get().await.expect("database");
+    let rows = db
+        .query(
+            "INSERT INTO users (id, username, email, password_hash, phone, role)
+             SELECT gen_random_uuid(), 'bench' || i || '_' || $2, 'bench' || i || '_' || $2 || '@example.com', 'unusable', '+821055550000', 'USER'
+             FROM generate_series(1, $1::int) AS i RETURNING id",
+            &[&i32::try_from(n).expect("user count fits"), &suffix],
+        )
+        .await
+        .expect("bench users");
+    rows.iter().map(|r| r.get(0)).collect()
+}
