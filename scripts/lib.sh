@@ -50,12 +50,12 @@ ensure_rust_packages() {
   # Debian packages some crates need to build (librdkafka's configure needs
   # make and a C toolchain, which this machine type has).
   local missing=()
-  for bin in make cc pkg-config psql redis-cli; do
+  for bin in make cc pkg-config psql redis-cli sqlite3; do
     command -v "$bin" >/dev/null || missing+=("$bin")
   done
   if ((${#missing[@]})); then
     log "installing build tools for: ${missing[*]}"
-    apt-get update -qq && apt-get install -y -qq build-essential pkg-config postgresql-client redis-tools >/dev/null
+    apt-get update -qq && apt-get install -y -qq build-essential pkg-config postgresql-client redis-tools sqlite3 >/dev/null
   fi
 }
 
@@ -129,6 +129,30 @@ stop_broker() {
     kill -9 "$pid" 2>/dev/null || true
   fi
   rm -f "$STATE_DIR/tansu.pid"
+}
+
+# tansu 0.6.0 can leave a consumer group "Forming" under a leader that is no
+# longer a member (seen here once in about ten poller restarts: a static
+# member rejoining mid-rebalance). No member is ever assigned partitions
+# again, and no Kafka request repairs it (DeleteGroups answers OK and changes
+# nothing). The membership state is one row of the broker's SQLite file; with
+# the broker stopped, dropping that row lets the group form afresh, and its
+# committed offsets (another table) are kept.
+STUCK_GROUPS_SQL="SELECT d.id, cg.name FROM consumer_group_detail d JOIN consumer_group cg ON cg.id = d.consumer_group
+  WHERE json_extract(d.detail, '\$.state.Forming.leader') IS NOT NULL
+    AND json_type(d.detail, '\$.members.\"' || json_extract(d.detail, '\$.state.Forming.leader') || '\"') IS NULL"
+
+repair_stuck_groups() {
+  local db="$STATE_DIR/tansu.db" stuck ids
+  [[ -f "$db" ]] || return 0
+  stuck="$(sqlite3 -readonly "$db" "$STUCK_GROUPS_SQL")"
+  [[ -n "$stuck" ]] || return 0
+  log "consumer groups stuck in the broker: $(cut -d'|' -f2 <<<"$stuck" | paste -sd' '); restarting it without their membership state"
+  [[ -n "$(broker_pid)" ]] || { log "the broker was not started by these scripts; stop it, then run again"; return 1; }
+  stop_broker
+  ids="$(cut -d'|' -f1 <<<"$stuck" | paste -sd,)"
+  sqlite3 "$db" "DELETE FROM consumer_group_detail WHERE id IN ($ids)"
+  ensure_broker
 }
 
 ensure_database() {
@@ -207,6 +231,7 @@ start_runtime() {
   start_bg functions cargo-lambda lambda watch --ignore-changes --invoke-port "$LAMBDA_PORT"
   wait_for_port 127.0.0.1 "$LAMBDA_PORT" 60 || { log "cargo lambda watch did not start"; tail -20 "$LOG_DIR/functions.log" >&2; return 1; }
   start_bg gateway "$CARGO_TARGET_DIR/debug/gateway"
+  repair_stuck_groups
   start_bg poller "$CARGO_TARGET_DIR/debug/poller"
   wait_for_port 127.0.0.1 "$PAYSTREAM_HTTP_PORT" 30 || { log "gateway did not start"; tail -20 "$LOG_DIR/gateway.log" >&2; return 1; }
 }
