@@ -60,6 +60,27 @@ async fn flaky_lambda(failures: usize) -> (String, Calls) {
     (endpoint, calls)
 }
 
+/// An event source on `topic` with its own group, read from the start.
+fn source(topic: &str, batch_size: usize, batching_window_s: u64) -> MskSource {
+    MskSource {
+        function: "settle".into(),
+        topics: vec![topic.to_owned()],
+        consumer_group_id: format!("group-{}", unique_suffix()),
+        batch_size,
+        batching_window_s,
+        starting_position: "TRIM_HORIZON".into(),
+    }
+}
+
+/// What `group` has committed for partition 0 of `topic`.
+fn committed(config: &paystream::config::Config, group: &str, topic: &str) -> Offset {
+    let probe: StreamConsumer = client_config(&config.kafka, "probe").set("group.id", group).create().unwrap();
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition(topic, 0);
+    let committed = probe.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
+    committed.find_partition(topic, 0).unwrap().offset()
+}
+
 fn offsets(payload: &serde_json::Value) -> Vec<(i64, i64)> {
     payload["records"]
         .as_object()
@@ -81,15 +102,8 @@ async fn a_failed_invocation_gets_the_same_batch_again_and_commits_only_after_su
     }
 
     let (endpoint, calls) = flaky_lambda(1).await;
-    let group = format!("group-{}", unique_suffix());
-    let source = MskSource {
-        function: "settle".into(),
-        topics: vec![topic.clone()],
-        consumer_group_id: group.clone(),
-        batch_size: 100,
-        batching_window_s: 1,
-        starting_position: "TRIM_HORIZON".into(),
-    };
+    let source = source(&topic, 100, 1);
+    let group = source.consumer_group_id.clone();
     let consumer = Arc::new(consumer_for(&config, &source).unwrap());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(poll(Arc::clone(&consumer), source, endpoint, HttpClient::new(Duration::from_secs(10)), stop_rx));
@@ -114,11 +128,7 @@ async fn a_failed_invocation_gets_the_same_batch_again_and_commits_only_after_su
     assert_eq!(record["headers"][0]["h"], serde_json::json!([118]));
 
     // Committed after the success: the group resumes past all five.
-    let probe: StreamConsumer = client_config(&config.kafka, "probe").set("group.id", &group).create().unwrap();
-    let mut wanted = TopicPartitionList::new();
-    wanted.add_partition(&topic, 0);
-    let committed = probe.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
-    assert_eq!(committed.find_partition(&topic, 0).unwrap().offset(), Offset::Offset(5));
+    assert_eq!(committed(&config, &group, &topic), Offset::Offset(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,15 +140,8 @@ async fn shutdown_during_retries_stops_promptly_and_leaves_the_batch_uncommitted
     producer.publish(OutgoingRecord { topic: &topic, key: b"k", payload: b"only", headers: &[] }).await.unwrap();
 
     let (endpoint, calls) = flaky_lambda(usize::MAX).await;
-    let group = format!("group-{}", unique_suffix());
-    let source = MskSource {
-        function: "settle".into(),
-        topics: vec![topic.clone()],
-        consumer_group_id: group.clone(),
-        batch_size: 10,
-        batching_window_s: 0,
-        starting_position: "TRIM_HORIZON".into(),
-    };
+    let source = source(&topic, 10, 0);
+    let group = source.consumer_group_id.clone();
     let consumer = Arc::new(consumer_for(&config, &source).unwrap());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(poll(Arc::clone(&consumer), source, endpoint, HttpClient::new(Duration::from_secs(10)), stop_rx));
@@ -152,9 +155,5 @@ async fn shutdown_during_retries_stops_promptly_and_leaves_the_batch_uncommitted
     tokio::time::timeout(Duration::from_secs(2), task).await.expect("stops within 2 s, mid-retry").unwrap();
     assert!(stopping.elapsed() < Duration::from_secs(2));
 
-    let probe: StreamConsumer = client_config(&config.kafka, "probe").set("group.id", &group).create().unwrap();
-    let mut wanted = TopicPartitionList::new();
-    wanted.add_partition(&topic, 0);
-    let committed = probe.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
-    assert_eq!(committed.find_partition(&topic, 0).unwrap().offset(), Offset::Invalid, "nothing committed: the batch comes again");
+    assert_eq!(committed(&config, &group, &topic), Offset::Invalid, "nothing committed: the batch comes again");
 }

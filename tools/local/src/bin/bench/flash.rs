@@ -8,8 +8,8 @@
 //! Prints one table row per path: decisions/s, p50 and p99 latency, and the
 //! ratio to the gate.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use paystream::cache::Redis;
 use paystream::config::Config;
@@ -21,13 +21,7 @@ const STOCK: i64 = 1_000;
 /// Spin bound for the baseline's lock (FlashPay retries until it gets it).
 const LOCK_ATTEMPTS_MAX: usize = 10_000;
 
-struct Run {
-    name: &'static str,
-    per_s: f64,
-    p50: Duration,
-    p99: Duration,
-    accepted: usize,
-}
+use crate::stats::{drive, print, summarise, Run};
 
 pub async fn run(attempts: usize, concurrency: usize) {
     let concurrency = concurrency.max(1);
@@ -39,19 +33,9 @@ pub async fn run(attempts: usize, concurrency: usize) {
     let gate = measure("paystream gate (one Lua script)", &redis, attempts, concurrency, gate_setup, gate_step).await;
     let lock = measure("baseline: lock, check, decrement", &redis, attempts, concurrency, lock_setup, lock_step).await;
     let raw = measure("Redis raw: one DECR", &redis, attempts, concurrency, lock_setup, raw_step).await;
-    println!("{:<36} {:>12} {:>9} {:>9} {:>9} {:>8}", "path", "decisions/s", "p50 ms", "p99 ms", "accepted", "vs gate");
-    for run in [&gate, &lock, &raw] {
-        println!(
-            "{:<36} {:>12.0} {:>9.2} {:>9.2} {:>9} {:>7.2}x",
-            run.name,
-            run.per_s,
-            run.p50.as_secs_f64() * 1e3,
-            run.p99.as_secs_f64() * 1e3,
-            run.accepted,
-            run.per_s / gate.per_s
-        );
-    }
-    assert_eq!(gate.accepted as i64, STOCK.min(attempts as i64), "the gate never oversells");
+    print("decisions/s", &[&gate.0, &lock.0, &raw.0], &gate.0);
+    println!("accepted: gate {}, lock {}, raw {} (stock {STOCK})", gate.1, lock.1, raw.1);
+    assert_eq!(gate.1 as i64, STOCK.min(attempts as i64), "the gate never oversells");
     // Leave nothing behind in Redis.
     let mut conn = redis.conn().await.expect("redis");
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", redis.prefix())).query_async(&mut conn).await.unwrap_or_default();
@@ -63,39 +47,23 @@ pub async fn run(attempts: usize, concurrency: usize) {
 type Setup = fn(Arc<Redis>, Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 type Step = fn(Arc<Redis>, Uuid, Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
-async fn measure(name: &'static str, redis: &Arc<Redis>, attempts: usize, concurrency: usize, setup: Setup, step: Step) -> Run {
+/// One path: `setup` on a fresh product, then `attempts` steps by distinct
+/// buyers; the run and how many were accepted.
+async fn measure(name: &'static str, redis: &Arc<Redis>, attempts: usize, concurrency: usize, setup: Setup, step: Step) -> (Run, usize) {
     let product = Uuid::new_v4();
     setup(Arc::clone(redis), product).await;
-    let started = Instant::now();
-    let per_task = attempts.div_ceil(concurrency);
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..concurrency {
-        let redis = Arc::clone(redis);
-        let n = per_task.min(attempts.saturating_sub(t * per_task));
-        tasks.spawn(async move {
-            let mut latencies = Vec::with_capacity(n);
-            let mut accepted = 0;
-            for _ in 0..n {
-                let begun = Instant::now();
-                if step(Arc::clone(&redis), product, Uuid::new_v4()).await {
-                    accepted += 1;
-                }
-                latencies.push(begun.elapsed());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (redis, counter) = (Arc::clone(redis), Arc::clone(&accepted));
+    let attempt = move |_: usize| {
+        let (redis, counter) = (Arc::clone(&redis), Arc::clone(&counter));
+        async move {
+            if step(redis, product, Uuid::new_v4()).await {
+                counter.fetch_add(1, Ordering::Relaxed);
             }
-            (latencies, accepted)
-        });
-    }
-    let mut latencies = Vec::with_capacity(attempts);
-    let mut accepted = 0;
-    while let Some(result) = tasks.join_next().await {
-        let (l, a) = result.expect("task");
-        latencies.extend(l);
-        accepted += a;
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
-    Run { name, per_s: latencies.len() as f64 / elapsed.as_secs_f64(), p50: pick(0.50), p99: pick(0.99), accepted }
+        }
+    };
+    let run = summarise(name, drive(attempts, concurrency, attempt).await);
+    (run, accepted.load(Ordering::Relaxed))
 }
 
 fn gate_setup(redis: Arc<Redis>, product: Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {

@@ -45,10 +45,11 @@ type Shared = Arc<Mutex<RuntimeApi>>;
 
 /// Serves the Runtime API (`/2018-06-01/runtime/...`) for one function
 /// process. When no event is left, `next` never answers, as on Lambda.
-async fn serve_runtime_api(state: Shared) -> String {
+/// Returns the address and the server task (abort it when the run ends).
+async fn serve_runtime_api(state: Shared) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let address = listener.local_addr().expect("local address").to_string();
-    tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
             let state = Arc::clone(&state);
@@ -58,7 +59,7 @@ async fn serve_runtime_api(state: Shared) -> String {
             });
         }
     });
-    address
+    (address, server)
 }
 
 async fn answer(state: Shared, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -129,12 +130,13 @@ fn peak_rss_kib(pid: u32) -> u64 {
 /// One cold start: exec to the first `next`.
 async fn cold_start(binary: &Path, function: &str) -> Duration {
     let state: Shared = Arc::default();
-    let address = serve_runtime_api(Arc::clone(&state)).await;
+    let (address, server) = serve_runtime_api(Arc::clone(&state)).await;
     let (mut child, started) = start(binary, function, &address);
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(ready) = state.lock().expect("runtime state").ready_at {
             let _ = child.kill().await;
+            server.abort();
             return ready - started;
         }
         assert!(Instant::now() < deadline, "{function} was not ready within {READY_TIMEOUT:?}");
@@ -147,7 +149,7 @@ async fn under_load(binary: &Path, function: &str, events: Vec<Bytes>) -> (u64, 
     let total = events.len();
     let state: Shared = Arc::default();
     state.lock().expect("runtime state").events = events.into_iter().enumerate().map(|(i, e)| (format!("bench-{i}"), e)).collect();
-    let address = serve_runtime_api(Arc::clone(&state)).await;
+    let (address, server) = serve_runtime_api(Arc::clone(&state)).await;
     let (mut child, _) = start(binary, function, &address);
     let deadline = Instant::now() + LOAD_TIMEOUT;
     loop {
@@ -164,6 +166,7 @@ async fn under_load(binary: &Path, function: &str, events: Vec<Bytes>) -> (u64, 
     }
     let peak = child.id().map(peak_rss_kib).unwrap_or(0);
     let _ = child.kill().await;
+    server.abort();
     let api = state.lock().expect("runtime state");
     (peak, api.responses, api.errors)
 }
