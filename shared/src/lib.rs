@@ -16,6 +16,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod failpoint;
 pub mod flash;
 pub mod msk;
 pub mod msk_connect;

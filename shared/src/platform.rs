@@ -45,6 +45,7 @@ impl Platform {
     /// Manager), installs JSON logging and builds the clients.
     pub async fn bootstrap(function: &'static str, needs: &[Need]) -> Result<Self, ConfigError> {
         return_large_blocks_to_the_os();
+        crate::failpoint::setup();
         let config = Config::load().await?;
         telemetry::init(&config.log_filter);
         for need in needs {
