@@ -100,14 +100,60 @@ impl Redis {
         if misses.is_empty() {
             return Ok(found);
         }
+        let loaded_at = std::time::Instant::now();
         let mut loaded = load(misses.clone()).await?;
+        // Filling only where nothing is (NX): a key that got a value after
+        // our MGET holds something at least as fresh as what we read, and a
+        // writer's hold (see `hold_for_write`) must stay until it lapses. A
+        // read slower than the hold's margin is not cached at all: a writer
+        // may have committed and its hold lapsed since.
+        let fill = loaded_at.elapsed() < std::time::Duration::from_millis(FILL_AFTER_READ_MAX_MS);
         let mut pipe = redis::pipe();
         for id in misses {
             let value = loaded.remove(&id).unwrap_or_default();
-            pipe.set_ex(self.key(&format!("{namespace}:{id}")), serde_json::to_string(&value).map_err(AppError::internal)?, ttl_s).ignore();
+            if fill {
+                pipe.cmd("SET")
+                    .arg(self.key(&format!("{namespace}:{id}")))
+                    .arg(serde_json::to_string(&value).map_err(AppError::internal)?)
+                    .arg("EX")
+                    .arg(ttl_s)
+                    .arg("NX")
+                    .ignore();
+            }
             found.insert(id, value);
         }
-        let _: () = pipe.query_async(&mut conn).await?;
+        if fill {
+            let _: () = pipe.query_async(&mut conn).await?;
+        }
         Ok(found)
     }
+
+    /// Before a transaction that changes the truth behind cached ids: puts a
+    /// hold on their keys that readers treat as a miss and never overwrite
+    /// (their fill is NX). After the commit the writer may store the new
+    /// value; if it dies first, the hold lapses after [`WRITE_HOLD_S`] and
+    /// the next miss reads the committed truth. So a cached value is never
+    /// older than the stored one, whatever crashes in between.
+    pub async fn hold_for_write(&self, namespace: &str, ids: &[uuid::Uuid]) -> Result<(), AppError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.set_ex(self.key(&format!("{namespace}:{id}")), WRITE_HOLD_VALUE, WRITE_HOLD_S).ignore();
+        }
+        let mut conn = self.conn().await?;
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
 }
+
+/// What a held key contains: not JSON, so every reader sees a miss.
+pub const WRITE_HOLD_VALUE: &str = "~hold";
+/// How long a writer's hold lasts: longer than any transaction may stay open
+/// (the statement timeout bounds each statement; a function's timeout the
+/// whole invocation).
+pub const WRITE_HOLD_S: u64 = 60;
+/// A cache-aside fill later than this after its read is dropped: the read
+/// may predate a commit whose hold has lapsed.
+const FILL_AFTER_READ_MAX_MS: u64 = 5_000;

@@ -35,6 +35,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub fds: FdsConfig,
     pub sms: SmsConfig,
+    pub flash: FlashConfig,
     /// Least extra benefit (minor units) another card must have earned before
     /// the payer is told (`BENEFIT_MIN_GAIN`).
     pub benefit_min_gain_minor: i64,
@@ -141,6 +142,24 @@ pub struct AuthConfig {
     /// HMAC key for card fingerprints (a PAN is never stored, only this).
     /// `None` on AWS for functions that never see a PAN.
     pub pan_fingerprint_key: Option<Secret>,
+    pub login: LoginLimits,
+}
+
+/// Failed log-ins allowed per window before `POST /auth/login` answers 429
+/// `RATE_LIMITED` without checking the password (each check is an Argon2id
+/// hash: 19 MiB and tens of ms of CPU). Counted in Redis, per username
+/// (guessing one account) and per source address (stuffing many).
+#[derive(Clone, Debug)]
+pub struct LoginLimits {
+    /// `LOGIN_USER_FAILURES_MAX`
+    pub user_failures_max: u32,
+    /// `LOGIN_USER_WINDOW_S`: the window starts at the first failure.
+    pub user_window_s: u64,
+    /// `LOGIN_IP_FAILURES_MAX`: higher than per user, as many people can
+    /// share one address (NAT, offices, mobile carriers).
+    pub ip_failures_max: u32,
+    /// `LOGIN_IP_WINDOW_S`
+    pub ip_window_s: u64,
 }
 
 impl AuthConfig {
@@ -159,6 +178,11 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Largest page a list endpoint returns.
     pub page_limit_max: u32,
+    /// Longest a request waits for a concurrent request with the same
+    /// Idempotency-Key before answering 409 `IDEMPOTENCY_KEY_IN_PROGRESS`
+    /// (`IDEMPOTENCY_WAIT_MS`); below the statement timeout so the wait
+    /// never ends in a server error.
+    pub idempotency_wait_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -187,6 +211,43 @@ pub struct SmsConfig {
     /// Verification SMS one user may receive per window; more are not sent.
     pub rate_limit_per_window: u32,
     pub rate_window_s: u64,
+    /// Longest one SNS publish may take (`SMS_SEND_TIMEOUT_MS`).
+    pub send_timeout_ms: u64,
+    /// SNS publishes in flight at once (`SMS_SEND_CONCURRENCY`).
+    pub send_concurrency: usize,
+    /// Most outbox rows one delivery pass sends (`SMS_DELIVERY_BATCH_MAX`).
+    pub delivery_batch_max: u32,
+}
+
+/// Flash-sale bounds: reservations, their reconciliation, the outbox relay.
+#[derive(Clone, Debug)]
+pub struct FlashConfig {
+    /// An order request commits its order only within this long after it
+    /// reserved at the gate; later it rolls back and returns the reservation
+    /// (`ORDER_COMMIT_DEADLINE_MS`).
+    pub commit_deadline_ms: u64,
+    /// A reservation older than this with no order in PostgreSQL is returned
+    /// by the relay schedule (`RESERVATION_TTL_MS`). Must exceed
+    /// `ORDER_COMMIT_DEADLINE_MS + PG_STATEMENT_TIMEOUT_MS`, so no live
+    /// request can still commit a reservation that is being returned.
+    pub reservation_ttl_ms: u64,
+    /// Most products and most stale reservations one reconciliation run
+    /// looks at (`RECONCILE_BATCH_MAX`).
+    pub reconcile_batch_max: u32,
+    /// How long an accepted order waits for the broker before leaving its
+    /// event to the relay (`ORDER_INLINE_PUBLISH_MS`).
+    pub inline_publish_ms: u64,
+    /// The relay leaves outbox rows younger than this to the request that
+    /// wrote them (`RELAY_GRACE_MS`; above `ORDER_INLINE_PUBLISH_MS`).
+    pub relay_grace_ms: u64,
+    /// Most outbox rows one relay run takes (`RELAY_BATCH_MAX`).
+    pub relay_batch_max: u32,
+    /// Publishes one relay run has in flight at once (`RELAY_CONCURRENCY`).
+    pub relay_concurrency: u32,
+    /// Total time one relay run (reconciliation and publishing) may take
+    /// before it marks what was acknowledged and stops (`RELAY_DEADLINE_MS`);
+    /// keep it plus `PG_STATEMENT_TIMEOUT_MS` below the order function's timeout.
+    pub relay_deadline_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,10 +333,17 @@ impl Config {
                 access_token_ttl_s: env.number("ACCESS_TOKEN_TTL_S", 900)?,
                 jwt_leeway_s: env.number("JWT_LEEWAY_S", 5)?,
                 pan_fingerprint_key: env.secret("PAN_FINGERPRINT_KEY", environment, LOCAL_PAN_FINGERPRINT_KEY),
+                login: LoginLimits {
+                    user_failures_max: env.number("LOGIN_USER_FAILURES_MAX", 10)?,
+                    user_window_s: env.number("LOGIN_USER_WINDOW_S", 900)?,
+                    ip_failures_max: env.number("LOGIN_IP_FAILURES_MAX", 100)?,
+                    ip_window_s: env.number("LOGIN_IP_WINDOW_S", 900)?,
+                },
             },
             http: HttpConfig {
                 max_body_bytes: env.number("HTTP_MAX_BODY_BYTES", 64 * 1024)?,
                 page_limit_max: env.number("HTTP_PAGE_LIMIT_MAX", 200)?,
+                idempotency_wait_ms: env.number("IDEMPOTENCY_WAIT_MS", 2_000)?,
             },
             fds: FdsConfig {
                 max_speed_kmh: env.number("FDS_MAX_SPEED_KMH", 900.0)?,
@@ -290,6 +358,19 @@ impl Config {
                 },
                 rate_limit_per_window: env.number("SMS_RATE_LIMIT", 3)?,
                 rate_window_s: env.number("SMS_RATE_WINDOW_S", 600)?,
+                send_timeout_ms: env.number("SMS_SEND_TIMEOUT_MS", 2_000)?,
+                send_concurrency: env.number("SMS_SEND_CONCURRENCY", 8)?,
+                delivery_batch_max: env.number("SMS_DELIVERY_BATCH_MAX", 100)?,
+            },
+            flash: FlashConfig {
+                commit_deadline_ms: env.number("ORDER_COMMIT_DEADLINE_MS", 5_000)?,
+                reservation_ttl_ms: env.number("RESERVATION_TTL_MS", 60_000)?,
+                reconcile_batch_max: env.number("RECONCILE_BATCH_MAX", 1_000)?,
+                inline_publish_ms: env.number("ORDER_INLINE_PUBLISH_MS", 250)?,
+                relay_grace_ms: env.number("RELAY_GRACE_MS", 5_000)?,
+                relay_batch_max: env.number("RELAY_BATCH_MAX", 1_000)?,
+                relay_concurrency: env.number("RELAY_CONCURRENCY", 32)?,
+                relay_deadline_ms: env.number("RELAY_DEADLINE_MS", 5_000)?,
             },
             benefit_min_gain_minor: env.number("BENEFIT_MIN_GAIN", 100)?,
             cache_ttl_s: env.number("CACHE_TTL_S", 3_600)?,
@@ -324,7 +405,21 @@ impl Config {
             ("VERIFY_TTL", self.fds.verify_ttl_s),
             ("VERIFY_SWEEP_BATCH_MAX", u64::from(self.fds.sweep_batch_max)),
             ("SMS_RATE_WINDOW_S", self.sms.rate_window_s),
+            ("SMS_SEND_TIMEOUT_MS", self.sms.send_timeout_ms),
+            ("SMS_SEND_CONCURRENCY", self.sms.send_concurrency as u64),
+            ("SMS_DELIVERY_BATCH_MAX", u64::from(self.sms.delivery_batch_max)),
+            ("IDEMPOTENCY_WAIT_MS", self.http.idempotency_wait_ms),
             ("CACHE_TTL_S", self.cache_ttl_s),
+            ("ORDER_COMMIT_DEADLINE_MS", self.flash.commit_deadline_ms),
+            ("RECONCILE_BATCH_MAX", u64::from(self.flash.reconcile_batch_max)),
+            ("ORDER_INLINE_PUBLISH_MS", self.flash.inline_publish_ms),
+            ("RELAY_BATCH_MAX", u64::from(self.flash.relay_batch_max)),
+            ("RELAY_CONCURRENCY", u64::from(self.flash.relay_concurrency)),
+            ("RELAY_DEADLINE_MS", self.flash.relay_deadline_ms),
+            ("LOGIN_USER_FAILURES_MAX", u64::from(self.auth.login.user_failures_max)),
+            ("LOGIN_USER_WINDOW_S", self.auth.login.user_window_s),
+            ("LOGIN_IP_FAILURES_MAX", u64::from(self.auth.login.ip_failures_max)),
+            ("LOGIN_IP_WINDOW_S", self.auth.login.ip_window_s),
         ];
         // Card holders' data never crosses the VPC in plaintext.
         if self.environment == Environment::Aws && self.database.tls == DatabaseTls::Disable {
@@ -346,6 +441,24 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError(format!("{name} must be greater than zero")));
             }
+        }
+        // A twin request's wait on the key must end before the statement
+        // timeout does, or the twin would get a server error instead of 409.
+        if self.http.idempotency_wait_ms >= self.database.statement_timeout_ms {
+            return Err(ConfigError("IDEMPOTENCY_WAIT_MS must be below PG_STATEMENT_TIMEOUT_MS".into()));
+        }
+        // A reservation is returned only once the request that made it can
+        // no longer commit: it stops trying after the commit deadline, and
+        // its last statement ends within the statement timeout.
+        let commit_bound_ms = self.flash.commit_deadline_ms.saturating_add(self.database.statement_timeout_ms);
+        if self.flash.reservation_ttl_ms <= commit_bound_ms {
+            return Err(ConfigError(format!(
+                "RESERVATION_TTL_MS must exceed ORDER_COMMIT_DEADLINE_MS + PG_STATEMENT_TIMEOUT_MS ({commit_bound_ms} ms)"
+            )));
+        }
+        // The relay must not take rows the request path is still publishing.
+        if self.flash.relay_grace_ms <= self.flash.inline_publish_ms {
+            return Err(ConfigError("RELAY_GRACE_MS must exceed ORDER_INLINE_PUBLISH_MS".into()));
         }
         Ok(())
     }
@@ -464,6 +577,19 @@ mod tests {
         }
         assert!(Config::from_vars(vars(&[("VERIFY_TTL", "ten")])).is_err());
         assert!(Config::from_vars(vars(&[("FDS_MAX_SPEED_KMH", "-1")])).is_err());
+    }
+
+    #[test]
+    fn flash_bounds_keep_reservations_longer_than_any_commit() {
+        let config = Config::from_vars(HashMap::new()).unwrap();
+        assert_eq!((config.flash.reservation_ttl_ms, config.flash.commit_deadline_ms), (60_000, 5_000));
+        assert!(config.flash.reservation_ttl_ms > config.flash.commit_deadline_ms + config.database.statement_timeout_ms);
+        let err = Config::from_vars(vars(&[("RESERVATION_TTL_MS", "10000")])).unwrap_err();
+        assert!(err.0.contains("RESERVATION_TTL_MS"), "{err}");
+        let short = [("RESERVATION_TTL_MS", "1000"), ("ORDER_COMMIT_DEADLINE_MS", "200"), ("PG_STATEMENT_TIMEOUT_MS", "500"), ("IDEMPOTENCY_WAIT_MS", "400")];
+        assert!(Config::from_vars(vars(&short)).is_ok());
+        assert!(Config::from_vars(vars(&[("RELAY_GRACE_MS", "250")])).is_err(), "grace must exceed the inline publish bound");
+        assert!(Config::from_vars(vars(&[("RELAY_CONCURRENCY", "0")])).is_err());
     }
 
     #[test]

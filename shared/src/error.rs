@@ -20,6 +20,7 @@ pub enum ErrorCode {
     EmailTaken,
     CardAlreadyRegistered,
     IdempotencyKeyReused,
+    IdempotencyKeyInProgress,
     SoldOut,
     AlreadyPurchased,
     TokenUsed,
@@ -35,7 +36,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::Validation,
         Self::MalformedBody,
         Self::InvalidPan,
@@ -48,6 +49,7 @@ impl ErrorCode {
         Self::EmailTaken,
         Self::CardAlreadyRegistered,
         Self::IdempotencyKeyReused,
+        Self::IdempotencyKeyInProgress,
         Self::SoldOut,
         Self::AlreadyPurchased,
         Self::TokenUsed,
@@ -76,6 +78,7 @@ impl ErrorCode {
             Self::EmailTaken => "EMAIL_TAKEN",
             Self::CardAlreadyRegistered => "CARD_ALREADY_REGISTERED",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::IdempotencyKeyInProgress => "IDEMPOTENCY_KEY_IN_PROGRESS",
             Self::SoldOut => "SOLD_OUT",
             Self::AlreadyPurchased => "ALREADY_PURCHASED",
             Self::TokenUsed => "TOKEN_USED",
@@ -102,6 +105,7 @@ impl ErrorCode {
             | Self::EmailTaken
             | Self::CardAlreadyRegistered
             | Self::IdempotencyKeyReused
+            | Self::IdempotencyKeyInProgress
             | Self::SoldOut
             | Self::AlreadyPurchased
             | Self::TokenUsed => 409,
@@ -129,6 +133,7 @@ impl ErrorCode {
             Self::EmailTaken => "Email taken",
             Self::CardAlreadyRegistered => "Card already registered",
             Self::IdempotencyKeyReused => "Idempotency key reused with another request",
+            Self::IdempotencyKeyInProgress => "A request with this idempotency key is still in progress",
             Self::SoldOut => "Sold out",
             Self::AlreadyPurchased => "Already purchased",
             Self::TokenUsed => "Verification already used",
@@ -155,11 +160,20 @@ pub struct AppError {
     pub detail: String,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// Seconds the client should wait before trying again, sent as the
+    /// `Retry-After` header (429 `RATE_LIMITED`).
+    pub retry_after_s: Option<u64>,
 }
 
 impl AppError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self { code, detail: detail.into(), source: None }
+        Self { code, detail: detail.into(), source: None, retry_after_s: None }
+    }
+
+    /// Adds a `Retry-After` of `seconds` (at least 1) to the answer.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds.max(1));
+        self
     }
 
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
@@ -214,6 +228,9 @@ pub struct Problem<'a> {
     pub detail: &'a str,
 }
 
+/// The detail of a text value the database refused (the value is not echoed).
+pub const TEXT_NOT_STORABLE: &str = "a text value contains a character that cannot be stored (U+0000)";
+
 impl From<tokio_postgres::Error> for AppError {
     fn from(err: tokio_postgres::Error) -> Self {
         // A lost or refused connection is an outage, not a bug: say so, so
@@ -225,6 +242,14 @@ impl From<tokio_postgres::Error> for AppError {
         });
         if err.is_closed() || io_failure || server_unavailable {
             return AppError::new(ErrorCode::DependencyUnavailable, "database unavailable; retry later").with_source(err);
+        }
+        // Text PostgreSQL cannot hold (U+0000 in text: 22021
+        // character_not_in_repertoire; in jsonb: 22P05 untranslatable_character)
+        // is the client's input, never our failure. `http::parse_json` and
+        // `http::respond` refuse it first, naming the field; this is the backstop
+        // for any path that reaches the database without them.
+        if err.code().is_some_and(|c| c.code() == "22021" || c.code() == "22P05") {
+            return AppError::validation(TEXT_NOT_STORABLE).with_source(err);
         }
         AppError::internal(err)
     }

@@ -5,7 +5,15 @@
 //!
 //! The key row is inserted in the same transaction as the work it guards.
 //! A second request racing with the first blocks on the unique key until
-//! the first commits (then it replays) or rolls back (then it does the work).
+//! the first commits (then it replays) or rolls back (then it does the work),
+//! but only for `wait_ms`: a first request still publishing after that makes
+//! the twin answer 409 `IDEMPOTENCY_KEY_IN_PROGRESS` with `Retry-After`
+//! (never a statement timeout, never a 500).
+//!
+//! Work that must be recognisable after a crash derives its id from the key
+//! ([`derived_id`]): a retry of a request whose side effect happened (an
+//! event published) but whose commit did not gets the same id again, so
+//! downstream deduplication by id makes the retry harmless.
 
 use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
@@ -45,14 +53,41 @@ pub enum Claim {
     Replay { status: u16, body: serde_json::Value },
 }
 
-/// Claims `key` in `scope` (e.g. `pay:<user id>`), inside the caller's transaction.
-pub async fn claim(tx: &impl GenericClient, scope: &str, key: &str, hash: &[u8]) -> Result<Claim, AppError> {
+/// The id of the work a keyed request creates: the same scope, key and
+/// request always give the same id; anything else gives another. Version 8
+/// (custom) UUID from SHA-256, so it never collides with random v4 ids.
+pub fn derived_id(scope: &str, key: &str, request_hash: &[u8]) -> uuid::Uuid {
+    let mut hasher = Sha256::new();
+    for part in [scope.as_bytes(), key.as_bytes(), request_hash] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// Claims `key` in `scope` (e.g. `pay:<user id>`), inside the caller's
+/// transaction, waiting at most `wait_ms` for a concurrent request with
+/// the same key to finish.
+pub async fn claim(tx: &impl GenericClient, scope: &str, key: &str, hash: &[u8], wait_ms: u64) -> Result<Claim, AppError> {
+    assert!(wait_ms > 0, "a zero lock_timeout would mean wait forever");
+    // SET LOCAL: only for this transaction; the pool's connection keeps its defaults.
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = {wait_ms}")).await?;
     let inserted = tx
         .execute(
             "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT (scope, key) DO NOTHING",
             &[&scope, &key, &hash],
         )
-        .await?;
+        .await
+        .map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                AppError::new(ErrorCode::IdempotencyKeyInProgress, "a request with this Idempotency-Key is still in progress; retry shortly")
+            } else {
+                AppError::from(e)
+            }
+        })?;
     if inserted == 1 {
         return Ok(Claim::New);
     }
@@ -106,5 +141,17 @@ mod tests {
         assert_eq!(request_hash("POST /payments", &a), request_hash("POST /payments", &b));
         assert_ne!(request_hash("POST /payments", &a), request_hash("POST /payments", &c));
         assert_ne!(request_hash("POST /payments", &a), request_hash("POST /orders", &a));
+    }
+
+    #[test]
+    fn derived_ids_are_stable_per_scope_key_and_request() {
+        let id = derived_id("pay:u1", "k1", b"h1");
+        assert_eq!(id, derived_id("pay:u1", "k1", b"h1"));
+        assert_eq!(id.get_version_num(), 8);
+        assert_ne!(id, derived_id("pay:u2", "k1", b"h1"));
+        assert_ne!(id, derived_id("pay:u1", "k2", b"h1"));
+        assert_ne!(id, derived_id("pay:u1", "k1", b"h2"));
+        // Length-prefixed parts: moving bytes between parts changes the id.
+        assert_ne!(derived_id("ab", "c", b"h"), derived_id("a", "bc", b"h"));
     }
 }

@@ -13,15 +13,16 @@ use tokio::sync::OnceCell;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::config::SmsMode;
+use crate::config::{SmsConfig, SmsMode};
 use crate::db::PgPool;
 use crate::error::AppError;
 
 pub const KIND_VERIFICATION: &str = "VERIFICATION";
 /// What an SNS-delivered row's body becomes.
 const DELIVERED_BODY: &str = "[delivered]";
-/// Most rows one delivery pass sends.
-pub const DELIVERY_BATCH_MAX: i64 = 500;
+/// A claimed row not delivered within this long is taken over by the next
+/// pass (its deliverer died or timed out). Far above `SMS_SEND_TIMEOUT_MS`.
+pub const CLAIM_LAPSE_S: u64 = 60;
 
 pub struct SmsMessage {
     pub user_id: Uuid,
@@ -68,66 +69,88 @@ pub async fn recent_counts(db: &impl GenericClient, users: &[Uuid], window_s: u6
 }
 
 pub struct SmsSender {
-    mode: SmsMode,
+    config: SmsConfig,
     sns: OnceCell<SnsClient>,
 }
 
 impl SmsSender {
-    pub fn new(mode: SmsMode) -> Self {
-        Self { mode, sns: OnceCell::new() }
+    pub fn new(config: &SmsConfig) -> Self {
+        Self { config: config.clone(), sns: OnceCell::new() }
     }
 
     /// An SNS sender with a client of the caller's (another region,
     /// endpoint or credentials than the environment's).
-    pub fn with_sns_client(client: SnsClient) -> Self {
-        Self { mode: SmsMode::Sns, sns: OnceCell::new_with(Some(client)) }
+    pub fn with_sns_client(config: &SmsConfig, client: SnsClient) -> Self {
+        Self { config: SmsConfig { mode: SmsMode::Sns, ..config.clone() }, sns: OnceCell::new_with(Some(client)) }
     }
 
-    /// Delivers up to [`DELIVERY_BATCH_MAX`] undelivered rows; returns how
-    /// many were delivered. A failed SNS call leaves its row for the next pass.
+    /// Delivers up to `SMS_DELIVERY_BATCH_MAX` undelivered rows; returns how
+    /// many were delivered. Each SNS call is bounded by `SMS_SEND_TIMEOUT_MS`
+    /// and at most `SMS_SEND_CONCURRENCY` run at once, so a pass lasts at
+    /// most about `batch / concurrency * timeout`. A failed or timed-out
+    /// call leaves its row claimed; the claim lapses after
+    /// [`CLAIM_LAPSE_S`] and a later pass (the verify sweep) sends it.
     pub async fn deliver_pending(&self, pg: &PgPool) -> Result<usize, AppError> {
         let db = pg.get().await?;
-        match self.mode {
+        let batch_max = i64::from(self.config.delivery_batch_max);
+        match self.config.mode {
             SmsMode::Outbox => {
                 let n = db
                     .execute(
                         "UPDATE sms_outbox SET delivered_at = now() WHERE id IN
-                           (SELECT id FROM sms_outbox WHERE delivered_at IS NULL ORDER BY id LIMIT $1)",
-                        &[&DELIVERY_BATCH_MAX],
+                           (SELECT id FROM sms_outbox WHERE delivered_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)",
+                        &[&batch_max],
                     )
                     .await?;
                 Ok(n as usize)
             }
             SmsMode::Sns => {
                 let sns = self.sns.get_or_init(|| Box::pin(async { SnsClient::new(&aws_config::load_from_env().await) })).await;
-                // Claim first; a claim older than a minute belongs to a
+                // Claim first; a claim older than the lapse belongs to a
                 // deliverer that died and may be taken over.
                 let rows = db
                     .query(
                         "UPDATE sms_outbox SET claimed_at = now() WHERE id IN
                            (SELECT id FROM sms_outbox
-                            WHERE delivered_at IS NULL AND (claimed_at IS NULL OR claimed_at < now() - interval '1 minute')
+                            WHERE delivered_at IS NULL AND (claimed_at IS NULL OR claimed_at < now() - make_interval(secs => $2))
                             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
                          RETURNING id, phone, body",
-                        &[&DELIVERY_BATCH_MAX],
+                        &[&batch_max, &(CLAIM_LAPSE_S as f64)],
                     )
                     .await?;
-                let mut delivered = 0;
+                let timeout = std::time::Duration::from_millis(self.config.send_timeout_ms);
+                let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(self.config.send_concurrency));
+                let mut sends = tokio::task::JoinSet::new();
                 for row in rows {
                     let (id, phone, body): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
-                    // Boxed: the SDK's future is deep enough to overflow the
-                    // compiler's layout recursion limit in every caller.
-                    let send: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
-                        Box::pin(sns.publish().phone_number(&phone).message(&body).send());
-                    match send.await {
-                        Ok(_) => {
-                            db.execute("UPDATE sms_outbox SET delivered_at = now(), body = $2 WHERE id = $1", &[&id, &DELIVERED_BODY]).await?;
-                            delivered += 1;
+                    let sns = sns.clone();
+                    let permits = permits.clone();
+                    sends.spawn(async move {
+                        let _permit = permits.acquire_owned().await.expect("semaphore never closed");
+                        match tokio::time::timeout(timeout, sns.publish().phone_number(&phone).message(&body).send()).await {
+                            Ok(Ok(_)) => Some(id),
+                            Ok(Err(e)) => {
+                                tracing::warn!(sms_id = id, error = %aws_sdk_sns::error::DisplayErrorContext(&e), "SNS publish failed; will retry");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::warn!(sms_id = id, timeout_ms = timeout.as_millis() as u64, "SNS publish timed out; will retry");
+                                None
+                            }
                         }
-                        Err(e) => tracing::warn!(sms_id = id, error = %aws_sdk_sns::error::DisplayErrorContext(&e), "SNS publish failed; will retry"),
+                    });
+                }
+                let mut delivered: Vec<i64> = Vec::new();
+                while let Some(sent) = sends.join_next().await {
+                    if let Ok(Some(id)) = sent {
+                        delivered.push(id);
                     }
                 }
-                Ok(delivered)
+                if !delivered.is_empty() {
+                    db.execute("UPDATE sms_outbox SET delivered_at = now(), body = $2 WHERE id = ANY($1)", &[&delivered, &DELIVERED_BODY])
+                        .await?;
+                }
+                Ok(delivered.len())
             }
         }
     }

@@ -45,7 +45,7 @@ async fn sns_delivers_each_outbox_row_once_and_blanks_it() {
     let p = platform("tests").await;
     seed(&p).await;
     let (endpoint, seen) = fake_sns(true).await;
-    let sender = SmsSender::with_sns_client(client(&endpoint));
+    let sender = SmsSender::with_sns_client(&p.config.sms, client(&endpoint));
     let alice = paystream::demo::ALICE.0;
     let db = p.pg.get().await.unwrap();
     enqueue(&**db, &[SmsMessage { user_id: alice, phone: "+821000000001".into(), body: "approve: http://x/verify/abc".into(), kind: KIND_VERIFICATION }])
@@ -78,8 +78,44 @@ async fn outbox_mode_keeps_the_message_and_marks_it_delivered() {
     enqueue(&**db, &[SmsMessage { user_id: paystream::demo::ALICE.0, phone: "+821000000001".into(), body: "hello".into(), kind: KIND_VERIFICATION }])
         .await
         .unwrap();
-    let sender = SmsSender::new(paystream::config::SmsMode::Outbox);
+    let sender = SmsSender::new(&paystream::config::SmsConfig { mode: paystream::config::SmsMode::Outbox, ..p.config.sms.clone() });
     assert_eq!(sender.deliver_pending(&p.pg).await.unwrap(), 1);
     let row = db.query_one("SELECT body, delivered_at IS NOT NULL FROM sms_outbox", &[]).await.unwrap();
     assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1)), ("hello".to_owned(), true));
+}
+
+/// An endpoint that accepts connections and never answers: SNS hanging.
+async fn black_hole() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        // Bounded: a test sends a handful of calls.
+        while held.len() < 64 {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            held.push(stream);
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_hanging_sns_costs_one_timeout_per_pass_not_one_per_message() {
+    let p = platform("tests").await;
+    seed(&p).await;
+    let config = paystream::config::SmsConfig { send_timeout_ms: 300, send_concurrency: 8, ..p.config.sms.clone() };
+    let sender = SmsSender::with_sns_client(&config, client(&black_hole().await));
+    let db = p.pg.get().await.unwrap();
+    let messages: Vec<SmsMessage> = (0..6)
+        .map(|i| SmsMessage { user_id: paystream::demo::ALICE.0, phone: "+821000000001".into(), body: format!("m{i}"), kind: KIND_VERIFICATION })
+        .collect();
+    enqueue(&**db, &messages).await.unwrap();
+
+    let started = std::time::Instant::now();
+    assert_eq!(sender.deliver_pending(&p.pg).await.unwrap(), 0);
+    let took_ms = started.elapsed().as_millis();
+    // Six sends in parallel, each bounded by 300 ms: well under 6 x 300 ms.
+    assert!(took_ms < 1_200, "a pass took {took_ms} ms");
+    let undelivered: i64 = db.query_one("SELECT count(*) FROM sms_outbox WHERE delivered_at IS NULL", &[]).await.unwrap().get(0);
+    assert_eq!(undelivered, 6, "nothing marked delivered that was not sent");
 }

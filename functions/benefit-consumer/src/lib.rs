@@ -92,6 +92,7 @@ impl BatchConsumer for BenefitGuide {
         notes.retain(|n| n.payload["payment_id"].as_str().and_then(|id| Uuid::parse_str(id).ok()).is_some_and(|id| new.contains(&id)));
         notifications::insert_many_once(&tx, &notes).await?;
         tx.commit().await?;
+        paystream::crash_point!("benefit.after_commit");
         metrics::emit(p.function, &[("TipsSent", new.len() as f64, Unit::Count)]);
         Ok(BatchOutcome { applied: unique.len(), duplicates: batch.repeated, dead_lettered: batch.dead_lettered })
     }

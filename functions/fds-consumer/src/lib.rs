@@ -9,6 +9,8 @@
 //! of four multi-row statements, and one Redis pipeline after commit.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -28,13 +30,33 @@ pub const CONSUMER_NAME: &str = "fds-consumer";
 
 pub struct Fds {
     pub platform: Platform,
-    sms: SmsSender,
+    sms: Arc<SmsSender>,
+    /// One delivery pass at a time per environment.
+    delivering: Arc<AtomicBool>,
 }
 
 impl Fds {
     pub fn new(platform: Platform) -> Self {
-        let sms = SmsSender::new(platform.config.sms.mode);
-        Self { platform, sms }
+        let sms = Arc::new(SmsSender::new(&platform.config.sms));
+        Self { platform, sms, delivering: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// SMS delivery is off the decision path: the decisions and their
+    /// outbox rows are committed; sending them (SNS, bounded per call and
+    /// in parallelism) runs beside the next batches instead of delaying
+    /// this one. If the environment is frozen or dies meanwhile, the rows
+    /// stay claimed until the claim lapses and the verify sweep sends them.
+    fn deliver_in_background(&self) {
+        if self.delivering.swap(true, Ordering::AcqRel) {
+            return; // a pass is running; it or the next one takes the new rows
+        }
+        let (sms, pg, delivering) = (Arc::clone(&self.sms), self.platform.pg.clone(), Arc::clone(&self.delivering));
+        tokio::spawn(async move {
+            if let Err(e) = sms.deliver_pending(&pg).await {
+                tracing::warn!(error = %e, "SMS delivery deferred to the sweep");
+            }
+            delivering.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -45,11 +67,7 @@ impl BatchConsumer for Fds {
         let mut outcome = self.decide(&events).await?;
         outcome.duplicates += batch.repeated;
         outcome.dead_lettered = batch.dead_lettered;
-        // Delivery failures are retried later by the sweep; the decisions
-        // and their SMS rows are already committed.
-        if let Err(e) = self.sms.deliver_pending(&self.platform.pg).await {
-            tracing::warn!(error = %e, "SMS delivery deferred");
-        }
+        self.deliver_in_background();
         Ok(outcome)
     }
 }
@@ -94,9 +112,14 @@ impl Fds {
             } else {
                 match assess(last.get(&event.user_id).map(|l| l.place()).as_ref(), &place, p.config.fds.max_speed_kmh) {
                     TravelVerdict::Plausible => {
-                        let location = LastLocation { payment_id: event.payment_id, country: place.country, lat: place.lat, lon: place.lon, at: place.at };
-                        last.insert(event.user_id, location.clone());
-                        moved.insert(event.user_id, location);
+                        // The holder's location only moves forward in time
+                        // (as in PostgreSQL): a late-arriving older payment
+                        // is accepted but does not move it back.
+                        if last.get(&event.user_id).is_none_or(|l| l.at <= place.at) {
+                            let location = LastLocation { payment_id: event.payment_id, country: place.country, lat: place.lat, lon: place.lon, at: place.at };
+                            last.insert(event.user_id, location.clone());
+                            moved.insert(event.user_id, location);
+                        }
                         (LedgerStatus::Completed, None)
                     }
                     TravelVerdict::Impossible { distance_km, speed_kmh } => {
@@ -133,10 +156,17 @@ impl Fds {
 
         let moved: Vec<(Uuid, LastLocation)> = moved.into_iter().collect();
         let moved_users: Vec<Uuid> = moved.iter().map(|(u, _)| *u).collect();
-        // Forget before commit, fill after: a failure in between leaves a
-        // cache miss (read from PostgreSQL), never a stale location.
-        holders::forget(&p.redis, &moved_users).await?;
+        // Hold before commit, fill after: a failure in between leaves a
+        // cache miss (read from PostgreSQL) once the hold lapses, never a
+        // stale location.
+        holders::hold(&p.redis, &moved_users).await?;
         let tx = paystream::db::begin(&mut db).await?;
+        // Before the ledger (its row refers to the payment): an event whose
+        // intake never committed becomes a payment record here.
+        let recovered = paystream::store::payments::reconcile_from_events(&tx, &fresh).await?;
+        if recovered > 0 {
+            tracing::warn!(recovered, "payments recorded from their events (intake did not commit after publishing)");
+        }
         let inserted = ledger::insert_many(&tx, &rows).await?;
         if inserted.len() != rows.len() {
             // Another invocation decided some of these concurrently; retry
@@ -147,6 +177,7 @@ impl Fds {
         verifications::insert_many(&tx, &pending).await?;
         sms::enqueue(&tx, &messages).await?;
         tx.commit().await?;
+        paystream::crash_point!("fds.after_commit");
         if let Err(e) = holders::cache(&p.redis, &moved).await {
             tracing::warn!(error = %e, "location cache not filled; next read goes to PostgreSQL");
         }

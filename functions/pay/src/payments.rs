@@ -3,6 +3,17 @@
 //! the event is published and commits only after the broker acknowledged,
 //! so a failed publish leaves no trace and a racing duplicate request
 //! (same Idempotency-Key) waits on the key, then replays the first answer.
+//!
+//! The one window left is after the acknowledgement and before the commit
+//! (the commit fails, the function dies or times out): the event exists
+//! without its row and key. Two rules close it:
+//! - with an Idempotency-Key the payment id is derived from (user, key,
+//!   request), so the client's retry publishes the *same* payment again and
+//!   every consumer deduplicates it by id;
+//! - the event is the record: FDS writes the payment row from the event
+//!   when intake did not (`payments::reconcile_from_events`), so an
+//!   acknowledged payment always ends with exactly one record and one
+//!   ledger row.
 
 use lambda_http::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -40,13 +51,17 @@ pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let mut db = p.pg.get().await?;
     let tx = paystream::db::begin(&mut db).await?;
     if let Some(key) = &key {
-        if let Claim::Replay { status, body } = idempotency::claim(&tx, &scope, key, &request_hash).await? {
+        if let Claim::Replay { status, body } = idempotency::claim(&tx, &scope, key, &request_hash, p.config.http.idempotency_wait_ms).await? {
             tracing::info!(user_id = %caller.user_id, "idempotent replay");
             return Ok(json(StatusCode::from_u16(status).map_err(AppError::internal)?, &body));
         }
+        paystream::crash_point!("pay.after_claim");
     }
     let facts = payments::intake_facts(&tx, caller.user_id, CardId(body.card_id), MerchantId(body.merchant_id)).await?;
-    let payment_id = Uuid::new_v4();
+    let payment_id = match &key {
+        Some(key) => idempotency::derived_id(&scope, key, &request_hash),
+        None => Uuid::new_v4(),
+    };
     payments::insert(
         &tx,
         &payments::NewPayment {
@@ -92,7 +107,11 @@ pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
             headers: &[(HEADER_EVENT_TYPE, PaymentEvent::TYPE.as_bytes()), (HEADER_EVENT_ID, event_id.as_bytes())],
         })
         .await?;
+    // The commit comes right after the acknowledgement: a crash here is the
+    // "after publish, before commit" window the module comment describes.
+    paystream::crash_point!("pay.after_publish");
     tx.commit().await?;
+    paystream::crash_point!("pay.after_commit");
     tracing::info!(payment_id = %payment_id, user_id = %caller.user_id, "payment accepted");
     metrics::emit(p.function, &[("PaymentsAccepted", 1.0, Unit::Count)]);
     Ok(json(StatusCode::ACCEPTED, &answer))

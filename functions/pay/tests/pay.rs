@@ -124,3 +124,41 @@ async fn with_the_broker_stopped_payments_get_503_and_leave_no_trace() {
     assert_eq!(count(&api, "SELECT count(*) FROM payments").await, 1, "only the acknowledged payment");
     assert_eq!(count(&api, "SELECT count(*) FROM idempotency_keys").await, 0, "a failed request keeps no key");
 }
+
+#[tokio::test]
+async fn a_twin_of_a_request_still_in_progress_gets_409_in_progress_not_a_server_error() {
+    let api = api().await;
+    let alice = user(&api.platform, "alice").await;
+    let body = payment(&alice, SEOUL_CAFE, 4_200);
+    // The first request is "still publishing": its key row is inserted by a
+    // transaction that has not committed (a real row lock in PostgreSQL).
+    let hash = paystream::idempotency::request_hash("POST /payments", &body);
+    let scope = format!("pay:{}", alice.id);
+    let mut first = api.platform.pg.get().await.unwrap();
+    let tx = first.transaction().await.unwrap();
+    tx.execute("INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, 'slow-key', $2)", &[&scope, &hash]).await.unwrap();
+
+    let started = Instant::now();
+    let (status, answer) = call(&api, "POST", "/payments", &alice, Some("slow-key"), Some(body.clone())).await;
+    let waited_ms = started.elapsed().as_millis() as u64;
+    assert_eq!((status, answer["code"].as_str()), (409, Some("IDEMPOTENCY_KEY_IN_PROGRESS")), "{answer}");
+    let wait_ms = api.platform.config.http.idempotency_wait_ms;
+    assert!(waited_ms >= wait_ms && waited_ms < api.platform.config.database.statement_timeout_ms, "waited {waited_ms} ms");
+
+    // The first request gives up (rolls back): the twin's retry does the work once.
+    tx.rollback().await.unwrap();
+    let (status, answer) = call(&api, "POST", "/payments", &alice, Some("slow-key"), Some(body)).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(count(&api, "SELECT count(*) FROM payments").await, 1);
+}
+
+#[tokio::test]
+async fn a_keyed_payment_id_is_derived_from_user_key_and_request() {
+    let api = api().await;
+    let alice = user(&api.platform, "alice").await;
+    let body = payment(&alice, SEOUL_CAFE, 1_000);
+    let (_, answer) = call(&api, "POST", "/payments", &alice, Some("derived"), Some(body.clone())).await;
+    let hash = paystream::idempotency::request_hash("POST /payments", &body);
+    let expected = paystream::idempotency::derived_id(&format!("pay:{}", alice.id), "derived", &hash);
+    assert_eq!(answer["payment_id"], expected.to_string(), "a retry after a lost commit publishes the same payment again");
+}

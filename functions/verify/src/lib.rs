@@ -26,7 +26,7 @@ pub struct VerifyApi {
 
 impl VerifyApi {
     pub fn new(platform: Platform) -> Self {
-        let sms = SmsSender::new(platform.config.sms.mode);
+        let sms = SmsSender::new(&platform.config.sms);
         Self { platform, sms }
     }
 }
@@ -119,18 +119,17 @@ impl VerifyApi {
         let location = LastLocation { payment_id: view.payment_id, country: view.country.clone(), lat: view.lat, lon: view.lon, at: view.occurred_at };
         match decision {
             Decision::Approve => {
-                holders::forget(&p.redis, &[view.user_id]).await?;
-                holders::save_locations(&tx, &[(view.user_id, location.clone())]).await?;
+                // Held, not refilled after commit: this approval may be older
+                // than the location FDS keeps (which only moves forward), so
+                // the next miss after the hold lapses reads the truth.
+                holders::hold(&p.redis, &[view.user_id]).await?;
+                holders::save_locations(&tx, &[(view.user_id, location)]).await?;
             }
             Decision::Deny => holders::lock(&tx, view.user_id).await?,
         }
         let note = serde_json::json!({"payment_id": view.payment_id, "merchant": view.merchant_name, "amount": view.amount, "currency": view.currency});
         notifications::insert_once(&tx, paystream::domain::UserId(view.user_id), kind, &note, &format!("verify:{}", view.payment_id)).await?;
         tx.commit().await?;
-        if decision == Decision::Approve {
-            // Only a cache: the holder's location is already in PostgreSQL.
-            let _ = holders::cache(&p.redis, &[(view.user_id, location)]).await;
-        }
         tracing::info!(payment_id = %view.payment_id, decision = verification_status, "holder decided");
         let answer = serde_json::json!({"payment_id": view.payment_id, "status": status.as_str()});
         if http::wants_html(req) {

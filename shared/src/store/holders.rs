@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
@@ -99,29 +98,64 @@ pub async fn save_locations(db: &impl GenericClient, locations: &[(Uuid, LastLoc
     Ok(())
 }
 
-/// Puts locations into Redis (one pipeline). Call after the PostgreSQL
-/// transaction committed.
+/// Puts committed locations into Redis (one script call), each only if it
+/// is newer than what the key holds: a slow writer never replaces a newer
+/// location, and a write hold is replaced by the value it was held for.
+/// Call after the PostgreSQL transaction committed.
 pub async fn cache(redis: &Redis, locations: &[(Uuid, LastLocation)]) -> Result<(), AppError> {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     if locations.is_empty() {
         return Ok(());
     }
-    let mut pipe = redis::pipe();
+    let script = SCRIPT.get_or_init(|| redis::Script::new(CACHE_IF_NEWER_LUA));
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(LOCATION_CACHE_TTL_S);
     for (user, location) in locations {
-        let value = serde_json::to_string(location).map_err(AppError::internal)?;
-        pipe.set_ex(cache_key(redis, *user), value, LOCATION_CACHE_TTL_S).ignore();
+        invocation.key(cache_key(redis, *user));
+        invocation.arg((location.at.unix_timestamp_nanos() / 1_000_000) as i64);
+        invocation.arg(serde_json::to_string(&CachedLocation::from(location)).map_err(AppError::internal)?);
     }
     let mut conn = redis.conn().await?;
-    let _: () = pipe.query_async(&mut conn).await?;
+    let _: i64 = invocation.invoke_async(&mut conn).await?;
     Ok(())
 }
 
-/// Forgets cached locations (after a change whose new value we do not hold).
-pub async fn forget(redis: &Redis, users: &[Uuid]) -> Result<(), AppError> {
-    if users.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<String> = users.iter().map(|u| cache_key(redis, *u)).collect();
-    let mut conn = redis.conn().await?;
-    let _: () = conn.del(keys).await?;
-    Ok(())
+/// ARGV[1] = TTL; then per key: at_ms, value. The cached JSON carries
+/// `at_ms`; anything else (a hold, "none", an old format) is replaced.
+const CACHE_IF_NEWER_LUA: &str = r#"
+for i, key in ipairs(KEYS) do
+  local at = tonumber(ARGV[2 * i])
+  local current = redis.call('GET', key)
+  local newer_cached = false
+  if current then
+    local ok, decoded = pcall(cjson.decode, current)
+    if ok and type(decoded) == 'table' and tonumber(decoded['at_ms']) and tonumber(decoded['at_ms']) > at then
+      newer_cached = true
+    end
+  end
+  if not newer_cached then redis.call('SET', key, ARGV[2 * i + 1], 'EX', ARGV[1]) end
+end
+return 1
+"#;
+
+/// The cached form: the location plus its time in milliseconds, which the
+/// script compares (readers ignore the extra field).
+#[derive(Serialize)]
+struct CachedLocation<'a> {
+    at_ms: i64,
+    #[serde(flatten)]
+    location: &'a LastLocation,
 }
+
+impl<'a> From<&'a LastLocation> for CachedLocation<'a> {
+    fn from(location: &'a LastLocation) -> Self {
+        Self { at_ms: (location.at.unix_timestamp_nanos() / 1_000_000) as i64, location }
+    }
+}
+
+/// Before a transaction that may move these holders' locations (see
+/// [`Redis::hold_for_write`]).
+pub async fn hold(redis: &Redis, users: &[Uuid]) -> Result<(), AppError> {
+    redis.hold_for_write(LOCATION_NAMESPACE, users).await
+}
+

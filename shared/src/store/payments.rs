@@ -46,11 +46,40 @@ pub struct NewPayment {
 
 pub async fn insert(db: &impl GenericClient, p: &NewPayment) -> Result<(), AppError> {
     db.execute(
-        "INSERT INTO payments (id, user_id, card_id, merchant_id, amount, currency) VALUES ($1, $2, $3, $4, $5, $6)",
+        // DO NOTHING: FDS may already have recorded this payment from its
+        // event (a retry after a crash between publish and commit).
+        "INSERT INTO payments (id, user_id, card_id, merchant_id, amount, currency) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO NOTHING",
         &[&p.id, &p.user_id, &p.card_id, &p.merchant_id, &p.amount, &p.currency],
     )
     .await?;
     Ok(())
+}
+
+/// Records payments from their events where intake's row is missing (the
+/// intake committed nothing after the broker acknowledged: a crash or a
+/// failed commit). The event is the record of truth then; returns how many
+/// rows were missing. One statement for the whole batch.
+pub async fn reconcile_from_events(db: &impl GenericClient, events: &[&crate::events::PaymentEvent]) -> Result<u64, AppError> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.payment_id).collect();
+    let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
+    let cards: Vec<Uuid> = events.iter().map(|e| e.card_id).collect();
+    let merchants: Vec<Uuid> = events.iter().map(|e| e.merchant_id).collect();
+    let amounts: Vec<i64> = events.iter().map(|e| e.amount).collect();
+    let currencies: Vec<&str> = events.iter().map(|e| e.currency.as_str()).collect();
+    let times: Vec<time::OffsetDateTime> = events.iter().map(|e| e.occurred_at).collect();
+    let inserted = db
+        .execute(
+            "INSERT INTO payments (id, user_id, card_id, merchant_id, amount, currency, created_at)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[], $7::timestamptz[])
+             ON CONFLICT (id) DO NOTHING",
+            &[&ids, &users, &cards, &merchants, &amounts, &currencies, &times],
+        )
+        .await?;
+    Ok(inserted)
 }
 
 #[derive(Debug, Serialize)]
