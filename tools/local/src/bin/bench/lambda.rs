@@ -1,6 +1,7 @@
 //! Cold start and memory of the real function binaries, each run as Lambda
-//! runs it: the process is started with the Lambda environment variables and
-//! talks to a Lambda Runtime API served here on loopback.
+//! runs it: under the local Lambda host (`paystream_local::host`), which
+//! starts the process with the Lambda environment variables and serves its
+//! Lambda Runtime API on loopback.
 //!
 //! - cold start: from `exec` to the function's first `GET .../invocation/next`
 //!   (it is then ready for its first event), several runs per function;
@@ -11,110 +12,29 @@
 //! The baseline, measured in the same run, is `hello`: the smallest Rust
 //! Lambda function (it echoes its event), built the same way.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use paystream::auth::TokenIssuer;
 use paystream::config::Config;
 use paystream::domain::Role;
+use paystream_local::host::{FunctionOutput, FunctionSpec, Host, HostConfig, InvokeError};
 
-/// How long a function may take to become ready or to answer all its events.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
-const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one event may take (the deadline the function sees).
+const EVENT_TIMEOUT_MS: u64 = 30_000;
 
-/// What one run of a function saw.
-#[derive(Default)]
-struct RuntimeApi {
-    ready_at: Option<Instant>,
-    events: VecDeque<(String, Bytes)>,
-    responses: usize,
-    errors: usize,
-    init_error: Option<String>,
-}
-
-type Shared = Arc<Mutex<RuntimeApi>>;
-
-/// Serves the Runtime API (`/2018-06-01/runtime/...`) for one function
-/// process. When no event is left, `next` never answers, as on Lambda.
-/// Returns the address and the server task (abort it when the run ends).
-async fn serve_runtime_api(state: Shared) -> (String, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-    let address = listener.local_addr().expect("local address").to_string();
-    let server = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let state = Arc::clone(&state);
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| answer(Arc::clone(&state), req));
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    (address, server)
-}
-
-async fn answer(state: Shared, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = req.uri().path().to_owned();
-    let ok = |status: u16, body: Bytes| Ok(Response::builder().status(status).body(Full::new(body)).expect("response"));
-    if path.ends_with("/invocation/next") {
-        let next = {
-            let mut api = state.lock().expect("runtime state");
-            api.ready_at.get_or_insert_with(Instant::now);
-            api.events.pop_front()
-        };
-        let Some((request_id, body)) = next else {
-            std::future::pending::<()>().await;
-            unreachable!("pending never completes");
-        };
-        let deadline_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000 + 30_000).to_string();
-        let response = Response::builder()
-            .status(200)
-            .header("lambda-runtime-aws-request-id", request_id)
-            .header("lambda-runtime-deadline-ms", deadline_ms)
-            .header("lambda-runtime-invoked-function-arn", "arn:aws:lambda:us-east-1:000000000000:function:bench")
-            .header("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000;Sampled=0")
-            .body(Full::new(body))
-            .expect("event response");
-        return Ok(response);
-    }
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let mut api = state.lock().expect("runtime state");
-    if path.ends_with("/init/error") {
-        api.init_error = Some(String::from_utf8_lossy(&body).into_owned());
-    } else if path.ends_with("/response") {
-        api.responses += 1;
-    } else if path.ends_with("/error") {
-        api.errors += 1;
-    }
-    ok(202, Bytes::from_static(b"{}"))
-}
-
-/// Starts `binary` as Lambda would and returns the process and when it was started.
-fn start(binary: &Path, function: &str, runtime_api: &str) -> (tokio::process::Child, Instant) {
-    let started = Instant::now();
-    let child = tokio::process::Command::new(binary)
-        .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
-        .env("AWS_LAMBDA_FUNCTION_NAME", function)
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
-        .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{function}"))
-        .env("LOG_LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
-    (child, started)
+/// The function under the Lambda host, one process, its output discarded.
+async fn host(binary: &Path, function: &str) -> std::sync::Arc<Host> {
+    let spec = FunctionSpec {
+        name: function.to_owned(),
+        binary: binary.to_owned(),
+        env: vec![("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), "256".into()), ("LOG_LEVEL".into(), "warn".into())],
+        instances: 1,
+        timeout_ms: EVENT_TIMEOUT_MS,
+    };
+    let config = HostConfig { function_output: FunctionOutput::Null, ..HostConfig::default() };
+    Host::start_with(vec![spec], config).await.unwrap_or_else(|e| panic!("{function} failed to start: {e}"))
 }
 
 /// Peak resident set size of a live process, in KiB.
@@ -129,46 +49,28 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 /// One cold start: exec to the first `next`.
 async fn cold_start(binary: &Path, function: &str) -> Duration {
-    let state: Shared = Arc::default();
-    let (address, server) = serve_runtime_api(Arc::clone(&state)).await;
-    let (mut child, started) = start(binary, function, &address);
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Some(ready) = state.lock().expect("runtime state").ready_at {
-            let _ = child.kill().await;
-            server.abort();
-            return ready - started;
-        }
-        assert!(Instant::now() < deadline, "{function} was not ready within {READY_TIMEOUT:?}");
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
+    let host = host(binary, function).await;
+    let init = host.init_durations(function)[0];
+    host.shutdown().await;
+    init
 }
 
 /// Handles `events` one at a time; returns peak RSS (KiB), responses, errors.
 async fn under_load(binary: &Path, function: &str, events: Vec<Bytes>) -> (u64, usize, usize) {
-    let total = events.len();
-    let state: Shared = Arc::default();
-    state.lock().expect("runtime state").events = events.into_iter().enumerate().map(|(i, e)| (format!("bench-{i}"), e)).collect();
-    let (address, server) = serve_runtime_api(Arc::clone(&state)).await;
-    let (mut child, _) = start(binary, function, &address);
-    let deadline = Instant::now() + LOAD_TIMEOUT;
-    loop {
-        let (done, init_error) = {
-            let api = state.lock().expect("runtime state");
-            (api.responses + api.errors, api.init_error.clone())
-        };
-        assert!(init_error.is_none(), "{function} failed to start: {init_error:?}");
-        if done == total {
-            break;
+    let host = host(binary, function).await;
+    let pid = host.pids(function)[0];
+    let (mut responses, mut errors) = (0, 0);
+    for event in events {
+        match host.invoke(function, event).await {
+            Ok(_) => responses += 1,
+            Err(InvokeError::Function { .. }) => errors += 1,
+            Err(e) => panic!("{function}: {e}"),
         }
-        assert!(Instant::now() < deadline, "{function} answered {done} of {total} events within {LOAD_TIMEOUT:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let peak = child.id().map(peak_rss_kib).unwrap_or(0);
-    let _ = child.kill().await;
-    server.abort();
-    let api = state.lock().expect("runtime state");
-    (peak, api.responses, api.errors)
+    assert_eq!(host.pids(function), vec![pid], "{function} was replaced during the run");
+    let peak = peak_rss_kib(pid);
+    host.shutdown().await;
+    (peak, responses, errors)
 }
 
 /// The samples under `events/<function>/`, with real access tokens for the
