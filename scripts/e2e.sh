@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end: the demo with every expectation asserted, through the real
-# function binaries (cargo lambda watch), the gateway and the poller.
+# function binaries (under the local Lambda host), the gateway and the poller.
 # Called by scripts/test.sh after the stack is up.
 source "$(dirname "$0")/lib.sh"
 trap 'stop_runtime' EXIT
@@ -8,7 +8,7 @@ export PAYSTREAM_SCHEDULE_EVERY_S=5
 start_runtime
 cd "$REPO_ROOT"
 export LOG_DIR
-if ! "$CARGO_TARGET_DIR/debug/demo" --check ||
+if ! "$BIN_DIR/demo" --check ||
    ! PATH="$VENV/bin:$PATH" python3 scripts/invoke_samples.py ||
    ! python3 scripts/redelivery_check.py; then
   log "end-to-end demo failed; last lines of each log:"

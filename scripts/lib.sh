@@ -205,10 +205,19 @@ ops() { cargo run -q --locked -p paystream-ops -- "$@"; }
 
 # --- the local serverless runtime -------------------------------------------
 export PAYSTREAM_HTTP_PORT="${PAYSTREAM_HTTP_PORT:-3000}"
-LAMBDA_PORT="${PAYSTREAM_LAMBDA_PORT:-9000}"
+export PAYSTREAM_LAMBDA_PORT="${PAYSTREAM_LAMBDA_PORT:-9000}"
+LAMBDA_PORT="$PAYSTREAM_LAMBDA_PORT"
 export LAMBDA_ENDPOINT="http://127.0.0.1:$LAMBDA_PORT"
 export PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-http://127.0.0.1:$PAYSTREAM_HTTP_PORT}"
 export PAYSTREAM_TEMPLATE="$REPO_ROOT/template.yaml"
+# Which build the local runtime runs (debug or release), and where it is.
+export PAYSTREAM_PROFILE="${PAYSTREAM_PROFILE:-debug}"
+case "$PAYSTREAM_PROFILE" in
+  debug) PROFILE_FLAGS=() ;;
+  release) PROFILE_FLAGS=(--release) ;;
+  *) log "PAYSTREAM_PROFILE must be debug or release, not $PAYSTREAM_PROFILE"; exit 1 ;;
+esac
+BIN_DIR="$CARGO_TARGET_DIR/$PAYSTREAM_PROFILE"
 LOG_DIR="$STATE_DIR/logs"
 RUNTIME_PIDS=()
 
@@ -221,35 +230,55 @@ start_bg() { # name command...
   log "$name started (pid $!, log $LOG_DIR/$name.log)"
 }
 
-# Every function under `cargo lambda watch` (the Lambda runtime API
-# emulator), the gateway on $PAYSTREAM_HTTP_PORT and the poller.
-start_runtime() {
-  log "building the functions and local tools"
-  (cd "$REPO_ROOT" && cargo build -q --locked --workspace --bins)
-  export PATH="$VENV/bin:$PATH"
-  cd "$REPO_ROOT"
-  start_bg functions cargo-lambda lambda watch --ignore-changes --invoke-port "$LAMBDA_PORT"
-  wait_for_port 127.0.0.1 "$LAMBDA_PORT" 60 || { log "cargo lambda watch did not start"; tail -20 "$LOG_DIR/functions.log" >&2; return 1; }
-  start_bg gateway "$CARGO_TARGET_DIR/debug/gateway"
-  repair_stuck_groups
-  start_bg poller "$CARGO_TARGET_DIR/debug/poller"
-  wait_for_port 127.0.0.1 "$PAYSTREAM_HTTP_PORT" 30 || { log "gateway did not start"; tail -20 "$LOG_DIR/gateway.log" >&2; return 1; }
+# Waits until a process of ours listens on a loopback port; fails at once if
+# the process exits first.
+wait_for_listener() { # pid port seconds
+  local deadline=$((SECONDS + $3))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; do
+    kill -0 "$1" 2>/dev/null || return 1
+    if ((SECONDS >= deadline)); then return 1; fi
+    sleep 0.2
+  done
 }
 
-# Stops what start_runtime started: SIGTERM first, so the poller finishes
-# its batch and closes its consumers, then SIGKILL after a bound. (SIGINT
-# would not do: background jobs of a script start with SIGINT ignored.)
-stop_runtime() {
+# Every function under the local Lambda host (`lambda-host`: a process per
+# function, PAYSTREAM_INSTANCES each, replaced when it dies; the Invoke API
+# on $PAYSTREAM_LAMBDA_PORT once all are ready), the gateway on
+# $PAYSTREAM_HTTP_PORT and the poller.
+start_runtime() {
+  log "building the functions and local tools ($PAYSTREAM_PROFILE)"
+  (cd "$REPO_ROOT" && cargo build -q --locked --workspace --bins "${PROFILE_FLAGS[@]}")
+  cd "$REPO_ROOT"
+  start_bg functions "$BIN_DIR/lambda-host"
+  wait_for_listener "${RUNTIME_PIDS[-1]}" "$LAMBDA_PORT" 60 || { log "the Lambda host did not start"; tail -20 "$LOG_DIR/functions.log" >&2; return 1; }
+  start_bg gateway "$BIN_DIR/gateway"
+  local gateway_pid="${RUNTIME_PIDS[-1]}"
+  repair_stuck_groups
+  start_bg poller "$BIN_DIR/poller"
+  wait_for_listener "$gateway_pid" "$PAYSTREAM_HTTP_PORT" 30 || { log "gateway did not start"; tail -20 "$LOG_DIR/gateway.log" >&2; return 1; }
+}
+
+# SIGTERM, then SIGKILL after a bound. (SIGINT would not do: background
+# jobs of a script start with SIGINT ignored.)
+stop_pids() { # pid...
   local pid
-  for pid in "${RUNTIME_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  (($#)) || return 0
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
   for _ in $(seq 1 50); do
     local alive=0
-    for pid in "${RUNTIME_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
     ((alive)) || break
     sleep 0.2
   done
-  for pid in "${RUNTIME_PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  # cargo lambda watch runs each function as a child process of its own.
-  pkill -f "$CARGO_TARGET_DIR/debug/(account|pay|verify|fds-consumer|loyalty-consumer|benefit-consumer|order|settle|report)$" 2>/dev/null || true
+  for pid in "$@"; do kill -9 "$pid" 2>/dev/null || true; done
+}
+
+# Stops what start_runtime started: the gateway and the poller first (the
+# poller finishes its batch, which still needs the functions, and closes its
+# consumers), then the Lambda host, which stops its function processes.
+stop_runtime() {
+  ((${#RUNTIME_PIDS[@]})) || return 0
+  stop_pids "${RUNTIME_PIDS[@]:1}"
+  stop_pids "${RUNTIME_PIDS[0]}"
   RUNTIME_PIDS=()
 }

@@ -38,5 +38,5 @@ log "sam build: $functions arm64 bootstraps"
 log "cargo test (workspace)"
 cargo test --locked --workspace --all-targets
 
-log "end to end: the demo and every sample event through cargo lambda watch, the gateway and the poller"
+log "end to end: the demo and every sample event through the local Lambda host, the gateway and the poller"
 bash "$REPO_ROOT/scripts/e2e.sh"

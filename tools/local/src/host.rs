@@ -570,12 +570,17 @@ async fn supervise(f: Arc<Function>, index: usize, mut stop: watch::Receiver<boo
             restarts.pop_front();
         }
         early_exits = if exit.became_ready && exit.lived >= HEALTHY_RUN { 0 } else { early_exits.saturating_add(1) };
-        let mut delay = if early_exits == 0 {
-            Duration::ZERO
-        } else {
-            let doubled = f.config.backoff_initial_ms.saturating_mul(1u64 << (early_exits - 1).min(20));
-            Duration::from_millis(doubled.min(f.config.backoff_max_ms))
+        // A process that had served is replaced at once, unless the one
+        // before it died early too; one that never got ready backs off.
+        let backoff_steps = match (early_exits, exit.became_ready) {
+            (0, _) | (1, true) => None,
+            (n, true) => Some(n - 2),
+            (n, false) => Some(n - 1),
         };
+        let mut delay = backoff_steps.map_or(Duration::ZERO, |steps| {
+            let doubled = f.config.backoff_initial_ms.saturating_mul(1u64 << steps.min(20));
+            Duration::from_millis(doubled.min(f.config.backoff_max_ms))
+        });
         if restarts.len() >= f.config.restarts_per_minute {
             let window_moves = RESTART_WINDOW.saturating_sub(now.duration_since(restarts[0]));
             delay = delay.max(window_moves);

@@ -1,7 +1,21 @@
 //! What the local runtime needs from `template.yaml`: each function's
-//! binary, HTTP routes, MSK event sources and schedules.
+//! binary, timeout and memory, HTTP routes, MSK event sources and schedules.
 
 use serde_yaml::Value;
+
+/// A function (`AWS::Serverless::Function`), with `Globals.Function` applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionDef {
+    /// The name it is invoked by (see `InvokeNames`).
+    pub name: String,
+    pub logical_id: String,
+    /// `Metadata.BuildProperties.Binary`.
+    pub binary: String,
+    /// `Timeout` (Lambda's default: 3 s).
+    pub timeout_s: u64,
+    /// `MemorySize` (Lambda's default: 128 MB).
+    pub memory_mb: u64,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
@@ -31,7 +45,7 @@ pub struct Schedule {
 /// Which name the Invoke API knows a function by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum InvokeNames {
-    /// The binary (`Metadata.BuildProperties.Binary`): `cargo lambda watch`.
+    /// The binary (`Metadata.BuildProperties.Binary`): the local Lambda host.
     #[default]
     Binary,
     /// The resource's logical id (`PayFunction`): `sam local start-lambda`.
@@ -51,6 +65,7 @@ impl InvokeNames {
 
 #[derive(Debug, Default)]
 pub struct Template {
+    pub functions: Vec<FunctionDef>,
     pub routes: Vec<Route>,
     pub msk_sources: Vec<MskSource>,
     pub schedules: Vec<Schedule>,
@@ -88,6 +103,7 @@ impl Template {
         let doc: Value = serde_yaml::from_str(text).map_err(|e| format!("template.yaml: {e}"))?;
         let resources = doc.get("Resources").and_then(Value::as_mapping).ok_or("template.yaml has no Resources")?;
         let mut template = Template::default();
+        let globals = doc.get("Globals").and_then(|g| g.get("Function"));
         for (logical_id, resource) in resources {
             if resource.get("Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
                 continue;
@@ -103,6 +119,17 @@ impl Template {
                 InvokeNames::Binary => binary.to_owned(),
                 InvokeNames::LogicalId => logical_id.to_owned(),
             };
+            let setting = |key: &str| {
+                let own = resource.get("Properties").and_then(|p| p.get(key));
+                own.or_else(|| globals.and_then(|g| g.get(key))).and_then(Value::as_u64)
+            };
+            template.functions.push(FunctionDef {
+                name: function.clone(),
+                logical_id: logical_id.to_owned(),
+                binary: binary.to_owned(),
+                timeout_s: setting("Timeout").unwrap_or(3),
+                memory_mb: setting("MemorySize").unwrap_or(128),
+            });
             let Some(events) = resource.get("Properties").and_then(|p| p.get("Events")).and_then(Value::as_mapping) else { continue };
             for (name, event) in events {
                 let props = event.get("Properties").cloned().unwrap_or(Value::Null);
@@ -198,6 +225,20 @@ mod tests {
         let fds = t.msk_sources.iter().find(|s| s.function == "fds-consumer").unwrap();
         assert_eq!((fds.topics.clone(), fds.batch_size, fds.starting_position.as_str()), (vec!["payment-stream".to_owned()], 1000, "TRIM_HORIZON"));
         assert!(t.schedules.iter().any(|s| s.function == "verify" && s.every_s == 60));
+    }
+
+    #[test]
+    fn every_function_with_its_binary_timeout_and_memory() {
+        let t = Template::load(std::path::Path::new(TEMPLATE), InvokeNames::Binary).unwrap();
+        let mut names: Vec<&str> = t.functions.iter().map(|f| f.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["account", "benefit-consumer", "fds-consumer", "loyalty-consumer", "order", "pay", "report", "settle", "verify"]);
+        let pay = t.functions.iter().find(|f| f.name == "pay").unwrap();
+        assert_eq!((pay.logical_id.as_str(), pay.binary.as_str(), pay.timeout_s, pay.memory_mb), ("PayFunction", "pay", 10, 256), "Globals apply");
+        let fds = t.functions.iter().find(|f| f.name == "fds-consumer").unwrap();
+        assert_eq!(fds.timeout_s, 60, "a function's own Timeout wins over Globals");
+        let by_id = Template::load(std::path::Path::new(TEMPLATE), InvokeNames::LogicalId).unwrap();
+        assert!(by_id.functions.iter().any(|f| f.name == "PayFunction" && f.binary == "pay"));
     }
 
     #[test]

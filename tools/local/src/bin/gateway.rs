@@ -2,7 +2,7 @@
 //! one port (`PAYSTREAM_HTTP_PORT`, default 3000) with the same paths as on
 //! AWS, turns each request into an HTTP API (payload 2.0) event and invokes
 //! the route's function through the Lambda Invoke API (`LAMBDA_ENDPOINT`,
-//! default `http://127.0.0.1:9000`, which `cargo lambda watch` serves).
+//! default `http://127.0.0.1:9000`, which the local Lambda host serves).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
