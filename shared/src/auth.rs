@@ -5,7 +5,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::config::AuthConfig;
+use crate::cache::Redis;
+use crate::config::{AuthConfig, LoginLimits};
 use crate::domain::{Password, Role, UserId};
 use crate::error::{AppError, ErrorCode};
 use crate::secret::Secret;
@@ -180,6 +181,145 @@ pub fn dummy_password_hash() -> &'static str {
 #[error("{0}")]
 struct PasswordHashError(String);
 
+/// What every refused log-in attempt answers: the same for an existing and an
+/// unknown username, and for the per-username and the per-address limit.
+pub const LOGIN_RATE_LIMITED: &str = "too many failed log-ins; try again later";
+
+/// Admits a log-in attempt under [`LoginLimits`], checked BEFORE the
+/// password so a refused attempt costs one Redis round trip, not an Argon2id
+/// hash. The admission counts the attempt at once (so concurrent guesses
+/// cannot all slip under the limit); `attempt` is then run and, unless it
+/// ends in `BAD_CREDENTIALS`, the count is given back: only failures
+/// consume. Unknown usernames are counted exactly like real ones, so the
+/// answer (429, body, Retry-After, timing) says nothing about existence.
+///
+/// Redis unavailable: fail CLOSED, with 503 `DEPENDENCY_UNAVAILABLE` and no
+/// hash. Failing open would turn every Redis outage (or anything that
+/// provokes one) into an unlimited password oracle and a CPU cost attack on
+/// the accounts that move money; failing closed stops new log-ins only while
+/// Redis is down. Each request asks Redis afresh (bounded by the
+/// REDIS_*_TIMEOUT_MS settings), so log-ins come back the moment it does;
+/// issued tokens keep working meanwhile. Counters always carry an expiry
+/// (repaired if one is ever missing), so nothing can lock an account for
+/// longer than its window.
+pub async fn with_login_limits<T>(
+    redis: &Redis,
+    limits: &LoginLimits,
+    username: &str,
+    source_ip: Option<&str>,
+    attempt: impl std::future::Future<Output = Result<T, AppError>>,
+) -> Result<T, AppError> {
+    let keys = login_limit_keys(redis, username, source_ip);
+    let (wait_ms, tripped) = admit_login(redis, limits, &keys).await?;
+    if wait_ms > 0 {
+        let which = match tripped {
+            1 => "username",
+            2 => "source address",
+            _ => "username and source address",
+        };
+        tracing::warn!(limit = which, retry_after_ms = wait_ms, "log-in refused: too many failures");
+        return Err(AppError::new(ErrorCode::RateLimited, LOGIN_RATE_LIMITED).retry_after(wait_ms.div_ceil(1_000)));
+    }
+    let outcome = attempt.await;
+    let failed_credentials = matches!(&outcome, Err(e) if e.code == ErrorCode::BadCredentials);
+    if !failed_credentials {
+        if let Err(e) = refund_login(redis, &keys).await {
+            // The attempt stays counted until its window ends: harmless.
+            tracing::warn!(error = %e, "log-in attempt not given back");
+        }
+    }
+    outcome
+}
+
+/// Per-username and per-address counter keys. Both are SHA-256 of the
+/// normalised value: fixed length whatever the client sent, and no
+/// usernames or addresses at rest in Redis.
+fn login_limit_keys(redis: &Redis, username: &str, source_ip: Option<&str>) -> [String; 2] {
+    use sha2::{Digest, Sha256};
+    let hex = |text: &str| Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>();
+    // As `Username::parse` normalises, so `Alice` and `alice ` share a count.
+    let user = username.trim().to_ascii_lowercase();
+    [redis.key(&format!("login:fail:user:{}", hex(&user))), redis.key(&format!("login:fail:ip:{}", hex(&address_bucket(source_ip))))]
+}
+
+/// The unit an address limit counts: an IPv4 address, or an IPv6 /64 (one
+/// subscriber usually holds a whole /64 and could rotate through it).
+fn address_bucket(source_ip: Option<&str>) -> String {
+    use std::net::IpAddr;
+    match source_ip.map(|ip| ip.trim().parse::<IpAddr>()) {
+        Some(Ok(IpAddr::V6(v6))) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        Some(Ok(IpAddr::V4(v4))) => v4.to_string(),
+        // Unparseable or absent: one shared bucket, which limits sooner.
+        Some(Err(_)) | None => "unknown".to_owned(),
+    }
+}
+
+/// KEYS: the per-username and per-address counters. ARGV: max and window
+/// (ms) for each. Returns {0, 0} when admitted (and counted), else {the
+/// milliseconds until every exceeded counter expires, 1 user | 2 address | 3 both}.
+const ADMIT_LOGIN_LUA: &str = r#"
+local wait, tripped = 0, 0
+for i = 1, 2 do
+  local max, window = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  if tonumber(redis.call('GET', KEYS[i]) or '0') >= max then
+    local ttl = redis.call('PTTL', KEYS[i])
+    -- A counter without an expiry would refuse forever: give it its window.
+    if ttl < 0 then redis.call('PEXPIRE', KEYS[i], window); ttl = window end
+    if ttl > wait then wait = ttl end
+    tripped = tripped + i
+  end
+end
+if wait > 0 then return {wait, tripped} end
+for i = 1, 2 do
+  if redis.call('INCR', KEYS[i]) == 1 or redis.call('PTTL', KEYS[i]) < 0 then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2 * i])
+  end
+end
+return {0, 0}
+"#;
+
+/// Gives one admitted attempt back (never below zero; expiries untouched).
+const REFUND_LOGIN_LUA: &str = r#"
+for i = 1, #KEYS do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') > 0 then redis.call('DECR', KEYS[i]) end
+end
+return 0
+"#;
+
+async fn admit_login(redis: &Redis, limits: &LoginLimits, keys: &[String; 2]) -> Result<(u64, i64), AppError> {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    let script = SCRIPT.get_or_init(|| redis::Script::new(ADMIT_LOGIN_LUA));
+    // Both keys go to one script: this client talks to one Redis node (the
+    // ElastiCache primary endpoint), not a cluster.
+    let unavailable = || AppError::new(ErrorCode::DependencyUnavailable, "log-in is unavailable for a moment; retry later");
+    let mut conn = redis.conn().await.map_err(|e| unavailable().with_source(e))?;
+    let (wait_ms, tripped): (i64, i64) = script
+        .key(&keys[0])
+        .key(&keys[1])
+        .arg(limits.user_failures_max)
+        .arg(limits.user_window_s.saturating_mul(1_000))
+        .arg(limits.ip_failures_max)
+        .arg(limits.ip_window_s.saturating_mul(1_000))
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| unavailable().with_source(e))?;
+    Ok((wait_ms.max(0) as u64, tripped))
+}
+
+async fn refund_login(redis: &Redis, keys: &[String; 2]) -> Result<(), AppError> {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    let script = SCRIPT.get_or_init(|| redis::Script::new(REFUND_LOGIN_LUA));
+    let mut conn = redis.conn().await?;
+    let _: i64 = script.key(&keys[0]).key(&keys[1]).invoke_async(&mut conn).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +390,16 @@ mod tests {
         assert!(verify_password(&Secret::new("correct horse battery"), &hash));
         assert!(!verify_password(&Secret::new("wrong horse battery"), &hash));
         assert!(!verify_password(&Secret::new("x"), "not a hash"));
+    }
+
+    #[test]
+    fn addresses_are_bucketed() {
+        assert_eq!(address_bucket(Some("203.0.113.7")), "203.0.113.7");
+        assert_eq!(address_bucket(Some("2001:db8:1:2:aaaa::1")), "2001:db8:1:2::/64");
+        assert_eq!(address_bucket(Some("2001:db8:1:2:ffff::9")), address_bucket(Some("2001:db8:1:2::1")));
+        assert_eq!(address_bucket(Some("::ffff:203.0.113.7")), "203.0.113.7");
+        assert_eq!(address_bucket(Some("not an address")), "unknown");
+        assert_eq!(address_bucket(None), "unknown");
     }
 
     #[test]

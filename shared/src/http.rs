@@ -32,7 +32,11 @@ pub async fn respond<A: HttpApi>(api: &A, req: Request) -> Response {
     let span = tracing::info_span!("http", request_id = %request_id, route = %route);
     async move {
         let started = Instant::now();
-        let response = match api.route(req).await {
+        let outcome = match check_request_text(&req) {
+            Ok(()) => api.route(req).await,
+            Err(err) => Err(err),
+        };
+        let response = match outcome {
             Ok(response) => response,
             Err(err) => {
                 log_error(&err);
@@ -170,6 +174,70 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
+/// The character PostgreSQL `text` and `jsonb` cannot hold (a UTF-8
+/// database stores every other Unicode scalar value, and a Rust `str` cannot
+/// carry the lone surrogates that `jsonb` also refuses). A value with it would
+/// fail in the database with SQLSTATE 22021/22P05, so it is refused at the
+/// edge as the client's mistake, naming where it was.
+const NOT_STORABLE: char = '\0';
+
+fn not_storable(place: &str) -> AppError {
+    AppError::validation(format!("{place} contains U+0000 (NUL), which text fields cannot hold"))
+}
+
+/// Refuses a request whose query parameters (names or values, decoded) or
+/// path carry [`NOT_STORABLE`], before any route sees it. Path segments reach
+/// handlers undecoded, so `%00` is looked for there; API Gateway's decoded
+/// `pathParameters` are checked too.
+fn check_request_text(req: &Request) -> Result<(), AppError> {
+    if let Some(query) = req.query_string_parameters_ref() {
+        for (name, value) in query.iter() {
+            if name.contains(NOT_STORABLE) {
+                return Err(not_storable("a query parameter name"));
+            }
+            if value.contains(NOT_STORABLE) {
+                return Err(not_storable(&format!("query parameter `{}`", display_name(name))));
+            }
+        }
+    }
+    if let Some(params) = req.path_parameters_ref() {
+        for (name, value) in params.iter() {
+            if value.contains(NOT_STORABLE) {
+                return Err(not_storable(&format!("path parameter `{}`", display_name(name))));
+            }
+        }
+    }
+    if req.uri().path().contains("%00") || req.uri().path().contains(NOT_STORABLE) {
+        return Err(not_storable("the path"));
+    }
+    Ok(())
+}
+
+/// A client-chosen name as it may appear in an error detail (and so in a
+/// log): short identifiers only, anything else is not echoed.
+fn display_name(name: &str) -> &str {
+    let plain = (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain { name } else { "?" }
+}
+
+/// The first string (or object key) in `value` that holds [`NOT_STORABLE`],
+/// as a path like `items[2].name`; `None` when there is none. Recursion is
+/// bounded by serde_json's nesting limit (128).
+fn unstorable_text_path(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains(NOT_STORABLE) => Some(String::new()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| unstorable_text_path(item).map(|rest| format!("[{i}]{rest}"))),
+        Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            if key.contains(NOT_STORABLE) {
+                return Some(".?".to_owned());
+            }
+            unstorable_text_path(item).map(|rest| format!(".{}{rest}", display_name(key)))
+        }),
+        _ => None,
+    }
+}
+
 /// The path split on `/`, without empty segments.
 pub fn segments(req: &Request) -> Vec<&str> {
     req.uri().path().split('/').filter(|s| !s.is_empty()).collect()
@@ -210,7 +278,24 @@ pub fn parse_json<T: DeserializeOwned>(req: &Request, max_bytes: usize) -> Resul
     if body.len() > max_bytes {
         return Err(AppError::new(ErrorCode::PayloadTooLarge, format!("body must be at most {max_bytes} bytes")));
     }
+    // A JSON string can carry U+0000 only as the escape `\u0000` (raw control
+    // characters are a syntax error), so bodies without it skip the walk.
+    if body.windows(6).any(|w| w == b"\\u0000") {
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| AppError::new(ErrorCode::MalformedBody, describe_json_error(&e)))?;
+        if let Some(path) = unstorable_text_path(&value) {
+            let field = path.trim_start_matches('.');
+            return Err(not_storable(&if field.is_empty() { "the body".to_owned() } else { format!("field `{field}`") }));
+        }
+    }
     serde_json::from_slice(body).map_err(|e| AppError::new(ErrorCode::MalformedBody, describe_json_error(&e)))
+}
+
+/// The caller's address as API Gateway saw it (`requestContext.http.sourceIp`).
+pub fn source_ip(req: &Request) -> Option<&str> {
+    match req.request_context_ref()? {
+        RequestContext::ApiGatewayV2(ctx) => ctx.http.source_ip.as_deref(),
+        _ => None,
+    }
 }
 
 fn describe_json_error(err: &serde_json::Error) -> String {
@@ -238,7 +323,11 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
 pub fn problem(err: &AppError) -> Response {
     let body = serde_json::to_string(&err.problem()).expect("problem bodies always serialise");
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    with_type(status, body, "application/problem+json")
+    let mut response = with_type(status, body, "application/problem+json");
+    if let Some(seconds) = err.retry_after_s {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Response {
@@ -298,6 +387,50 @@ mod tests {
         assert_eq!(parse_json::<Body2>(&request(ok, None), 1024).unwrap_err().code, ErrorCode::UnsupportedMediaType);
         assert_eq!(parse_json::<Body2>(&request(ok, Some("text/plain")), 1024).unwrap_err().code, ErrorCode::UnsupportedMediaType);
         assert_eq!(parse_json::<Body2>(&request(ok, Some("application/json")), 4).unwrap_err().code, ErrorCode::PayloadTooLarge);
+    }
+
+    #[test]
+    fn nul_in_any_string_is_a_validation_error_naming_the_field() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Nested {
+            items: Vec<std::collections::HashMap<String, String>>,
+        }
+        let json = |body: &str| request(body, Some("application/json"));
+        let err = parse_json::<Body2>(&json(r#"{"pan": "41\u00001", "n": 1}"#), 1024).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Validation);
+        assert!(err.detail.starts_with("field `pan` contains U+0000"), "{}", err.detail);
+        assert!(!err.detail.contains("41"), "the value is never echoed: {}", err.detail);
+
+        let err = parse_json::<Nested>(&json(r#"{"items": [{"a": "ok"}, {"name": "x\u0000"}]}"#), 1024).unwrap_err();
+        assert!(err.detail.starts_with("field `items[1].name`"), "{}", err.detail);
+        let err = parse_json::<Nested>(&json(r#"{"items": [{"k\u0000": "v"}]}"#), 1024).unwrap_err();
+        assert!(err.detail.starts_with("field `items[0].?`"), "{}", err.detail);
+        let err = parse_json::<String>(&json(r#""\u0000""#), 1024).unwrap_err();
+        assert!(err.detail.starts_with("the body contains U+0000"), "{}", err.detail);
+
+        // An escaped backslash before `u0000` is no NUL.
+        let ok = parse_json::<Body2>(&json(r#"{"pan": "\\u0000", "n": 1}"#), 1024).unwrap();
+        assert_eq!(ok.pan, "\\u0000");
+    }
+
+    #[test]
+    fn nul_in_query_or_path_is_refused_before_routing() {
+        let refused = |target: &str| check_request_text(&crate::apigw::v2_request("GET", target, &[], None)).map_err(|e| (e.code, e.detail));
+        assert_eq!(refused("/products?limit=5"), Ok(()));
+        let (code, detail) = refused("/products?limit=%00").unwrap_err();
+        assert_eq!(code, ErrorCode::Validation);
+        assert!(detail.starts_with("query parameter `limit` contains U+0000"), "{detail}");
+        assert!(refused("/products?a%00b=1").unwrap_err().1.starts_with("a query parameter name"));
+        assert!(refused("/merchants/%00").unwrap_err().1.starts_with("the path"));
+    }
+
+    #[test]
+    fn retry_after_becomes_a_header() {
+        let response = problem(&AppError::new(ErrorCode::RateLimited, "slow down").retry_after(42));
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "42");
+        assert!(problem(&AppError::not_found("x")).headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[test]

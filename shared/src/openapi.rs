@@ -47,7 +47,9 @@ pub struct Operation {
     pub success_status: u16,
     /// Schema name of the success body.
     pub success: &'static str,
-    /// Error codes this route can answer with (500 `INTERNAL` is implied).
+    /// Error codes this route can answer with (500 `INTERNAL` is implied, and
+    /// so is 400 `VALIDATION`: any request whose text carries U+0000, in the
+    /// body, the query or the path, answers it).
     pub errors: &'static [ErrorCode],
     /// Accepts an `Idempotency-Key` header.
     pub idempotency_key: bool,
@@ -91,8 +93,10 @@ pub const OPERATIONS: &[Operation] = &[
         success_status: 200,
         success: "AccessToken",
         // A malformed username is BAD_CREDENTIALS too, never VALIDATION: the
-        // answer must not tell which part was wrong.
-        errors: &[E::MalformedBody, E::PayloadTooLarge, E::UnsupportedMediaType, E::BadCredentials, E::DependencyUnavailable],
+        // answer must not tell which part was wrong (U+0000 anywhere is
+        // VALIDATION, as on every route: no username can hold it).
+        // RATE_LIMITED: too many failures for the username or the address.
+        errors: &[E::MalformedBody, E::PayloadTooLarge, E::UnsupportedMediaType, E::BadCredentials, E::RateLimited, E::DependencyUnavailable],
         idempotency_key: false,
         query: &[],
     },
@@ -505,6 +509,14 @@ fn notes(op: &Operation) -> Vec<&'static str> {
     if op.path == VERIFY_PATH {
         notes.push("Browsers (Accept: text/html) get HTML pages, errors included; other clients get JSON and problem+json.");
     }
+    if op.errors.contains(&ErrorCode::RateLimited) && op.operation_id == "login" {
+        notes.push(
+            "Failed log-ins are limited per username and per source address (LOGIN_USER_FAILURES_MAX per LOGIN_USER_WINDOW_S, \
+             LOGIN_IP_FAILURES_MAX per LOGIN_IP_WINDOW_S). Over a limit the answer is 429 RATE_LIMITED with Retry-After, \
+             the same whether or not the username exists, and no password is checked (a correct one included) until the window passes. \
+             Successful log-ins do not count.",
+        );
+    }
     if op.idempotency_key {
         notes.push(
             "With an Idempotency-Key, the same key and body answer the first response again and do nothing twice; \
@@ -536,9 +548,9 @@ fn path_parameter(name: &str) -> Value {
         json!({ "type": "string", "format": "uuid" })
     };
     let description = if name == "token" {
-        "Verification token from the SMS link; a malformed or unknown one answers 404."
+        "Verification token from the SMS link; a malformed or unknown one answers 404 (one holding U+0000, 400)."
     } else {
-        "A malformed id answers 404, like an unknown one or someone else's."
+        "A malformed id answers 404, like an unknown one or someone else's (one holding U+0000, 400)."
     };
     json!({ "name": name, "in": "path", "required": true, "description": description, "schema": schema })
 }
@@ -573,21 +585,35 @@ fn responses(op: &Operation) -> Value {
     let mut responses = Map::new();
     responses.insert(op.success_status.to_string(), success_response(op));
 
-    // One response per distinct status; a failure of ours (500) is always possible.
-    let mut statuses: Vec<u16> = op.errors.iter().map(|code| code.status()).chain([ErrorCode::Internal.status()]).collect();
+    // One response per distinct status; a failure of ours (500) is always
+    // possible, and so is text with U+0000 (400 VALIDATION, `http::respond`
+    // and `http::parse_json` refuse it on every route).
+    const IMPLIED: [ErrorCode; 2] = [ErrorCode::Validation, ErrorCode::Internal];
+    let mut statuses: Vec<u16> = op.errors.iter().chain(&IMPLIED).map(|code| code.status()).collect();
     statuses.sort_unstable();
     statuses.dedup();
     for status in statuses {
         let mut codes: Vec<&str> = op.errors.iter().filter(|code| code.status() == status).map(|code| code.as_str()).collect();
-        if status == ErrorCode::Internal.status() && !op.errors.contains(&ErrorCode::Internal) {
-            codes.push(ErrorCode::Internal.as_str());
+        for implied in IMPLIED {
+            if status == implied.status() && !op.errors.contains(&implied) {
+                codes.push(implied.as_str());
+            }
         }
         let mut content = Map::new();
         content.insert("application/problem+json".to_owned(), json!({ "schema": schema_ref(PROBLEM) }));
         if op.path == VERIFY_PATH {
             content.insert("text/html".to_owned(), json!({ "schema": schema_ref(HTML_PAGE) }));
         }
-        responses.insert(status.to_string(), json!({ "description": codes.join(", "), "content": content }));
+        let mut response = json!({ "description": codes.join(", "), "content": content });
+        if status == ErrorCode::RateLimited.status() {
+            response["headers"] = json!({
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": { "type": "integer", "minimum": 1 },
+                },
+            });
+        }
+        responses.insert(status.to_string(), response);
     }
     Value::Object(responses)
 }
@@ -1125,6 +1151,7 @@ mod tests {
             let responses = item["responses"].as_object().expect("responses object");
             assert!(responses.contains_key(&op.success_status.to_string()), "{} {}", op.method, op.path);
             assert!(responses.contains_key("500"), "{} {}", op.method, op.path);
+            assert!(responses["400"]["description"].as_str().expect("description").contains("VALIDATION"), "{} {}", op.method, op.path);
             for code in op.errors {
                 let description = responses[&code.status().to_string()]["description"].as_str().expect("description");
                 assert!(description.contains(code.as_str()), "{} {}: {description}", op.method, op.path);

@@ -3,9 +3,9 @@
 use lambda_http::http::StatusCode;
 use serde::Deserialize;
 
-use paystream::auth::{dummy_password_hash, hash_password, verify_password};
+use paystream::auth::{dummy_password_hash, hash_password, verify_password, with_login_limits, AccessToken};
 use paystream::domain::{Email, Password, Phone, Role, Username};
-use paystream::http::{json, parse_json, Request, Response};
+use paystream::http::{json, parse_json, source_ip, Request, Response};
 use paystream::secret::Secret;
 use paystream::store::users::{self, NewUser};
 use paystream::{AppError, ErrorCode, Platform};
@@ -44,6 +44,13 @@ struct LoginRequest {
 
 pub async fn login(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let body: LoginRequest = parse_json(req, p.config.http.max_body_bytes)?;
+    let limits = &p.config.auth.login;
+    // The failure limits come before the hash: a refused attempt costs no Argon2id.
+    let token = with_login_limits(&p.redis, limits, &body.username, source_ip(req), check_credentials(p, &body)).await?;
+    Ok(json(StatusCode::OK, &token))
+}
+
+async fn check_credentials(p: &Platform, body: &LoginRequest) -> Result<AccessToken, AppError> {
     let bad_credentials = || AppError::new(ErrorCode::BadCredentials, "wrong username or password");
     // A username that cannot exist is still checked against a dummy hash so
     // the answer takes the same time either way.
@@ -52,7 +59,7 @@ pub async fn login(p: &Platform, req: &Request) -> Result<Response, AppError> {
         Err(_) => None,
     };
     let stored = credentials.as_ref().map(|c| c.password_hash.clone());
-    let password = body.password;
+    let password = body.password.clone();
     let matches = tokio::task::spawn_blocking(move || {
         let hash = stored.as_deref().unwrap_or_else(|| dummy_password_hash());
         verify_password(&password, hash)
@@ -63,7 +70,7 @@ pub async fn login(p: &Platform, req: &Request) -> Result<Response, AppError> {
         Some(c) if matches => {
             let token = p.tokens.issue(c.user_id, c.role)?;
             tracing::info!(user_id = %c.user_id, "user logged in");
-            Ok(json(StatusCode::OK, &token))
+            Ok(token)
         }
         _ => Err(bad_credentials()),
     }
