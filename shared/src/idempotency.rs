@@ -84,6 +84,7 @@ pub async fn claim(tx: &impl GenericClient, scope: &str, key: &str, hash: &[u8],
         .map_err(|e| {
             if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
                 AppError::new(ErrorCode::IdempotencyKeyInProgress, "a request with this Idempotency-Key is still in progress; retry shortly")
+                    .retry_after(1)
             } else {
                 AppError::from(e)
             }

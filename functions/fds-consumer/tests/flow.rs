@@ -7,13 +7,14 @@ mod common;
 use std::time::Duration;
 
 use common::{hours, World, BUSAN, PARIS, SEOUL};
-use paystream::demo::{BUSAN_GRILL, PARIS_CAFE, SEOUL_CAFE};
+use paystream::demo::{ALICE, BUSAN_GRILL, PARIS_CAFE, SEOUL_CAFE};
 use paystream::http::{respond, ScheduledJob};
 use paystream::msk::BatchOutcome;
 use paystream::testing::{apigw_request, body_json, msk_event, read_topic, user, LogCapture};
 use paystream::Platform;
 use serde_json::Value;
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 #[tokio::test]
 async fn seoul_then_paris_needs_approval_and_approval_moves_the_holder() {
@@ -246,4 +247,52 @@ async fn verification_sms_are_rate_limited_per_user() {
     w.run(batch).await;
     assert_eq!(w.scalar("SELECT count(*) FROM transactions WHERE status = 'PENDING'").await, limit + 2);
     assert_eq!(w.sms_bodies().await.len() as i64, limit);
+}
+
+#[tokio::test]
+async fn an_older_payment_never_moves_the_holder_back_in_time() {
+    let mut w = World::new().await;
+    let t0 = OffsetDateTime::now_utc() - hours(5);
+    // Seoul at t0, Paris at t0+1h (held), then Seoul again at t0+3h.
+    let seoul = w.payment(SEOUL, SEOUL_CAFE.0, t0);
+    let paris = w.payment(PARIS, PARIS_CAFE.0, t0 + hours(1));
+    let batch = w.deliver(&[seoul, paris.clone()]).await;
+    w.run(batch).await;
+    assert_eq!(w.status(paris.payment_id).await.0, "PENDING");
+    let token = w.last_token().await;
+    let seoul_later = w.payment(SEOUL, SEOUL_CAFE.0, t0 + hours(3));
+    let batch = w.deliver(&[seoul_later.clone()]).await;
+    w.run(batch).await;
+    assert_eq!(w.status(seoul_later.payment_id).await.0, "COMPLETED");
+
+    // Approving the older Paris payment must not move the holder back to
+    // Paris: not in PostgreSQL, and not in the cache.
+    assert_eq!(w.verify("POST", &token, Some("approve"), "application/json").await.0, 200);
+    let db = w.fds.platform.pg.get().await.unwrap();
+    let stored: Uuid = db.query_one("SELECT payment_id FROM holder_locations WHERE user_id = $1", &[&ALICE.0]).await.unwrap().get(0);
+    assert_eq!(stored, seoul_later.payment_id);
+    let located = paystream::store::holders::last_locations(&w.fds.platform.redis, &**db, &[ALICE.0]).await.unwrap();
+    assert_eq!(located[&ALICE.0].payment_id, seoul_later.payment_id, "the cache is never older than the store");
+
+    // A late-arriving older payment in one batch does not move it back either.
+    let busan_early = w.payment(BUSAN, SEOUL_CAFE.0, t0 + hours(2));
+    let batch = w.deliver(&[busan_early]).await;
+    w.run(batch).await;
+    let stored: Uuid = db.query_one("SELECT payment_id FROM holder_locations WHERE user_id = $1", &[&ALICE.0]).await.unwrap().get(0);
+    assert_eq!(stored, seoul_later.payment_id);
+    let located = paystream::store::holders::last_locations(&w.fds.platform.redis, &**db, &[ALICE.0]).await.unwrap();
+    assert_eq!(located[&ALICE.0].payment_id, seoul_later.payment_id);
+}
+
+#[tokio::test]
+async fn an_event_whose_intake_never_committed_becomes_the_payment_record() {
+    let mut w = World::new().await;
+    let orphan = w.payment(SEOUL, SEOUL_CAFE.0, OffsetDateTime::now_utc());
+    let batch = w.deliver(&[orphan.clone()]).await;
+    w.run(batch.clone()).await;
+    w.run(batch).await;
+    let db = w.fds.platform.pg.get().await.unwrap();
+    let row = db.query_one("SELECT count(*), min(amount) FROM payments WHERE id = $1", &[&orphan.payment_id]).await.unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, Option<i64>>(1)), (1, Some(orphan.amount)));
+    assert_eq!(w.status(orphan.payment_id).await.0, "COMPLETED");
 }

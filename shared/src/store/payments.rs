@@ -73,8 +73,15 @@ pub async fn reconcile_from_events(db: &impl GenericClient, events: &[&crate::ev
     let times: Vec<time::OffsetDateTime> = events.iter().map(|e| e.occurred_at).collect();
     let inserted = db
         .execute(
+            // Only events whose card (of that user) and merchant exist: an
+            // event naming rows that do not exist must not fail the batch
+            // forever on a foreign key; FDS still decides it.
             "INSERT INTO payments (id, user_id, card_id, merchant_id, amount, currency, created_at)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[], $7::timestamptz[])
+             SELECT e.* FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[], $7::timestamptz[])
+                  AS e(id, user_id, card_id, merchant_id, amount, currency, created_at)
+             WHERE EXISTS (SELECT 1 FROM cards c WHERE c.id = e.card_id AND c.user_id = e.user_id)
+               AND EXISTS (SELECT 1 FROM merchants m WHERE m.id = e.merchant_id)
+               AND e.amount > 0
              ON CONFLICT (id) DO NOTHING",
             &[&ids, &users, &cards, &merchants, &amounts, &currencies, &times],
         )
