@@ -1,6 +1,9 @@
 //! A person approves a held payment in a real browser: headless Chromium
 //! (Debian) driven by playwright-core opens the SMS link served by the
-//! `verify` function, clicks Approve, and the payment becomes COMPLETED.
+//! `verify` function at a phone's viewport, reads the payment as the holder
+//! sees it (amount in its currency, card ending, country name, time with its
+//! zone), clicks Approve, and the payment becomes COMPLETED. Screenshots go
+//! to PAYSTREAM_SCREENSHOT_DIR (default: a folder in the temp dir).
 
 mod common;
 
@@ -32,11 +35,11 @@ async fn the_holder_approves_in_a_browser_and_the_payment_completes() {
     let link = format!("{}/verify/{}", w.config.public_base_url, w.last_token().await);
 
     let node_modules = std::env::var("PAYSTREAM_NODE_MODULES").expect("PAYSTREAM_NODE_MODULES (set by scripts/test.sh) points at playwright-core");
-    let screenshot = std::env::temp_dir().join(format!("paystream-approved-{}.png", paris.payment_id));
+    let screenshots = screenshot_dir();
     let output = tokio::process::Command::new("node")
         .arg(SCRIPT)
         .arg(&link)
-        .arg(&screenshot)
+        .arg(&screenshots)
         .env("NODE_PATH", node_modules)
         .output()
         .await
@@ -45,9 +48,28 @@ async fn the_holder_approves_in_a_browser_and_the_payment_completes() {
     assert!(output.status.success(), "browser run failed: {}\n{}", stdout, String::from_utf8_lossy(&output.stderr));
     let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("the script prints what it saw");
     assert_eq!(seen["merchant"], "Paris Croissant");
-    assert_eq!(seen["amount"], "10000 KRW");
+    assert_eq!(seen["amount"], "₩10,000");
+    assert_eq!(seen["amount_code"], "10,000 KRW");
+    assert_eq!(seen["country"], "France");
+    let card = seen["card"].as_str().unwrap();
+    let last4: String = w.fds.platform.pg.get().await.unwrap().query_one("SELECT last4 FROM cards WHERE id = $1", &[&paris.card_id]).await.unwrap().get(0);
+    assert!(card.ends_with(&format!("•••• {last4}")), "{card}");
+    let expected_time = paris.occurred_at.format(time::macros::format_description!("[day padding:none] [month repr:short] [year], [hour]:[minute] UTC")).unwrap();
+    assert!(seen["time"].as_str().unwrap().ends_with(&expected_time), "{seen}");
+    // Laid out for the phone: nothing wider than its 390 px, buttons that fill it.
+    assert!(seen["page_width"].as_f64().unwrap() <= 390.0, "{seen}");
+    assert!(seen["approve_width"].as_f64().unwrap() >= 300.0, "{seen}");
     assert!(seen["result"].as_str().unwrap().contains("complete"), "{seen}");
     assert_eq!(w.status(paris.payment_id).await, ("COMPLETED".into(), Some("APPROVED_BY_HOLDER".into())));
-    assert!(std::fs::metadata(&screenshot).map(|m| m.len() > 0).unwrap_or(false), "screenshot written");
-    println!("screenshot: {}", screenshot.display());
+    for name in ["verify-question.png", "verify-approved.png"] {
+        let shot = screenshots.join(name);
+        assert!(std::fs::metadata(&shot).map(|m| m.len() > 0).unwrap_or(false), "{} written", shot.display());
+    }
+    println!("screenshots: {}", screenshots.display());
+}
+
+fn screenshot_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("PAYSTREAM_SCREENSHOT_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("paystream-screenshots"));
+    std::fs::create_dir_all(&dir).expect("create the screenshot folder");
+    dir
 }

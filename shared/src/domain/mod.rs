@@ -2,6 +2,7 @@
 
 pub mod benefit;
 pub mod card;
+pub mod country;
 pub mod ids;
 pub mod merchant;
 pub mod money;

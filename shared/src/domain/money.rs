@@ -63,6 +63,11 @@ impl Currency {
         self.0
     }
 
+    /// Every supported code (the OpenAPI schema's enum).
+    pub fn codes() -> impl Iterator<Item = &'static str> {
+        CURRENCIES.iter().map(|(code, _)| *code)
+    }
+
     pub fn minor_unit_digits(self) -> u8 {
         self.1
     }
@@ -104,6 +109,53 @@ pub fn format_minor(minor: i64, currency: &str) -> String {
     format!("{sign}{}.{:0width$} {currency}", abs / scale as u64, abs % scale as u64, width = digits as usize)
 }
 
+/// `89,000 KRW`, `1,234.50 USD`: [`format_minor`] with thousands
+/// separators, for people.
+pub fn format_grouped(minor: i64, currency: &str) -> String {
+    format!("{} {currency}", grouped_number(minor, currency))
+}
+
+/// `₩89,000`, `$1,234.50`, `€0.05`: how people write the amount, with the
+/// currency's symbol; a currency without one here reads as [`format_grouped`].
+pub fn format_with_symbol(minor: i64, currency: &str) -> String {
+    let symbol = match currency {
+        "KRW" => "₩",
+        "JPY" => "¥",
+        "USD" => "$",
+        "EUR" => "€",
+        "GBP" => "£",
+        "CNY" => "CN¥",
+        "SGD" => "S$",
+        "AUD" => "A$",
+        "CAD" => "CA$",
+        _ => return format_grouped(minor, currency),
+    };
+    let number = grouped_number(minor, currency);
+    match number.strip_prefix('-') {
+        Some(abs) => format!("-{symbol}{abs}"),
+        None => format!("{symbol}{number}"),
+    }
+}
+
+/// The amount in the currency's precision with `,` every three digits.
+fn grouped_number(minor: i64, currency: &str) -> String {
+    let plain = format_minor(minor, currency);
+    let number = plain.split(' ').next().unwrap_or("");
+    let (sign, unsigned) = number.strip_prefix('-').map_or(("", number), |rest| ("-", rest));
+    let (whole, fraction) = unsigned.split_once('.').map_or((unsigned, None), |(w, f)| (w, Some(f)));
+    let mut grouped = String::with_capacity(whole.len() + whole.len() / 3);
+    for (i, digit) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    match fraction {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Money {
     pub amount: Amount,
@@ -137,6 +189,19 @@ mod tests {
         assert_eq!(format_minor(1_250, "USD"), "12.50 USD");
         assert_eq!(format_minor(5, "EUR"), "0.05 EUR");
         assert_eq!(format_minor(7, "XXX"), "7 XXX");
+    }
+
+    #[test]
+    fn amounts_read_as_people_write_them() {
+        assert_eq!(format_with_symbol(89_000, "KRW"), "₩89,000");
+        assert_eq!(format_grouped(89_000, "KRW"), "89,000 KRW");
+        assert_eq!(format_with_symbol(123_450, "USD"), "$1,234.50");
+        assert_eq!(format_with_symbol(5, "EUR"), "€0.05");
+        assert_eq!(format_with_symbol(100_000_000, "JPY"), "¥100,000,000");
+        assert_eq!(format_with_symbol(-1_000_000, "GBP"), "-£10,000.00");
+        assert_eq!(format_with_symbol(1_250, "CHF"), "12.50 CHF");
+        assert_eq!(format_grouped(999, "KRW"), "999 KRW");
+        assert_eq!(format_grouped(1_000, "KRW"), "1,000 KRW");
     }
 
     proptest! {

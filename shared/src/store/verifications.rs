@@ -45,14 +45,18 @@ pub struct VerificationView {
     pub lat: f64,
     pub lon: f64,
     pub occurred_at: OffsetDateTime,
+    /// The card the payment used (None if it was removed since).
+    pub card_last4: Option<String>,
+    pub card_product: Option<String>,
 }
 
 /// Finds a verification by token hash; `for_update` locks it for a decision.
 pub async fn find(db: &impl GenericClient, token_hash: &[u8], for_update: bool) -> Result<Option<VerificationView>, AppError> {
     let sql = format!(
         "SELECT v.id, v.payment_id, v.user_id, v.status, v.expires_at, t.amount, t.currency, coalesce(m.name, 'unknown merchant'),
-                t.country, t.lat, t.lon, t.occurred_at
+                t.country, t.lat, t.lon, t.occurred_at, c.last4, cp.name
          FROM verifications v JOIN transactions t ON t.payment_id = v.payment_id LEFT JOIN merchants m ON m.id = t.merchant_id
+              LEFT JOIN cards c ON c.id = t.card_id LEFT JOIN card_products cp ON cp.id = c.card_product_id
          WHERE v.token_hash = $1 {}",
         if for_update { "FOR UPDATE OF v" } else { "" }
     );
@@ -70,6 +74,8 @@ pub async fn find(db: &impl GenericClient, token_hash: &[u8], for_update: bool) 
         lat: r.get(9),
         lon: r.get(10),
         occurred_at: r.get(11),
+        card_last4: r.get(12),
+        card_product: r.get(13),
     }))
 }
 
