@@ -4,13 +4,30 @@
 # Called by scripts/test.sh after the stack is up.
 source "$(dirname "$0")/lib.sh"
 trap 'stop_runtime' EXIT
+ensure_browser
+SCREENSHOT_DIR="${PAYSTREAM_SCREENSHOT_DIR:-$STATE_DIR/screenshots}"
+
+# After the demo: the API explorer (every route, "try it out" on GET
+# /card-products) and the merchant console (the demo merchant's numbers
+# against the API, a refresh, a stranger sees nothing) in headless Chromium.
+# Screenshots land in $SCREENSHOT_DIR.
+browser_checks() {
+  mkdir -p "$SCREENSHOT_DIR"
+  log "browser: the API explorer at $PUBLIC_BASE_URL/docs"
+  NODE_PATH="$PAYSTREAM_NODE_MODULES" node functions/account/tests/browser/docs.cjs "$PUBLIC_BASE_URL" "$SCREENSHOT_DIR" || return 1
+  log "browser: the merchant console at $PUBLIC_BASE_URL/console"
+  NODE_PATH="$PAYSTREAM_NODE_MODULES" node functions/account/tests/browser/console.cjs "$PUBLIC_BASE_URL" \
+    merchant_demo demo-password "$SCREENSHOT_DIR" || return 1
+  log "browser: screenshots in $SCREENSHOT_DIR"
+}
 export PAYSTREAM_SCHEDULE_EVERY_S=5
 start_runtime
 cd "$REPO_ROOT"
 export LOG_DIR
 if ! "$BIN_DIR/demo" --check ||
    ! PATH="$VENV/bin:$PATH" python3 scripts/invoke_samples.py ||
-   ! python3 scripts/redelivery_check.py; then
+   ! python3 scripts/redelivery_check.py ||
+   ! browser_checks; then
   log "end-to-end demo failed; last lines of each log:"
   for f in "$LOG_DIR"/*.log; do echo "--- $f" >&2; tail -15 "$f" >&2; done
   exit 1

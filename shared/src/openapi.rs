@@ -17,6 +17,7 @@ use crate::error::ErrorCode;
 // A short alias keeps each row of the route table on a readable line.
 use crate::error::ErrorCode as E;
 use crate::store::ledger::reason;
+use crate::store::loyalty::DASHBOARD_DAYS;
 
 /// How a route authenticates its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,10 @@ pub struct Operation {
 const VERIFY_PATH: &str = "/verify/{token}";
 /// Schema of an HTML page body.
 const HTML_PAGE: &str = "VerifyPage";
+/// Schema of the browser pages `/docs` and `/console`.
+const WEB_PAGE: &str = "WebPage";
+/// Schema of their scripts and style sheets.
+const WEB_ASSET: &str = "WebAsset";
 /// Schema of every error body.
 const PROBLEM: &str = "Problem";
 
@@ -180,6 +185,20 @@ pub const OPERATIONS: &[Operation] = &[
         errors: &[E::Validation, E::MalformedBody, E::PayloadTooLarge, E::UnsupportedMediaType, E::Unauthorized, E::Forbidden, E::DependencyUnavailable],
         idempotency_key: false,
         query: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/merchants",
+        function: "account",
+        operation_id: "listMerchants",
+        summary: "The caller's own merchants by name (ADMIN: every merchant)",
+        auth: Auth::Bearer,
+        request: None,
+        success_status: 200,
+        success: "MerchantList",
+        errors: &[E::Validation, E::Unauthorized, E::DependencyUnavailable],
+        idempotency_key: false,
+        query: &[LIMIT],
     },
     Operation {
         method: "GET",
@@ -423,6 +442,48 @@ pub const OPERATIONS: &[Operation] = &[
         idempotency_key: false,
         query: &[],
     },
+    Operation {
+        method: "GET",
+        path: "/docs",
+        function: "account",
+        operation_id: "getApiExplorer",
+        summary: "Interactive explorer of this document (Swagger UI, served from the function)",
+        auth: Auth::None,
+        request: None,
+        success_status: 200,
+        success: WEB_PAGE,
+        errors: &[],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/console",
+        function: "account",
+        operation_id: "getMerchantConsole",
+        summary: "Merchant console: a page that signs in and shows the caller's merchants' dashboards through this API",
+        auth: Auth::None,
+        request: None,
+        success_status: 200,
+        success: WEB_PAGE,
+        errors: &[],
+        idempotency_key: false,
+        query: &[],
+    },
+    Operation {
+        method: "GET",
+        path: "/assets/{name}",
+        function: "account",
+        operation_id: "getWebAsset",
+        summary: "A script or style sheet of /docs or /console (versioned third-party files are cached for a year)",
+        auth: Auth::None,
+        request: None,
+        success_status: 200,
+        success: WEB_ASSET,
+        errors: &[E::NotFound],
+        idempotency_key: false,
+        query: &[],
+    },
 ];
 
 /// The document, built once per execution environment (it never changes
@@ -543,6 +604,13 @@ fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
 }
 
 fn path_parameter(name: &str) -> Value {
+    if name == "name" {
+        return json!({
+            "name": name, "in": "path", "required": true,
+            "description": "File name of the asset, as the pages name it; any other answers 404.",
+            "schema": { "type": "string", "pattern": "^[A-Za-z0-9._-]+$" },
+        });
+    }
     let schema = if name == "token" {
         // 128 random bits as hex (`verification::parse_token`, case-insensitive).
         json!({ "type": "string", "pattern": "^[0-9a-fA-F]{32}$" })
@@ -625,8 +693,18 @@ fn success_response(op: &Operation) -> Value {
     if op.path == VERIFY_PATH {
         content.insert("text/html".to_owned(), json!({ "schema": schema_ref(HTML_PAGE) }));
     }
-    // The verify page itself is HTML only; every other answer is (also) JSON.
-    if op.success != HTML_PAGE {
+    match op.success {
+        WEB_PAGE => {
+            content.insert("text/html".to_owned(), json!({ "schema": schema_ref(WEB_PAGE) }));
+        }
+        WEB_ASSET => {
+            content.insert("text/javascript".to_owned(), json!({ "schema": schema_ref(WEB_ASSET) }));
+            content.insert("text/css".to_owned(), json!({ "schema": schema_ref(WEB_ASSET) }));
+        }
+        _ => {}
+    }
+    // The pages and their assets are not JSON; every other answer is (also) JSON.
+    if ![HTML_PAGE, WEB_PAGE, WEB_ASSET].contains(&op.success) {
         content.insert("application/json".to_owned(), json!({ "schema": schema_ref(op.success) }));
     }
     let description = match op.success_status {
@@ -726,6 +804,8 @@ fn schemas() -> Value {
         ),
     );
     add(HTML_PAGE, json!({ "type": "string", "contentMediaType": "text/html", "description": "An HTML page." }));
+    add(WEB_PAGE, json!({ "type": "string", "contentMediaType": "text/html", "description": "A browser page (scripts from this origin only)." }));
+    add(WEB_ASSET, json!({ "type": "string", "description": "JavaScript or CSS, per Content-Type." }));
     add("OpenApiDocument", json!({ "type": "object", "description": "An OpenAPI 3.1 document (this one)." }));
 
     // account: auth.rs
@@ -869,6 +949,7 @@ fn schemas() -> Value {
         ),
     );
     add("MerchantCreated", object(&["merchant_id"], json!({ "merchant_id": uuid() })));
+    add("MerchantList", object(&["items"], json!({ "items": array_of("MerchantPublic") })));
     add(
         "MerchantPublic",
         object(
@@ -1049,9 +1130,19 @@ fn schemas() -> Value {
         ),
     );
     add(
+        "DayVisits",
+        object(
+            &["day", "visits"],
+            json!({
+                "day": { "type": "string", "format": "date", "description": "A UTC day." },
+                "visits": { "type": "integer", "format": "int64", "minimum": 0 },
+            }),
+        ),
+    );
+    add(
         "Dashboard",
         object(
-            &["merchant_id", "customers", "vips", "top_customers", "recent_vips", "tips_sent"],
+            &["merchant_id", "customers", "vips", "top_customers", "recent_vips", "tips_sent", "visits_by_day"],
             json!({
                 "merchant_id": uuid(),
                 "customers": { "type": "integer", "format": "int64", "minimum": 0 },
@@ -1059,6 +1150,13 @@ fn schemas() -> Value {
                 "top_customers": array_of("TopCustomer"),
                 "recent_vips": array_of("RecentVip"),
                 "tips_sent": { "type": "integer", "format": "int64", "minimum": 0, "description": "Benefit tips sent for payments at this merchant." },
+                "visits_by_day": {
+                    "type": "array",
+                    "items": schema_ref("DayVisits"),
+                    "minItems": DASHBOARD_DAYS,
+                    "maxItems": DASHBOARD_DAYS,
+                    "description": format!("Visits per UTC day over the last {DASHBOARD_DAYS} days, oldest first, today last; quiet days read 0."),
+                },
             }),
         ),
     );

@@ -1,5 +1,6 @@
 //! `account`: sign-up, log-in, the caller's cards, card products, merchants
-//! and notifications. Handlers decode the request, call the shared domain and
+//! and notifications; the API explorer (`/docs`) and the merchant console
+//! (`/console`) with their assets. Handlers decode the request, call the shared domain and
 //! store, and encode the answer; nothing else.
 
 mod auth;
@@ -7,6 +8,8 @@ mod card_products;
 mod cards;
 mod merchants;
 mod notifications;
+mod own_merchants;
+mod web;
 
 use paystream::http::{self, method_not_allowed, no_route, HttpApi, Request, Response};
 use paystream::{AppError, Platform};
@@ -46,6 +49,7 @@ impl HttpApi for AccountApi {
             },
             ["merchants"] => match method {
                 "POST" => merchants::create(p, &req).await,
+                "GET" => own_merchants::list(p, &req).await,
                 _ => Err(method_not_allowed()),
             },
             ["merchants", id] => match method {
@@ -54,6 +58,18 @@ impl HttpApi for AccountApi {
             },
             ["openapi.json"] => match method {
                 "GET" => Ok(http::json(lambda_http::http::StatusCode::OK, paystream::openapi::document_cached())),
+                _ => Err(method_not_allowed()),
+            },
+            ["docs"] => match method {
+                "GET" => Ok(web::docs()),
+                _ => Err(method_not_allowed()),
+            },
+            ["console"] => match method {
+                "GET" => Ok(web::console()),
+                _ => Err(method_not_allowed()),
+            },
+            ["assets", name] => match method {
+                "GET" => web::asset(name),
                 _ => Err(method_not_allowed()),
             },
             ["me", "notifications"] => match method {

@@ -86,9 +86,9 @@ pub fn approve_or_deny(v: &VerificationView) -> String {
             "<p class=\"lead\">We held this payment because it is far from your last one.</p>{}\
              <div class=\"actions\">\
              <form method=\"post\"><input type=\"hidden\" name=\"decision\" value=\"approve\">\
-             <button class=\"approve\" id=\"approve\" type=\"submit\">Yes, it was me: approve</button></form>\
+             <button class=\"approve\" id=\"approve\" type=\"submit\">Approve: it was me</button></form>\
              <form method=\"post\"><input type=\"hidden\" name=\"decision\" value=\"deny\">\
-             <button class=\"deny\" id=\"deny\" type=\"submit\">No: deny and lock my card</button></form>\
+             <button class=\"deny\" id=\"deny\" type=\"submit\">Deny: lock my card</button></form>\
              </div></section>",
             details(v)
         ),

@@ -142,6 +142,14 @@ pub struct RecentVip {
     pub became_at: String,
 }
 
+/// Visits on one UTC day.
+#[derive(Debug, Serialize)]
+pub struct DayVisits {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    pub visits: i64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Dashboard {
     pub merchant_id: Uuid,
@@ -150,6 +158,9 @@ pub struct Dashboard {
     pub top_customers: Vec<TopCustomer>,
     pub recent_vips: Vec<RecentVip>,
     pub tips_sent: i64,
+    /// The last [`DASHBOARD_DAYS`] UTC days, oldest first, today last; days
+    /// without a visit are there with 0.
+    pub visits_by_day: Vec<DayVisits>,
 }
 
 /// `alice` -> `al***`: enough for the merchant to recognise a regular, not
@@ -161,6 +172,9 @@ pub fn mask(username: &str) -> String {
 
 /// Dashboard rows shown at most.
 pub const DASHBOARD_LIST_MAX: i64 = 10;
+
+/// Days in the dashboard's visits series (today included).
+pub const DASHBOARD_DAYS: i32 = 30;
 
 pub async fn dashboard(db: &impl GenericClient, merchant: Uuid) -> Result<Dashboard, AppError> {
     let totals = db
@@ -185,6 +199,23 @@ pub async fn dashboard(db: &impl GenericClient, merchant: Uuid) -> Result<Dashbo
             &[&merchant, &DASHBOARD_LIST_MAX],
         )
         .await?;
+    // One pass over the window's visits (index on merchant_id), then every
+    // day of the window, so a quiet day reads 0 rather than missing.
+    let days = db
+        .query(
+            "WITH bounds AS (SELECT (now() AT TIME ZONE 'UTC')::date AS today),
+                  counted AS (
+                      SELECT (v.visited_at AT TIME ZONE 'UTC')::date AS day, count(*) AS visits
+                      FROM loyalty_visits v, bounds b
+                      WHERE v.merchant_id = $1 AND v.visited_at >= (b.today - ($2::int - 1))::timestamp AT TIME ZONE 'UTC'
+                      GROUP BY 1)
+             SELECT to_char(d.day, 'YYYY-MM-DD'), coalesce(c.visits, 0)
+             FROM bounds b, generate_series(b.today - ($2::int - 1), b.today, interval '1 day') AS g(ts)
+                  CROSS JOIN LATERAL (SELECT g.ts::date AS day) d LEFT JOIN counted c ON c.day = d.day
+             ORDER BY d.day",
+            &[&merchant, &DASHBOARD_DAYS],
+        )
+        .await?;
     Ok(Dashboard {
         merchant_id: merchant,
         customers: totals.get(0),
@@ -195,6 +226,7 @@ pub async fn dashboard(db: &impl GenericClient, merchant: Uuid) -> Result<Dashbo
             .iter()
             .map(|r| RecentVip { customer: mask(r.get(0)), visits: r.get(1), became_at: rfc3339(r.get::<_, OffsetDateTime>(2)) })
             .collect(),
+        visits_by_day: days.iter().map(|r| DayVisits { day: r.get(0), visits: r.get(1) }).collect(),
     })
 }
 

@@ -58,3 +58,19 @@ pub async fn public_view(db: &impl GenericClient, id: MerchantId) -> Result<Opti
         lon: r.get(5),
     }))
 }
+
+/// The merchants `owner` owns (every merchant when `owner` is `None`, for an
+/// admin), by name, at most `limit`.
+pub async fn list(db: &impl GenericClient, owner: Option<Uuid>, limit: u32) -> Result<Vec<MerchantPublicView>, AppError> {
+    let rows = db
+        .query(
+            "SELECT id, name, category, country, lat, lon FROM merchants
+             WHERE $1::uuid IS NULL OR owner_id = $1 ORDER BY name, id LIMIT $2",
+            &[&owner, &i64::from(limit)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| MerchantPublicView { merchant_id: r.get(0), name: r.get(1), category: r.get(2), country: r.get(3), lat: r.get(4), lon: r.get(5) })
+        .collect())
+}
