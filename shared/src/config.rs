@@ -370,7 +370,7 @@ impl Config {
                 relay_grace_ms: env.number("RELAY_GRACE_MS", 5_000)?,
                 relay_batch_max: env.number("RELAY_BATCH_MAX", 1_000)?,
                 relay_concurrency: env.number("RELAY_CONCURRENCY", 32)?,
-                relay_deadline_ms: env.number("RELAY_DEADLINE_MS", 5_000)?,
+                relay_deadline_ms: env.number("RELAY_DEADLINE_MS", 4_000)?,
             },
             benefit_min_gain_minor: env.number("BENEFIT_MIN_GAIN", 100)?,
             cache_ttl_s: env.number("CACHE_TTL_S", 3_600)?,

@@ -6,11 +6,14 @@
 //! is published to `order-stream` right away when the broker answers within
 //! a short bound; otherwise the outbox keeps it and the scheduled relay
 //! publishes it when the broker is back. So an accepted order is never lost,
-//! and a broker outage does not stop sales.
+//! and a broker outage does not stop sales. The same schedule returns
+//! reservations whose request died before its order was committed.
 
 mod orders;
 mod products;
-mod relay;
+pub mod relay;
+
+pub use relay::RelayReport;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,8 +60,9 @@ impl OrderApi {
         Ok(Arc::clone(product))
     }
 
-    /// Publishes whatever the outbox still holds (the schedule calls it).
-    pub async fn relay(&self) -> Result<usize, AppError> {
+    /// One relay run (the schedule calls it): returns reservations that
+    /// never became orders and publishes what the outbox still holds.
+    pub async fn relay(&self) -> Result<RelayReport, AppError> {
         relay::run(&self.platform).await
     }
 }
@@ -79,7 +83,7 @@ impl HttpApi for OrderApi {
 
 impl ScheduledJob for OrderApi {
     async fn run_scheduled(&self) -> Result<serde_json::Value, AppError> {
-        let published = self.relay().await?;
-        Ok(serde_json::json!({ "published": published }))
+        let report = self.relay().await?;
+        serde_json::to_value(report).map_err(AppError::internal)
     }
 }

@@ -1,15 +1,14 @@
 //! `POST /orders` and `GET /orders/{id}`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lambda_http::http::StatusCode;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use paystream::domain::{Role, UserId};
 use paystream::events::{OrderEvent, EVENT_VERSION, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
-use paystream::flash::{self, Reservation};
+use paystream::flash::{self, Held, Reservation};
 use paystream::http::{json, parse_json, Request, Response};
 use paystream::idempotency::{self, Claim};
 use paystream::kafka::OutgoingRecord;
@@ -20,17 +19,11 @@ use paystream::{AppError, ErrorCode, Platform};
 use crate::products::load_gate;
 use crate::OrderApi;
 
-/// How long an order waits for the broker before leaving its event to the
-/// relay. Short: the order is already durable, the answer need not wait.
-const INLINE_PUBLISH_BOUND: Duration = Duration::from_millis(250);
 /// A missing gate is rebuilt once per request; a second miss is an outage.
 const GATE_ATTEMPTS_MAX: usize = 2;
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateOrder {
-    product_id: Uuid,
-}
+/// The body, with its schema (`openapi.json`), is in the shared crate.
+use paystream::api::CreateOrderRequest as CreateOrder;
 
 pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError> {
     let p = &api.platform;
@@ -43,7 +36,7 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
     let mut db;
     let tx;
     let scope = format!("order:{}", caller.user_id);
-    let product = match &key {
+    let (product, held, reserved_at) = match &key {
         // With a key, the key is claimed first: a replay must not touch the
         // gate (which would now say ALREADY_PURCHASED), and a racing twin
         // waits on the key.
@@ -51,34 +44,37 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
             let request_hash = idempotency::request_hash("POST /orders", &serde_json::to_value(&body).map_err(AppError::internal)?);
             db = p.pg.get().await?;
             tx = paystream::db::begin(&mut db).await?;
-            if let Claim::Replay { status, body } = idempotency::claim(&tx, &scope, key, &request_hash).await? {
+            if let Claim::Replay { status, body } = idempotency::claim(&tx, &scope, key, &request_hash, p.config.http.idempotency_wait_ms).await? {
                 return Ok(json(StatusCode::from_u16(status).map_err(AppError::internal)?, &body));
             }
             let product = api.product(body.product_id).await?;
-            reserve(p, &product, caller.user_id, now).await?;
-            product
+            let (held, reserved_at) = reserve(p, &product, caller.user_id, now).await?;
+            (product, held, reserved_at)
         }
         // Without one, a refused order never touches PostgreSQL.
         None => {
             let product = api.product(body.product_id).await?;
-            reserve(p, &product, caller.user_id, now).await?;
+            let (held, reserved_at) = reserve(p, &product, caller.user_id, now).await?;
             db = match p.pg.get().await {
                 Ok(db) => db,
                 Err(e) => {
-                    release_quietly(p, product.id, caller.user_id).await;
+                    release_quietly(p, &held).await;
                     return Err(e.into());
                 }
             };
             tx = match paystream::db::begin(&mut db).await {
                 Ok(tx) => tx,
                 Err(e) => {
-                    release_quietly(p, product.id, caller.user_id).await;
+                    release_quietly(p, &held).await;
                     return Err(e.into());
                 }
             };
-            product
+            (product, held, reserved_at)
         }
     };
+    // Dying here leaves a reservation without an order: a retry adopts it,
+    // or the relay schedule returns it after RESERVATION_TTL_MS.
+    paystream::crash_point!("order.after_reserve");
 
     // Reserved: make it durable, or give the reservation back.
     let event = OrderEvent {
@@ -91,32 +87,63 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
         ordered_at: now,
     };
     let answer = serde_json::json!({"order_id": event.order_id, "status": "PENDING"});
-    let durable = async {
+    let commit_deadline = Duration::from_millis(p.config.flash.commit_deadline_ms);
+    let prepared = async {
         orders::insert_with_outbox(&tx, &event).await?;
         if let Some(key) = &key {
             idempotency::complete(&tx, &scope, key, StatusCode::ACCEPTED.as_u16(), &answer).await?;
         }
-        tx.commit().await?;
+        paystream::crash_point!("order.before_commit");
+        // Past the deadline the reservation may soon be returned by the
+        // reconciliation (RESERVATION_TTL_MS exceeds this deadline plus the
+        // statement timeout): committing now could sell a unit twice.
+        if reserved_at.elapsed() > commit_deadline {
+            return Err(AppError::new(ErrorCode::DependencyUnavailable, "the order could not be recorded in time; nothing was ordered; retry"));
+        }
         Ok::<_, AppError>(())
     }
     .await;
-    if let Err(e) = durable {
-        release_quietly(p, product.id, caller.user_id).await;
-        return Err(e);
+    match prepared {
+        Err(e) if e.code == ErrorCode::AlreadyPurchased => {
+            // PostgreSQL holds this buyer's order (the gate had lost track of
+            // it): the unit is that order's, only the record goes.
+            forget_quietly(p, &held).await;
+            return Err(e);
+        }
+        Err(e) => {
+            // Nothing was committed: the unit goes back now.
+            release_quietly(p, &held).await;
+            return Err(e);
+        }
+        Ok(()) => {}
+    }
+    if let Err(e) = tx.commit().await {
+        // The commit may have happened (a connection lost during COMMIT):
+        // the reservation stays recorded, and reconciliation returns it
+        // after RESERVATION_TTL_MS only if PostgreSQL has no order.
+        tracing::warn!(error = %e, product_id = %product.id, "commit failed; the reservation is left to reconciliation");
+        return Err(e.into());
     }
     drop(db);
 
+    // Dying here leaves the reservation recorded (reconciliation finds the
+    // order and forgets it) and the event in the outbox (the relay sends it).
+    paystream::crash_point!("order.before_publish");
+    forget_quietly(p, &held).await;
     publish_now(p, &event).await;
-    tracing::info!(order_id = %event.order_id, product_id = %product.id, "order accepted");
+    tracing::info!(order_id = %event.order_id, product_id = %product.id, adopted = held.adopted, "order accepted");
     metrics::emit(p.function, &[("OrdersAccepted", 1.0, Unit::Count)]);
     Ok(json(StatusCode::ACCEPTED, &answer))
 }
 
-/// One unit for `user` through the gate, rebuilding the gate once if Redis lost it.
-async fn reserve(p: &Platform, product: &paystream::store::products::Product, user: UserId, now: OffsetDateTime) -> Result<(), AppError> {
+/// One unit for `user` through the gate, rebuilding the gate once if Redis
+/// lost it (or part of it). Returns the reservation and when the successful
+/// attempt started (the commit deadline counts from there).
+async fn reserve(p: &Platform, product: &paystream::store::products::Product, user: UserId, now: OffsetDateTime) -> Result<(Held, Instant), AppError> {
     for attempt in 1..=GATE_ATTEMPTS_MAX {
+        let started = Instant::now();
         match flash::reserve(&p.redis, product.id, user.0, now).await {
-            Ok(Reservation::Reserved) => return Ok(()),
+            Ok(Reservation::Reserved(held)) => return Ok((held, started)),
             Ok(Reservation::NotLoaded) if attempt < GATE_ATTEMPTS_MAX => load_gate(p, product).await?,
             Ok(Reservation::NotLoaded) => break,
             Err(e) => {
@@ -130,11 +157,19 @@ async fn reserve(p: &Platform, product: &paystream::store::products::Product, us
     Err(AppError::new(ErrorCode::DependencyUnavailable, "sale gate unavailable; retry"))
 }
 
-/// Returns a reservation whose order could not be recorded. If even that
-/// fails, settlement corrects the gate later.
-async fn release_quietly(p: &Platform, product: Uuid, user: UserId) {
-    if let Err(e) = flash::release(&p.redis, product, user.0).await {
-        tracing::error!(error = %e, product_id = %product, "reservation not returned; settlement will correct the gate");
+/// Returns a reservation whose order could not be recorded. If that fails
+/// too, the relay schedule's reconciliation returns it later.
+async fn release_quietly(p: &Platform, held: &Held) {
+    if let Err(e) = flash::release(&p.redis, held).await {
+        tracing::error!(error = %e, product_id = %held.product, "reservation not returned; reconciliation will return it");
+    }
+}
+
+/// Drops the record of a reservation whose order is committed. If that
+/// fails, reconciliation finds the order and drops it later.
+async fn forget_quietly(p: &Platform, held: &Held) {
+    if let Err(e) = flash::forget(&p.redis, held).await {
+        tracing::warn!(error = %e, product_id = %held.product, "reservation record kept; reconciliation will drop it");
     }
 }
 
@@ -154,11 +189,13 @@ async fn publish_now(p: &Platform, event: &OrderEvent) {
             payload: &payload,
             headers: &[(HEADER_EVENT_TYPE, OrderEvent::TYPE.as_bytes()), (HEADER_EVENT_ID, id.as_bytes())],
         };
-        match tokio::time::timeout(INLINE_PUBLISH_BOUND, producer.publish(record)).await {
+        let bound = Duration::from_millis(p.config.flash.inline_publish_ms);
+        match tokio::time::timeout(bound, producer.publish(record)).await {
             Ok(result) => result.map_err(AppError::from),
             Err(_) => Err(AppError::new(ErrorCode::BrokerUnavailable, "broker slow; left to the relay")),
         }?;
-        orders::mark_published(&**p.pg.get().await?, &[event.order_id]).await
+        // Never waits for a relay run holding the row (it skips it instead).
+        orders::mark_published_now(&**p.pg.get().await?, &[event.order_id]).await
     }
     .await;
     if let Err(e) = published {

@@ -1,5 +1,7 @@
 //! Flash-sale orders and their outbox.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
@@ -25,26 +27,72 @@ pub async fn insert_with_outbox(db: &impl GenericClient, event: &OrderEvent) -> 
         });
     }
     let payload = serde_json::to_value(event).map_err(AppError::internal)?;
-    db.execute("INSERT INTO order_outbox (order_id, payload) VALUES ($1, $2)", &[&event.order_id, &payload]).await?;
+    // Stamped when written, not when the transaction began (which can be
+    // much earlier with an Idempotency-Key): the relay's grace period counts
+    // from here.
+    db.execute("INSERT INTO order_outbox (order_id, payload, created_at) VALUES ($1, $2, clock_timestamp())", &[&event.order_id, &payload])
+        .await?;
     Ok(())
 }
 
+/// Marks outbox rows published inside the caller's transaction, which holds
+/// their locks (the relay).
 pub async fn mark_published(db: &impl GenericClient, ids: &[Uuid]) -> Result<(), AppError> {
     db.execute("UPDATE order_outbox SET published_at = now() WHERE order_id = ANY($1) AND published_at IS NULL", &[&ids]).await?;
     Ok(())
 }
 
-/// Locks up to `limit` unpublished outbox rows (caller's transaction).
-pub async fn claim_unpublished(db: &impl GenericClient, limit: i64) -> Result<Vec<OrderEvent>, AppError> {
+/// Marks outbox rows published from the request path, skipping any row a
+/// relay run holds: the request never waits behind the relay (which then
+/// publishes that event again; settlement is idempotent per order).
+pub async fn mark_published_now(db: &impl GenericClient, ids: &[Uuid]) -> Result<u64, AppError> {
+    Ok(db
+        .execute(
+            "UPDATE order_outbox SET published_at = now() WHERE order_id IN (
+                 SELECT order_id FROM order_outbox WHERE order_id = ANY($1) AND published_at IS NULL FOR UPDATE SKIP LOCKED)",
+            &[&ids],
+        )
+        .await?)
+}
+
+/// Locks up to `limit` unpublished outbox rows at least `grace_ms` old,
+/// oldest first, skipping rows another run holds (caller's transaction).
+/// Younger rows belong to the request that wrote them, which is publishing.
+pub async fn claim_unpublished(db: &impl GenericClient, grace_ms: u64, limit: i64) -> Result<Vec<OrderEvent>, AppError> {
+    let grace_ms = grace_ms as f64;
     let rows = db
         .query(
-            "SELECT payload FROM order_outbox WHERE published_at IS NULL ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
-            &[&limit],
+            "SELECT payload FROM order_outbox
+             WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1::float8 / 1000)
+             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&grace_ms, &limit],
         )
         .await?;
     rows.iter()
         .map(|r| serde_json::from_value(r.get::<_, serde_json::Value>(0)).map_err(AppError::internal))
         .collect()
+}
+
+/// Which of `users` have an order (any status) for `product`.
+pub async fn buyers_with_orders(db: &impl GenericClient, product: Uuid, users: &[Uuid]) -> Result<HashSet<Uuid>, AppError> {
+    let rows = db.query("SELECT user_id FROM orders WHERE product_id = $1 AND user_id = ANY($2)", &[&product, &users]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Products whose gate may hold reservations: the sale has started and its
+/// keys have not expired (`keys_after_end_ms` after the end); most recently
+/// ending first, at most `limit`.
+pub async fn products_with_live_gates(db: &impl GenericClient, keys_after_end_ms: i64, limit: i64) -> Result<Vec<Uuid>, AppError> {
+    let after_end_ms = keys_after_end_ms as f64;
+    let rows = db
+        .query(
+            "SELECT id FROM products
+             WHERE start_time <= now() AND end_time > now() - make_interval(secs => $1::float8 / 1000)
+             ORDER BY end_time DESC, id LIMIT $2",
+            &[&after_end_ms, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 #[derive(Debug, Serialize)]

@@ -75,7 +75,7 @@ fn gate_setup(redis: Arc<Redis>, product: Uuid) -> std::pin::Pin<Box<dyn std::fu
 }
 
 fn gate_step(redis: Arc<Redis>, product: Uuid, user: Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
-    Box::pin(async move { matches!(flash::reserve(&redis, product, user, time::OffsetDateTime::now_utc()).await, Ok(flash::Reservation::Reserved)) })
+    Box::pin(async move { matches!(flash::reserve(&redis, product, user, time::OffsetDateTime::now_utc()).await, Ok(flash::Reservation::Reserved(_))) })
 }
 
 fn keys(redis: &Redis, product: Uuid) -> (String, String, String) {
