@@ -71,13 +71,19 @@ impl BatchConsumer for Settle {
         }
         let settled = settlements::apply(&tx, &granted, &failed).await?;
         tx.commit().await?;
+        // Dying here: the batch is not acknowledged, MSK delivers it again,
+        // and every order in it is already decided (duplicates).
+        paystream::crash_point!("settle.after_commit");
         debug_assert_eq!(settled as usize, granted.len(), "one settlement per granted order");
         if !unknown.is_empty() {
             dead_letter(&*p.producer().await?, CONSUMER_NAME, &unknown).await?;
         }
 
-        // A FAILED order means the gate was too generous: bring it down to the truth.
-        let failed_products: HashSet<Uuid> = failed.iter().filter_map(|(id, _)| known.get(id).map(|o| o.product_id)).collect();
+        // A FAILED order means the gate was too generous: bring it down to
+        // the truth. Orders already FAILED in a redelivered batch count too,
+        // so a crash before this correction is made up on redelivery.
+        let mut failed_products: HashSet<Uuid> = failed.iter().filter_map(|(id, _)| known.get(id).map(|o| o.product_id)).collect();
+        failed_products.extend(unique.iter().filter_map(|(_, e)| known.get(&e.order_id)).filter(|o| o.status == "FAILED").map(|o| o.product_id));
         for product_id in failed_products {
             if let Some(product) = products::get(&**db, product_id).await? {
                 let state = products::sale_state(&**db, &product).await?;
