@@ -81,9 +81,16 @@ fn route_key(req: &Request) -> Option<String> {
 /// Runs `api` as a Lambda function until the runtime shuts it down.
 pub async fn run<A: HttpApi>(api: A) -> Result<(), lambda_http::Error> {
     let api = Arc::new(api);
+    crate::metrics::runtime_ready();
     lambda_http::run(lambda_http::service_fn(move |req: Request| {
         let api = Arc::clone(&api);
-        async move { Ok::<_, std::convert::Infallible>(respond(api.as_ref(), req).await) }
+        async move {
+            crate::metrics::invocation_started(&request_id(&req));
+            let response = respond(api.as_ref(), req).await;
+            // Before the answer: once it is posted the environment may freeze.
+            crate::metrics::flush();
+            Ok::<_, std::convert::Infallible>(response)
+        }
     }))
     .await
 }
@@ -98,9 +105,15 @@ pub trait ScheduledJob: Send + Sync + 'static {
 /// else is decoded as an HTTP request.
 pub async fn run_http_and_schedule<A: HttpApi + ScheduledJob>(api: A) -> Result<(), lambda_http::Error> {
     let api = Arc::new(api);
+    crate::metrics::runtime_ready();
     lambda_http::lambda_runtime::run(lambda_http::service_fn(move |event: lambda_http::LambdaEvent<serde_json::Value>| {
         let api = Arc::clone(&api);
-        async move { dispatch(api.as_ref(), event.payload, event.context).await }
+        async move {
+            crate::metrics::invocation_started(&event.context.request_id);
+            let answer = dispatch(api.as_ref(), event.payload, event.context).await;
+            crate::metrics::flush();
+            answer
+        }
     }))
     .await
 }

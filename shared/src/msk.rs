@@ -172,7 +172,9 @@ pub async fn handle_event<C: BatchConsumer>(consumer: &C, event: KafkaEvent, req
     let span = tracing::info_span!("batch", request_id = %request_id, records = records.len());
     async move {
         let started = Instant::now();
-        match consumer.handle(records).await {
+        let result = consumer.handle(records).await;
+        crate::metrics::latency_ms(crate::metrics::BATCH_DURATION, crate::metrics::elapsed_ms(started));
+        match result {
             Ok(outcome) => {
                 tracing::info!(applied = outcome.applied, duplicates = outcome.duplicates, dead_lettered = outcome.dead_lettered,
                     elapsed_us = started.elapsed().as_micros() as u64, "batch handled");
@@ -192,10 +194,15 @@ pub async fn handle_event<C: BatchConsumer>(consumer: &C, event: KafkaEvent, req
 /// Runs `consumer` as a Lambda function until the runtime shuts it down.
 pub async fn run<C: BatchConsumer>(consumer: C) -> Result<(), lambda_runtime::Error> {
     let consumer = Arc::new(consumer);
+    crate::metrics::runtime_ready();
     lambda_runtime::run(service_fn(move |event: LambdaEvent<KafkaEvent>| {
         let consumer = Arc::clone(&consumer);
         async move {
-            let outcome = handle_event(consumer.as_ref(), event.payload, &event.context.request_id).await?;
+            crate::metrics::invocation_started(&event.context.request_id);
+            let outcome = handle_event(consumer.as_ref(), event.payload, &event.context.request_id).await;
+            // Before the answer: once it is posted the environment may freeze.
+            crate::metrics::flush();
+            let outcome = outcome?;
             Ok::<_, lambda_runtime::Error>(serde_json::json!({
                 "applied": outcome.applied, "duplicates": outcome.duplicates, "dead_lettered": outcome.dead_lettered
             }))

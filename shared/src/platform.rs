@@ -1,6 +1,6 @@
 //! The one bootstrap every function calls: configuration, tracing, the
-//! PostgreSQL pool, Redis and the Kafka producer, created once per execution
-//! environment and shared by every invocation.
+//! metrics recorder, the PostgreSQL pool, Redis and the Kafka producer,
+//! created once per execution environment and shared by every invocation.
 //!
 //! Nothing here connects eagerly: pools and the producer open connections on
 //! first use, so a cold start costs microseconds and a function that never
@@ -42,12 +42,15 @@ pub enum Need {
 
 impl Platform {
     /// Reads the environment (fetching secrets named by ARN from Secrets
-    /// Manager), installs JSON logging and builds the clients.
+    /// Manager), installs JSON logging and the metrics recorder, and builds
+    /// the clients.
     pub async fn bootstrap(function: &'static str, needs: &[Need]) -> Result<Self, ConfigError> {
+        let init_started = std::time::Instant::now();
         return_large_blocks_to_the_os();
         crate::failpoint::setup();
         let config = Config::load().await?;
         telemetry::init(&config.log_filter);
+        crate::metrics::install(function, init_started);
         for need in needs {
             let (present, name) = match need {
                 Need::JwtSecret => (config.auth.jwt_secret.is_some(), "JWT_SECRET or JWT_SECRET_ARN"),

@@ -177,6 +177,7 @@ impl Fds {
         verifications::insert_many(&tx, &pending).await?;
         sms::enqueue(&tx, &messages).await?;
         tx.commit().await?;
+        let decided_at = time::OffsetDateTime::now_utc();
         paystream::crash_point!("fds.after_commit");
         if let Err(e) = holders::cache(&p.redis, &moved).await {
             tracing::warn!(error = %e, "location cache not filled; next read goes to PostgreSQL");
@@ -192,6 +193,9 @@ impl Fds {
                 ("VerificationSmsQueued", messages.len() as f64, Unit::Count),
             ],
         );
+        for row in &rows {
+            metrics::latency_ms(metrics::FDS_DECISION_LATENCY, metrics::lag_ms(row.occurred_at, decided_at));
+        }
         outcome.applied = rows.len();
         Ok(outcome)
     }

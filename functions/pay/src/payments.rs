@@ -39,6 +39,7 @@ struct CreatePayment {
 }
 
 pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
+    let started = std::time::Instant::now();
     let caller = p.tokens.authenticate(req.headers())?;
     caller.require_role(&[Role::User])?;
     let key = idempotency::key_from(req)?;
@@ -113,7 +114,7 @@ pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
     tx.commit().await?;
     paystream::crash_point!("pay.after_commit");
     tracing::info!(payment_id = %payment_id, user_id = %caller.user_id, "payment accepted");
-    metrics::emit(p.function, &[("PaymentsAccepted", 1.0, Unit::Count)]);
+    metrics::emit(p.function, &[("PaymentsAccepted", 1.0, Unit::Count), (metrics::INTAKE_LATENCY, metrics::elapsed_ms(started), Unit::Milliseconds)]);
     Ok(json(StatusCode::ACCEPTED, &answer))
 }
 

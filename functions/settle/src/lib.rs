@@ -71,6 +71,7 @@ impl BatchConsumer for Settle {
         }
         let settled = settlements::apply(&tx, &granted, &failed).await?;
         tx.commit().await?;
+        let settled_at = time::OffsetDateTime::now_utc();
         // Dying here: the batch is not acknowledged, MSK delivers it again,
         // and every order in it is already decided (duplicates).
         paystream::crash_point!("settle.after_commit");
@@ -94,6 +95,10 @@ impl BatchConsumer for Settle {
             p.function,
             &[("Settlements", settled as f64, Unit::Count), ("OrdersFailed", failed.len() as f64, Unit::Count)],
         );
+        let granted_ids: HashSet<Uuid> = granted.iter().map(|g| g.order_id).collect();
+        for (_, event) in unique.iter().filter(|(_, e)| granted_ids.contains(&e.order_id)) {
+            metrics::latency_ms(metrics::SETTLEMENT_LAG, metrics::lag_ms(event.ordered_at, settled_at));
+        }
         outcome.applied = granted.len() + failed.len();
         outcome.dead_lettered += unknown.len();
         Ok(outcome)

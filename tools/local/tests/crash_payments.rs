@@ -27,7 +27,14 @@ const TIMEOUT_MS: u64 = 15_000;
 fn binary(name: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
     let path = target.join("debug").join(name);
-    assert!(path.exists(), "{} missing: `cargo test --workspace` builds it (with failpoints)", path.display());
+    let binary = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; `cargo test --workspace --all-targets` builds it", path.display()));
+    // The text `crash_point!` prints exists only in a build with failpoints.
+    let marker = b"reached: aborting";
+    assert!(
+        binary.windows(marker.len()).any(|w| w == marker),
+        "{} was built without failpoints (a plain `cargo build` replaced it); `cargo test --workspace --all-targets` builds it with them",
+        path.display()
+    );
     path
 }
 
