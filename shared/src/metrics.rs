@@ -65,6 +65,7 @@ pub const BATCH_DURATION: &str = "BatchDuration";
 pub const INTAKE_LATENCY: &str = "IntakeLatency";
 pub const FDS_DECISION_LATENCY: &str = "FdsDecisionLatency";
 pub const SETTLEMENT_LAG: &str = "SettlementLag";
+pub const SMS_SENT: &str = "SmsSent";
 
 /// Every metric, with its unit: described to the recorder at install (so
 /// each line names its unit) and listed in the README.
@@ -79,6 +80,7 @@ pub const ALL: &[Metric] = &[
     Metric { name: "FdsPending", unit: Unit::Count, meaning: "FDS decisions PENDING (impossible travel, holder asked)" },
     Metric { name: "FdsDenied", unit: Unit::Count, meaning: "FDS decisions DENIED (holder locked)" },
     Metric { name: "VerificationSmsQueued", unit: Unit::Count, meaning: "verification SMS queued (within the holder's rate limit)" },
+    Metric { name: SMS_SENT, unit: Unit::Count, meaning: "SMS delivered (SNS accepted it; outbox mode: marked delivered)" },
     Metric { name: "VerificationsExpired", unit: Unit::Count, meaning: "pending payments denied because nobody answered in time" },
     Metric { name: "VisitsCounted", unit: Unit::Count, meaning: "loyalty visits counted" },
     Metric { name: "VipsMade", unit: Unit::Count, meaning: "holders who became VIP" },

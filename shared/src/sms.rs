@@ -93,7 +93,7 @@ impl SmsSender {
     pub async fn deliver_pending(&self, pg: &PgPool) -> Result<usize, AppError> {
         let db = pg.get().await?;
         let batch_max = i64::from(self.config.delivery_batch_max);
-        match self.config.mode {
+        let delivered = match self.config.mode {
             SmsMode::Outbox => {
                 let n = db
                     .execute(
@@ -102,7 +102,7 @@ impl SmsSender {
                         &[&batch_max],
                     )
                     .await?;
-                Ok(n as usize)
+                n as usize
             }
             SmsMode::Sns => {
                 let sns = self.sns.get_or_init(|| Box::pin(async { SnsClient::new(&aws_config::load_from_env().await) })).await;
@@ -150,8 +150,10 @@ impl SmsSender {
                     db.execute("UPDATE sms_outbox SET delivered_at = now(), body = $2 WHERE id = ANY($1)", &[&delivered, &DELIVERED_BODY])
                         .await?;
                 }
-                Ok(delivered.len())
+                delivered.len()
             }
-        }
+        };
+        crate::metrics::count(crate::metrics::SMS_SENT, delivered as u64);
+        Ok(delivered)
     }
 }
