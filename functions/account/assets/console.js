@@ -13,7 +13,29 @@ const $ = (id) => document.getElementById(id);
 const numbers = new Intl.NumberFormat();
 const when = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
 
+// The most merchants one page shows (the API's page limit), and how many
+// dashboards are fetched at once (a merchant with many shops must not fire
+// hundreds of requests together).
+const MERCHANTS_MAX = 200;
+const DASHBOARD_FETCHES = 4;
+// Merchants in the overview's chart.
+const OVERVIEW_BARS = 10;
+
 class SignedOut extends Error {}
+
+// Runs `task` over `items` with at most `width` in flight; results in order.
+async function inPool(items, width, task) {
+  const results = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await task(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
+  return results;
+}
 
 async function api(method, path, body) {
   const token = sessionStorage.getItem(TOKEN_KEY);
@@ -80,12 +102,15 @@ function renderOverview(items, boards) {
     cell.dataset.value = String(value);
   }
   node.hidden = false;
-  const busy = items.map((m, i) => ({ name: m.name, visits: visits(boards[i]) })).filter((m) => m.visits > 0).sort((a, b) => b.visits - a.visits);
+  // The ten busiest, one labelled bar each.
+  const busy = items.map((m, i) => ({ name: m.name, visits: visits(boards[i]) })).filter((m) => m.visits > 0)
+    .sort((a, b) => b.visits - a.visits).slice(0, OVERVIEW_BARS);
+  node.querySelector('.canvas-box').style.height = `${4 + 1.9 * busy.length}rem`;
   charts.push(new Chart(node.querySelector('.by-merchant-chart'), {
     type: 'bar',
     data: { labels: busy.map((m) => m.name), datasets: [{ label: 'Visits', data: busy.map((m) => m.visits), backgroundColor: '#6366f1', borderRadius: 3 }] },
     options: { responsive: true, maintainAspectRatio: false, animation: false, indexAxis: 'y', plugins: { legend: { display: false } },
-      scales: { x: { beginAtZero: true, ticks: { precision: 0 } }, y: { grid: { display: false } } } },
+      scales: { x: { beginAtZero: true, ticks: { precision: 0 } }, y: { grid: { display: false }, ticks: { autoSkip: false } } } },
   }));
 }
 
@@ -158,7 +183,7 @@ function renderMerchant(merchant, board) {
       labels: board.top_customers.map((t) => t.customer),
       datasets: [{ label: 'Visits', data: board.top_customers.map((t) => t.visits), backgroundColor: '#10b981', borderRadius: 3 }],
     },
-    options: { ...common, indexAxis: 'y', scales: { x: { beginAtZero: true, ticks: { precision: 0 } }, y: { grid: { display: false } } } },
+    options: { ...common, indexAxis: 'y', scales: { x: { beginAtZero: true, ticks: { precision: 0 } }, y: { grid: { display: false }, ticks: { autoSkip: false } } } },
   }));
 }
 
@@ -172,8 +197,8 @@ async function showDashboards() {
   delete document.body.dataset.loaded;
   $('status').textContent = 'Loading…';
   try {
-    const { items } = await api('GET', '/merchants');
-    const boards = await Promise.all(items.map((m) => api('GET', `/merchants/${encodeURIComponent(m.merchant_id)}/dashboard`)));
+    const { items } = await api('GET', `/merchants?limit=${MERCHANTS_MAX}`);
+    const boards = await inPool(items, DASHBOARD_FETCHES, (m) => api('GET', `/merchants/${encodeURIComponent(m.merchant_id)}/dashboard`));
     $('merchants').replaceChildren();
     for (const chart of charts) chart.destroy();
     charts.length = 0;
@@ -185,9 +210,10 @@ async function showDashboards() {
     });
     if (items.length > 0) renderOverview(items, boards);
     for (const i of order) renderMerchant(items[i], boards[i]);
+    const capped = items.length === MERCHANTS_MAX ? ` (the first ${MERCHANTS_MAX} by name)` : '';
     $('status').textContent = items.length === 0
       ? 'You have no merchants yet.'
-      : `${items.length} merchant${items.length === 1 ? '' : 's'} · updated ${when.format(new Date())}`;
+      : `${items.length} merchant${items.length === 1 ? '' : 's'}${capped} · updated ${when.format(new Date())}`;
     document.body.dataset.loaded = 'true';
   } catch (err) {
     if (!(err instanceof SignedOut)) $('status').textContent = `Could not load the dashboards: ${err.message}`;

@@ -19,10 +19,31 @@ async function call(base, method, route, token, body) {
 
 // What the page should show, straight from the API with the caller's token.
 async function expected(base, token) {
-  const merchants = (await call(base, 'GET', '/merchants', token)).json.items;
+  // The console lists up to 200 merchants (the API's page limit).
+  const list = await call(base, 'GET', '/merchants?limit=200', token);
+  check(list.status === 200, `GET /merchants answered ${list.status}: ${JSON.stringify(list.json)}`);
+  const merchants = list.json.items;
   const boards = {};
-  for (const m of merchants) boards[m.merchant_id] = (await call(base, 'GET', `/merchants/${m.merchant_id}/dashboard`, token)).json;
+  for (const m of merchants) {
+    const board = await call(base, 'GET', `/merchants/${m.merchant_id}/dashboard`, token);
+    check(board.status === 200, `the dashboard of ${m.name} answered ${board.status}: ${JSON.stringify(board.json)}`);
+    boards[m.merchant_id] = board.json;
+  }
   return { merchants, boards };
+}
+
+// Loads the page between two reads of the API until both reads agree
+// (consumers may still be counting the demo's last events); bounded.
+async function settledRead(page, base, token, attempts) {
+  for (let i = 1; ; i++) {
+    const before = await expected(base, token);
+    await page.reload();
+    await page.waitForSelector('body[data-loaded="true"]', { timeout: 20000 });
+    const got = await shown(page);
+    const totalsShown = await totals(page);
+    const after = await expected(base, token);
+    if (JSON.stringify(before) === JSON.stringify(after) || i >= attempts) return { want: after, got, totalsShown, attempts: i };
+  }
 }
 
 // What the page shows, read from the DOM.
@@ -100,8 +121,9 @@ main(async () => {
     const response = await page.goto(`${base}/console`, { timeout: 15000 });
     check(response.status() === 200, `GET /console answered ${response.status()}`);
     await signIn(page, username, password);
-    compare(await shown(page), want);
-    compareTotals(await totals(page), want);
+    const read = await settledRead(page, base, token, 5);
+    compare(read.got, read.want);
+    compareTotals(read.totalsShown, read.want);
     if (dir) {
       await page.screenshot({ path: path.join(dir, 'console.png'), fullPage: true, clip: { x: 0, y: 0, width: 1280, height: 1500 } });
       await page.screenshot({ path: path.join(dir, 'console-full.png'), fullPage: true });
@@ -110,7 +132,8 @@ main(async () => {
     // The session survives a refresh, and the token is where it belongs.
     await page.reload();
     await page.waitForSelector('body[data-loaded="true"]', { timeout: 20000 });
-    compare(await shown(page), want);
+    const again = await settledRead(page, base, token, 5);
+    compare(again.got, again.want);
     const storage = await page.evaluate(() => ({
       session: sessionStorage.getItem('paystream.console.token'),
       local: localStorage.length,
