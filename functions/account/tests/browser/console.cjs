@@ -143,6 +143,15 @@ main(async () => {
     check(storage.local === 0, 'nothing in localStorage');
     check(!storage.url.includes(storage.session), 'the token is not in the URL');
 
+    // Usable on a phone too: nothing wider than its screen.
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.reload();
+    await page.waitForSelector('body[data-loaded="true"]', { timeout: 20000 });
+    const phoneWidth = await page.evaluate(() => document.documentElement.scrollWidth);
+    check(phoneWidth <= 390, `at 390 px wide the page is ${phoneWidth} px wide`);
+    if (dir) await page.screenshot({ path: path.join(dir, 'console-phone.png'), fullPage: true, clip: { x: 0, y: 0, width: 390, height: 1600 } });
+    await page.setViewportSize({ width: 1280, height: 900 });
+
     // Someone who owns no merchant sees none; the API refuses them the demo
     // merchant's dashboard (404, as if it did not exist).
     const stranger = `stranger_${Date.now()}`;
