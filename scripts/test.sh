@@ -40,3 +40,6 @@ cargo test --locked --workspace --all-targets
 
 log "end to end: the demo and every sample event through the local Lambda host, the gateway and the poller"
 bash "$REPO_ROOT/scripts/e2e.sh"
+
+log "chaos: its own stack, mixed load through the gateway, real kills and restarts, invariants from the database and the topics"
+bash "$REPO_ROOT/scripts/chaos.sh"
