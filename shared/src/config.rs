@@ -342,7 +342,7 @@ impl Config {
             },
             http: HttpConfig {
                 max_body_bytes: env.number("HTTP_MAX_BODY_BYTES", 64 * 1024)?,
-                page_limit_max: env.number("HTTP_PAGE_LIMIT_MAX", 200)?,
+                page_limit_max: env.number("HTTP_PAGE_LIMIT_MAX", crate::http::PAGE_LIMIT_MAX_DEFAULT)?,
                 idempotency_wait_ms: env.number("IDEMPOTENCY_WAIT_MS", 2_000)?,
             },
             fds: FdsConfig {

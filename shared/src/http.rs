@@ -32,7 +32,8 @@ pub async fn respond<A: HttpApi>(api: &A, req: Request) -> Response {
     let span = tracing::info_span!("http", request_id = %request_id, route = %route);
     async move {
         let started = Instant::now();
-        let outcome = match check_request_text(&req) {
+        let path = req.uri().path().to_owned();
+        let outcome = match check_request_text(&req).and_then(|()| check_query_names(&req)) {
             Ok(()) => api.route(req).await,
             Err(err) => Err(err),
         };
@@ -40,7 +41,11 @@ pub async fn respond<A: HttpApi>(api: &A, req: Request) -> Response {
             Ok(response) => response,
             Err(err) => {
                 log_error(&err);
-                problem(&err)
+                let mut response = problem(&err);
+                if err.code == ErrorCode::MethodNotAllowed {
+                    allow(&mut response, &path);
+                }
+                response
             }
         };
         tracing::info!(status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request handled");
@@ -226,6 +231,21 @@ fn check_request_text(req: &Request) -> Result<(), AppError> {
     Ok(())
 }
 
+/// A query parameter the route does not declare (in the route table the
+/// OpenAPI document is built from) is refused, as the document says: a
+/// misspelt `limt=5` must not silently mean the default.
+fn check_query_names(req: &Request) -> Result<(), AppError> {
+    let (Some(query), Some(op)) = (req.query_string_parameters_ref(), crate::openapi::operation_for(req.method().as_str(), req.uri().path())) else {
+        return Ok(());
+    };
+    for (name, _) in query.iter() {
+        if !op.query.iter().any(|(declared, _)| *declared == name) {
+            return Err(AppError::validation(format!("unknown query parameter `{}`", display_name(name))));
+        }
+    }
+    Ok(())
+}
+
 /// A client-chosen name as it may appear in an error detail (and so in a
 /// log): short identifiers only, anything else is not echoed.
 fn display_name(name: &str) -> &str {
@@ -260,6 +280,10 @@ pub fn segments(req: &Request) -> Vec<&str> {
 pub fn query_param(req: &Request, name: &str) -> Option<String> {
     req.query_string_parameters_ref().and_then(|q| q.first(name)).map(str::to_owned)
 }
+
+/// Default of `HTTP_PAGE_LIMIT_MAX`, the largest `limit` (the OpenAPI
+/// document states it).
+pub const PAGE_LIMIT_MAX_DEFAULT: u32 = 200;
 
 /// `limit` query parameter: default `default`, at most `max`.
 pub fn page_limit(req: &Request, default: u32, max: u32) -> Result<u32, AppError> {
@@ -351,6 +375,16 @@ fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Re
     // Answers carry tokens and personal data; no cache may keep them.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// RFC 9110: a 405 lists the methods the path does accept, taken from the
+/// route table (the one the OpenAPI document and the template are checked
+/// against).
+fn allow(response: &mut Response, path: &str) {
+    let methods = crate::openapi::allowed_methods(path);
+    if let Ok(value) = HeaderValue::from_str(&methods.join(", ")) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
 }
 
 pub fn method_not_allowed() -> AppError {
@@ -451,5 +485,40 @@ mod tests {
         let response = problem(&AppError::not_found("card"));
         assert_eq!(response.status(), 404);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+    }
+
+    struct RefusesEverything;
+
+    impl HttpApi for RefusesEverything {
+        async fn route(&self, _req: Request) -> Result<Response, AppError> {
+            Err(method_not_allowed())
+        }
+    }
+
+    #[test]
+    fn undeclared_query_parameters_are_refused() {
+        let get = |uri: &str| {
+            let req = lambda_http::http::Request::builder().method("GET").uri(uri).body(Body::Empty).unwrap();
+            let query: std::collections::HashMap<String, String> =
+                req.uri().query().unwrap_or("").split('&').filter(|p| !p.is_empty()).filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            req.with_query_string_parameters(query)
+        };
+        assert!(check_query_names(&get("/products?limit=5")).is_ok());
+        assert!(check_query_names(&get("/settlements?cursor=x&user_id=y")).is_ok());
+        let err = check_query_names(&get("/products?limt=5")).unwrap_err();
+        assert_eq!((err.code, err.detail.as_str()), (ErrorCode::Validation, "unknown query parameter `limt`"));
+        assert!(check_query_names(&get("/cards?x=1")).is_err());
+        // No such route: the 404 is the answer, not the query.
+        assert!(check_query_names(&get("/nowhere?x=1")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn every_405_says_which_methods_the_path_accepts() {
+        let req = lambda_http::http::Request::builder().method("DELETE").uri("/cards").body(Body::Empty).unwrap();
+        let response = respond(&RefusesEverything, req).await;
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()[header::ALLOW], "POST, GET");
+        let req = lambda_http::http::Request::builder().method("PUT").uri("/orders/0b9c").body(Body::Empty).unwrap();
+        assert_eq!(respond(&RefusesEverything, req).await.headers()[header::ALLOW], "GET");
     }
 }

@@ -6,6 +6,7 @@
 //! catalogue, PostgreSQL, Redis, the Kafka producer, authentication and the
 //! domain types that parse instead of validate.
 
+pub mod api;
 pub mod apigw;
 pub mod aws_secrets;
 pub mod auth;

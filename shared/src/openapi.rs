@@ -5,14 +5,15 @@
 //! that is committed as `openapi.json` (CI regenerates it and fails on drift).
 //! Error codes, titles and statuses come from the one catalogue in
 //! [`crate::error`], and limits from the domain types, so the document cannot
-//! disagree with them. Body schemas are written by hand to match the Rust
-//! request and response types field for field (those types do not derive a
-//! schema, and adding a derive crate is not worth it for ~25 small bodies).
+//! disagree with them. Request bodies are derived (`utoipa::ToSchema`) from
+//! the types the functions decode, in [`crate::api`], whose every rule (a
+//! pattern, a list, a bound) is the constant the parser itself checks: the
+//! document is exactly as strict as the server. Response bodies are written
+//! here to match the Rust response types field for field.
 
 use serde_json::{json, Map, Value};
 
-use crate::domain::money::AMOUNT_MAX_MINOR;
-use crate::domain::{MerchantCategory, Password, VipThreshold};
+use crate::domain::MerchantCategory;
 use crate::error::ErrorCode;
 // A short alias keeps each row of the route table on a readable line.
 use crate::error::ErrorCode as E;
@@ -486,6 +487,38 @@ pub const OPERATIONS: &[Operation] = &[
     },
 ];
 
+/// Whether a route template matches a request path (`{name}` segments
+/// match any one segment).
+fn template_matches(template: &str, path: &str) -> bool {
+    let mut parts = template.split('/').filter(|s| !s.is_empty());
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    loop {
+        match (parts.next(), segments.next()) {
+            (None, None) => return true,
+            (Some(part), Some(segment)) if part.starts_with('{') || part == segment => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The operation serving `method` on a request `path`, if any.
+pub fn operation_for(method: &str, path: &str) -> Option<&'static Operation> {
+    OPERATIONS.iter().find(|op| op.method == method && template_matches(op.path, path))
+}
+
+/// The methods of the routes whose template matches `path` (a request path,
+/// `{name}` segments matching any one segment), for the `Allow` header of a
+/// 405.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let mut methods: Vec<&'static str> = Vec::new();
+    for op in OPERATIONS.iter().filter(|op| template_matches(op.path, path)) {
+        if !methods.contains(&op.method) {
+            methods.push(op.method);
+        }
+    }
+    methods
+}
+
 /// The document, built once per execution environment (it never changes
 /// while the code does not).
 pub fn document_cached() -> &'static Value {
@@ -626,7 +659,14 @@ fn path_parameter(name: &str) -> Value {
 }
 
 fn query_parameter(name: &str, description: &str) -> Value {
-    let schema = if name.ends_with("_id") { json!({ "type": "string", "format": "uuid" }) } else { json!({ "type": "string" }) };
+    let schema = if name.ends_with("_id") {
+        json!({ "type": "string", "format": "uuid" })
+    } else if name == LIMIT.0 {
+        // What `http::page_limit` accepts under the default maximum.
+        json!({ "type": "integer", "minimum": 1, "maximum": crate::http::PAGE_LIMIT_MAX_DEFAULT })
+    } else {
+        json!({ "type": "string" })
+    };
     json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
 }
 
@@ -688,6 +728,35 @@ fn responses(op: &Operation) -> Value {
     Value::Object(responses)
 }
 
+/// `(creating operation, reading operation, its path parameter, where the
+/// created id is in the creating answer)`: OpenAPI links, so a client (and a
+/// stateful test) knows which id to read back.
+const LINKS: &[(&str, &str, &str, &str)] = &[
+    ("createMerchant", "getMerchant", "id", "$response.body#/merchant_id"),
+    ("createMerchant", "merchantDashboard", "id", "$response.body#/merchant_id"),
+    ("createPayment", "getPayment", "id", "$response.body#/payment_id"),
+    ("createProduct", "getProduct", "id", "$response.body#/product_id"),
+    ("createProduct", "createOrder", "", "$response.body#/product_id"),
+    ("createOrder", "getOrder", "id", "$response.body#/order_id"),
+];
+
+fn links(op: &Operation) -> Map<String, Value> {
+    let mut links = Map::new();
+    for (_, to, parameter, value) in LINKS.iter().filter(|(from, ..)| *from == op.operation_id) {
+        let link = if parameter.is_empty() {
+            // The id goes into the next request's body.
+            json!({ "operationId": to, "requestBody": { "product_id": value } })
+        } else {
+            json!({ "operationId": to, "parameters": { *parameter: value } })
+        };
+        // Link names: the reading operation, capitalised (`GetMerchant`).
+        let mut name = to.to_string();
+        name[..1].make_ascii_uppercase();
+        links.insert(name, link);
+    }
+    links
+}
+
 fn success_response(op: &Operation) -> Value {
     let mut content = Map::new();
     if op.path == VERIFY_PATH {
@@ -713,7 +782,12 @@ fn success_response(op: &Operation) -> Value {
         202 => "Accepted",
         _ => "Success",
     };
-    json!({ "description": description, "content": content })
+    let mut response = json!({ "description": description, "content": content });
+    let links = links(op);
+    if !links.is_empty() {
+        response["links"] = Value::Object(links);
+    }
+    response
 }
 
 fn schema_ref(name: &str) -> Value {
@@ -728,14 +802,6 @@ fn object(required: &[&str], properties: Value) -> Value {
     json!({ "type": "object", "required": required, "properties": properties })
 }
 
-/// Request bodies are `#[serde(deny_unknown_fields)]`: unknown fields answer 400.
-fn closed(required: &[&str], properties: Value) -> Value {
-    let mut schema = object(required, properties);
-    if let Some(fields) = schema.as_object_mut() {
-        fields.insert("additionalProperties".to_owned(), Value::Bool(false));
-    }
-    schema
-}
 
 fn array_of(item: &str) -> Value {
     json!({ "type": "array", "items": schema_ref(item) })
@@ -754,32 +820,18 @@ fn currency() -> Value {
     json!({ "type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 code, uppercase." })
 }
 
-/// What `Currency::parse` accepts on the way in.
-fn currency_in() -> Value {
-    json!({ "type": "string", "pattern": "^[A-Z]{3}$", "description": "Uppercase ISO 4217 code of a supported currency (e.g. KRW, USD, EUR)." })
-}
 
 /// Integer minor units, as stored (i64).
 fn minor_units() -> Value {
     json!({ "type": "integer", "format": "int64", "description": "Integer amount in minor units of `currency`." })
 }
 
-/// What `Amount::parse` accepts: strictly positive, bounded.
-fn amount_in() -> Value {
-    json!({
-        "type": "integer",
-        "format": "int64",
-        "minimum": 1,
-        "maximum": AMOUNT_MAX_MINOR,
-        "description": "Integer amount in minor units of `currency`.",
-    })
-}
 
 fn categories() -> Vec<&'static str> {
     MerchantCategory::ALL.iter().map(|c| c.as_str()).collect()
 }
 
-/// JSON Schemas of every request and response body, matching the Rust types
+/// JSON Schemas of every response body, matching the Rust types
 /// (field names as serialised; `Option` fields skipped when `None` are not
 /// required; `Option` fields always serialised are required and nullable).
 fn schemas() -> Value {
@@ -806,31 +858,14 @@ fn schemas() -> Value {
     add(HTML_PAGE, json!({ "type": "string", "contentMediaType": "text/html", "description": "An HTML page." }));
     add(WEB_PAGE, json!({ "type": "string", "contentMediaType": "text/html", "description": "A browser page (scripts from this origin only)." }));
     add(WEB_ASSET, json!({ "type": "string", "description": "JavaScript or CSS, per Content-Type." }));
+    // Request bodies: derived from the types the functions decode.
+    for (name, schema) in crate::api::schemas() {
+        add(name, schema);
+    }
     add("OpenApiDocument", json!({ "type": "object", "description": "An OpenAPI 3.1 document (this one)." }));
 
     // account: auth.rs
-    add(
-        "SignupRequest",
-        closed(
-            &["username", "email", "password", "phone"],
-            json!({
-                "username": {
-                    "type": "string",
-                    "pattern": "^\\s*[A-Za-z0-9_.-]{3,32}\\s*$",
-                    "description": "3-32 characters of a-z, 0-9, '_', '.', '-'; case-insensitive (stored lowercase).",
-                },
-                "email": { "type": "string", "format": "email", "description": "Stored lowercase." },
-                "password": { "type": "string", "minLength": Password::MIN_CHARS, "maxLength": Password::MAX_CHARS },
-                "phone": { "type": "string", "description": "E.164: '+' and 8-15 digits (spaces and dashes ignored).", "examples": ["+821012345678"] },
-                "role": { "type": ["string", "null"], "enum": ["USER", "MERCHANT", null], "description": "Default USER. ADMIN is never granted by sign-up." },
-            }),
-        ),
-    );
     add("UserCreated", object(&["user_id"], json!({ "user_id": uuid() })));
-    add(
-        "LoginRequest",
-        closed(&["username", "password"], json!({ "username": { "type": "string" }, "password": { "type": "string" } })),
-    );
     // auth::AccessToken
     add(
         "AccessToken",
@@ -845,21 +880,6 @@ fn schemas() -> Value {
     );
 
     // account: cards.rs, store::cards
-    add(
-        "RegisterCardRequest",
-        closed(
-            &["card_product_id", "pan", "expiry"],
-            json!({
-                "card_product_id": uuid(),
-                "pan": {
-                    "type": "string",
-                    "pattern": "^[0-9 -]+$",
-                    "description": "12-19 digits passing the Luhn check; spaces or dashes between groups allowed. Never stored, logged or returned.",
-                },
-                "expiry": { "type": "string", "pattern": "^\\s*(0[1-9]|1[0-2])/[0-9]{2}\\s*$", "description": "MM/YY, not in the past." },
-            }),
-        ),
-    );
     add(
         "RegisteredCard",
         object(
@@ -928,26 +948,6 @@ fn schemas() -> Value {
     add("CardProductList", array_of("CardProduct"));
 
     // account: merchants.rs, store::merchants
-    add(
-        "CreateMerchantRequest",
-        closed(
-            &["name", "category", "country", "lat", "lon"],
-            json!({
-                "name": { "type": "string", "description": "1-120 characters after trimming." },
-                "category": { "type": "string", "enum": categories() },
-                "country": { "type": "string", "pattern": "^[A-Z]{2}$", "description": "ISO 3166-1 alpha-2, uppercase." },
-                "lat": { "type": "number", "minimum": -90, "maximum": 90 },
-                "lon": { "type": "number", "minimum": -180, "maximum": 180 },
-                "vip_threshold": {
-                    "type": ["integer", "null"],
-                    "minimum": 1,
-                    "maximum": VipThreshold::MAX,
-                    "default": VipThreshold::DEFAULT,
-                    "description": "Visits at which a customer becomes VIP.",
-                },
-            }),
-        ),
-    );
     add("MerchantCreated", object(&["merchant_id"], json!({ "merchant_id": uuid() })));
     add("MerchantList", object(&["items"], json!({ "items": array_of("MerchantPublic") })));
     add(
@@ -966,13 +966,6 @@ fn schemas() -> Value {
     );
 
     // pay: payments.rs, store::payments::PaymentView
-    add(
-        "CreatePaymentRequest",
-        closed(
-            &["card_id", "merchant_id", "amount", "currency"],
-            json!({ "card_id": uuid(), "merchant_id": uuid(), "amount": amount_in(), "currency": currency_in() }),
-        ),
-    );
     add(
         "PaymentAccepted",
         object(&["payment_id", "status"], json!({ "payment_id": uuid(), "status": { "type": "string", "const": "RECEIVED" } })),
@@ -1000,10 +993,6 @@ fn schemas() -> Value {
 
     // verify: lib.rs (DecisionBody, and the JSON answer of decide)
     add(
-        "VerificationDecision",
-        object(&["decision"], json!({ "decision": { "type": "string", "enum": ["approve", "deny"] } })),
-    );
-    add(
         "VerificationResult",
         object(
             &["payment_id", "status"],
@@ -1012,21 +1001,6 @@ fn schemas() -> Value {
     );
 
     // order: products.rs, store::products::ProductView
-    add(
-        "CreateProductRequest",
-        closed(
-            &["title", "price", "currency", "stock", "start_time", "end_time"],
-            json!({
-                "title": { "type": "string", "description": "1-200 characters after trimming." },
-                "price": amount_in(),
-                "currency": currency_in(),
-                // Mirrors STOCK_MAX in functions/order/src/products.rs.
-                "stock": { "type": "integer", "minimum": 1, "maximum": 10_000_000 },
-                "start_time": { "type": "string", "format": "date-time", "description": "RFC 3339; the sale opens at this instant." },
-                "end_time": { "type": "string", "format": "date-time", "description": "RFC 3339, after start_time; the sale is closed from this instant." },
-            }),
-        ),
-    );
     add(
         "Product",
         object(
@@ -1046,7 +1020,6 @@ fn schemas() -> Value {
     add("ProductList", array_of("Product"));
 
     // order: orders.rs, store::orders::OrderView
-    add("CreateOrderRequest", closed(&["product_id"], json!({ "product_id": uuid() })));
     add(
         "OrderAccepted",
         object(&["order_id", "status"], json!({ "order_id": uuid(), "status": { "type": "string", "const": "PENDING" } })),
@@ -1189,6 +1162,14 @@ mod tests {
             committed == document_text(),
             "openapi.json is out of date with the code; regenerate it: cargo run -p paystream-ops -- openapi > openapi.json"
         );
+    }
+
+    #[test]
+    fn allowed_methods_follow_the_route_table() {
+        assert_eq!(allowed_methods("/payments"), ["POST"]);
+        assert_eq!(allowed_methods("/cards"), ["POST", "GET"]);
+        assert_eq!(allowed_methods("/merchants/abc/dashboard"), ["GET"]);
+        assert!(allowed_methods("/nowhere").is_empty());
     }
 
     #[test]

@@ -1,24 +1,14 @@
 //! `POST /auth/signup` and `POST /auth/login`.
 
 use lambda_http::http::StatusCode;
-use serde::Deserialize;
 
+use paystream::api::{LoginRequest, SignupRequest};
 use paystream::auth::{dummy_password_hash, hash_password, verify_password, with_login_limits, AccessToken};
 use paystream::domain::{Email, Password, Phone, Role, Username};
 use paystream::http::{json, parse_json, source_ip, Request, Response};
-use paystream::secret::Secret;
 use paystream::store::users::{self, NewUser};
 use paystream::{AppError, ErrorCode, Platform};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignupRequest {
-    username: String,
-    email: String,
-    password: Secret,
-    phone: String,
-    role: Option<String>,
-}
 
 pub async fn signup(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let body: SignupRequest = parse_json(req, p.config.http.max_body_bytes)?;
@@ -35,12 +25,6 @@ pub async fn signup(p: &Platform, req: &Request) -> Result<Response, AppError> {
     Ok(json(StatusCode::CREATED, &serde_json::json!({ "user_id": user_id })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginRequest {
-    username: String,
-    password: Secret,
-}
 
 pub async fn login(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let body: LoginRequest = parse_json(req, p.config.http.max_body_bytes)?;

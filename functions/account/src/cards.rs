@@ -1,29 +1,19 @@
 //! `POST /cards` and `GET /cards`: only the caller's own cards, ever.
 
 use lambda_http::http::StatusCode;
-use serde::Deserialize;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
+use paystream::api::RegisterCardRequest;
 use paystream::domain::{CardExpiry, CardNumber, CardProductId, Role};
 use paystream::http::{json, parse_json, Request, Response};
-use paystream::secret::Secret;
 use paystream::store::{card_products, cards};
 use paystream::{AppError, Platform};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterCard {
-    card_product_id: Uuid,
-    /// Held as a `Secret` until parsed: its `Debug` cannot print it.
-    pan: Secret,
-    expiry: String,
-}
 
 pub async fn register(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let caller = p.tokens.authenticate(req.headers())?;
     caller.require_role(&[Role::User])?;
-    let body: RegisterCard = parse_json(req, p.config.http.max_body_bytes)?;
+    let body: RegisterCardRequest = parse_json(req, p.config.http.max_body_bytes)?;
     let pan = CardNumber::parse(&body.pan)?;
     let expiry = CardExpiry::parse(&body.expiry, OffsetDateTime::now_utc())?;
     let product = CardProductId(body.card_product_id);

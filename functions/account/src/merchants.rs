@@ -2,34 +2,22 @@
 //! `GET /merchants/{id}` (public facts, any signed-in caller).
 
 use lambda_http::http::StatusCode;
-use serde::Deserialize;
 
+use paystream::api::{self, CreateMerchantRequest};
 use paystream::domain::{Coordinates, CountryCode, MerchantCategory, MerchantId, Role, VipThreshold};
 use paystream::http::{json, parse_json, Request, Response};
 use paystream::store::merchants::{self, NewMerchant};
 use paystream::{AppError, Platform};
 
-const NAME_MAX_CHARS: usize = 120;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateMerchant {
-    name: String,
-    category: String,
-    country: String,
-    lat: f64,
-    lon: f64,
-    vip_threshold: Option<i64>,
-}
 
 pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let caller = p.tokens.authenticate(req.headers())?;
     caller.require_role(&[Role::Merchant, Role::Admin])?;
-    let body: CreateMerchant = parse_json(req, p.config.http.max_body_bytes)?;
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > NAME_MAX_CHARS {
-        return Err(AppError::validation(format!("name must be 1-{NAME_MAX_CHARS} characters")));
+    let body: CreateMerchantRequest = parse_json(req, p.config.http.max_body_bytes)?;
+    if !api::is_name(&body.name, api::MERCHANT_NAME_MAX_CHARS) {
+        return Err(AppError::validation(format!("name must be 1-{} characters, not all blank", api::MERCHANT_NAME_MAX_CHARS)));
     }
+    let name = api::trim_name(&body.name);
     let merchant = NewMerchant {
         owner: caller.user_id,
         name,

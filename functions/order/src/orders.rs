@@ -154,6 +154,11 @@ async fn reserve(p: &Platform, product: &paystream::store::products::Product, us
             }
         }
     }
+    // The gate's keys expire KEYS_AFTER_END_MS after the sale: a sale over
+    // for longer has no gate to load, and the answer is that it ended.
+    if now >= product.end_time {
+        return Err(AppError::new(ErrorCode::SaleEnded, "the sale has ended"));
+    }
     Err(AppError::new(ErrorCode::DependencyUnavailable, "sale gate unavailable; retry"))
 }
 

@@ -2,11 +2,11 @@
 //! live remaining stock.
 
 use lambda_http::http::StatusCode;
-use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use paystream::api::{is_name, trim_name, CreateProductRequest, PRODUCT_TITLE_MAX_CHARS, STOCK_MAX};
 use paystream::domain::{Amount, Currency, Role};
 use paystream::flash;
 use paystream::http::{json, page_limit, parse_json, Request, Response};
@@ -14,20 +14,6 @@ use paystream::store::products::{self, Product};
 use paystream::{AppError, Platform};
 
 use crate::OrderApi;
-
-const STOCK_MAX: i64 = 10_000_000;
-const TITLE_MAX_CHARS: usize = 200;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateProduct {
-    title: String,
-    price: i64,
-    currency: String,
-    stock: i64,
-    start_time: String,
-    end_time: String,
-}
 
 fn parse_time(name: &str, raw: &str) -> Result<OffsetDateTime, AppError> {
     OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| AppError::validation(format!("{name} must be an RFC 3339 time")))
@@ -37,11 +23,11 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
     let p = &api.platform;
     let caller = p.tokens.authenticate(req.headers())?;
     caller.require_role(&[Role::Admin])?;
-    let body: CreateProduct = parse_json(req, p.config.http.max_body_bytes)?;
-    let title = body.title.trim();
-    if title.is_empty() || title.chars().count() > TITLE_MAX_CHARS {
-        return Err(AppError::validation(format!("title must be 1-{TITLE_MAX_CHARS} characters")));
+    let body: CreateProductRequest = parse_json(req, p.config.http.max_body_bytes)?;
+    if !is_name(&body.title, PRODUCT_TITLE_MAX_CHARS) {
+        return Err(AppError::validation(format!("title must be 1-{PRODUCT_TITLE_MAX_CHARS} characters, not all blank")));
     }
+    let title = trim_name(&body.title);
     let price = Amount::parse(body.price)?;
     let currency = Currency::parse(&body.currency)?;
     if !(1..=STOCK_MAX).contains(&body.stock) {

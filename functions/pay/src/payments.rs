@@ -16,10 +16,10 @@
 //!   ledger row.
 
 use lambda_http::http::StatusCode;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use paystream::api::CreatePaymentRequest;
 use paystream::domain::{Amount, CardId, Currency, MerchantId, Role};
 use paystream::events::{PaymentEvent, EVENT_VERSION, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
 use paystream::http::{json, parse_json, Request, Response};
@@ -29,21 +29,13 @@ use paystream::metrics::{self, Unit};
 use paystream::store::payments;
 use paystream::{AppError, Platform};
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreatePayment {
-    card_id: Uuid,
-    merchant_id: Uuid,
-    amount: i64,
-    currency: String,
-}
 
 pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let started = std::time::Instant::now();
     let caller = p.tokens.authenticate(req.headers())?;
     caller.require_role(&[Role::User])?;
     let key = idempotency::key_from(req)?;
-    let body: CreatePayment = parse_json(req, p.config.http.max_body_bytes)?;
+    let body: CreatePaymentRequest = parse_json(req, p.config.http.max_body_bytes)?;
     let amount = Amount::parse(body.amount)?;
     let currency = Currency::parse(&body.currency)?;
     let request_hash = idempotency::request_hash("POST /payments", &serde_json::to_value(&body).map_err(AppError::internal)?);

@@ -8,7 +8,6 @@ mod page;
 mod sweep;
 
 use lambda_http::http::StatusCode;
-use serde::Deserialize;
 use time::OffsetDateTime;
 
 use paystream::http::{self, method_not_allowed, no_route, HttpApi, Request, Response, ScheduledJob};
@@ -59,10 +58,6 @@ enum Decision {
     Deny,
 }
 
-#[derive(Deserialize)]
-struct DecisionBody {
-    decision: String,
-}
 
 fn parse_decision(req: &Request, max_bytes: usize) -> Result<Decision, AppError> {
     let content_type = http::header_str(req, "content-type").unwrap_or("");
@@ -74,7 +69,7 @@ fn parse_decision(req: &Request, max_bytes: usize) -> Result<Decision, AppError>
         let text = std::str::from_utf8(body).map_err(|_| AppError::validation("form must be UTF-8"))?;
         text.split('&').find_map(|pair| pair.strip_prefix("decision=")).unwrap_or("").to_owned()
     } else {
-        http::parse_json::<DecisionBody>(req, max_bytes)?.decision
+        http::parse_json::<paystream::api::VerificationDecision>(req, max_bytes)?.decision
     };
     match raw.as_str() {
         "approve" => Ok(Decision::Approve),

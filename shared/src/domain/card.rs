@@ -10,7 +10,6 @@ use time::OffsetDateTime;
 use crate::error::{AppError, ErrorCode};
 use crate::secret::Secret;
 
-const PAN_MIN_DIGITS: usize = 12;
 const PAN_MAX_DIGITS: usize = 19;
 
 pub struct CardNumber {
@@ -18,25 +17,19 @@ pub struct CardNumber {
 }
 
 impl CardNumber {
-    /// Accepts digits with optional spaces or dashes between groups; the
-    /// result must be 12–19 digits and pass the Luhn check.
+    /// What a card number looks like on the wire: 12–19 digits, spaces or
+    /// dashes between them allowed. The parser and the OpenAPI schema both
+    /// use it; the Luhn check comes on top.
+    pub const PATTERN: &'static str = "^[ -]*(?:[0-9][ -]*){12,19}$";
+
+    /// Accepts [`Self::PATTERN`]; the digits must pass the Luhn check.
     pub fn parse(raw: &Secret) -> Result<Self, AppError> {
+        static SHAPE: std::sync::OnceLock<regex_lite::Regex> = std::sync::OnceLock::new();
+        if !crate::api::matcher(&SHAPE, Self::PATTERN).is_match(raw.expose()) {
+            return Err(invalid("a card number is 12-19 digits, spaces or dashes between them allowed"));
+        }
         let mut digits = String::with_capacity(PAN_MAX_DIGITS);
-        for c in raw.expose().chars() {
-            match c {
-                '0'..='9' => {
-                    if digits.len() == PAN_MAX_DIGITS {
-                        return Err(invalid("a card number has at most 19 digits"));
-                    }
-                    digits.push(c);
-                }
-                ' ' | '-' => {}
-                _ => return Err(invalid("a card number contains digits only")),
-            }
-        }
-        if digits.len() < PAN_MIN_DIGITS {
-            return Err(invalid("a card number has at least 12 digits"));
-        }
+        digits.extend(raw.expose().chars().filter(char::is_ascii_digit));
         if !luhn_valid(&digits) {
             return Err(invalid("card number failed the Luhn check"));
         }
@@ -105,17 +98,18 @@ pub struct CardExpiry {
 }
 
 impl CardExpiry {
+    /// `MM/YY` (the parser and the OpenAPI schema both use it).
+    pub const PATTERN: &'static str = "^(?:0[1-9]|1[0-2])/[0-9]{2}$";
+
     pub fn parse(raw: &str, now: OffsetDateTime) -> Result<Self, AppError> {
+        static SHAPE: std::sync::OnceLock<regex_lite::Regex> = std::sync::OnceLock::new();
         let bad = || AppError::validation("expiry must be MM/YY");
-        let (mm, yy) = raw.trim().split_once('/').ok_or_else(bad)?;
-        if mm.len() != 2 || yy.len() != 2 {
+        if !crate::api::matcher(&SHAPE, Self::PATTERN).is_match(raw) {
             return Err(bad());
         }
+        let (mm, yy) = raw.split_once('/').ok_or_else(bad)?;
         let month: u8 = mm.parse().map_err(|_| bad())?;
         let yy: u16 = yy.parse().map_err(|_| bad())?;
-        if !(1..=12).contains(&month) {
-            return Err(bad());
-        }
         let expiry = CardExpiry { month, year: 2000 + yy };
         let current = (now.year() as u16, now.month() as u8);
         if (expiry.year, expiry.month) < current {

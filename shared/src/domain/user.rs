@@ -12,14 +12,16 @@ use crate::secret::Secret;
 pub struct Username(String);
 
 impl Username {
+    /// Case-insensitive, surrounding spaces ignored (the parser and the
+    /// OpenAPI schema both use it).
+    pub const PATTERN: &'static str = "^ *[A-Za-z0-9_.-]{3,32} *$";
+
     pub fn parse(raw: &str) -> Result<Self, AppError> {
-        let name = raw.trim().to_ascii_lowercase();
-        let ok_len = (3..=32).contains(&name.len());
-        let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
-        if !ok_len || !ok_chars {
+        static SHAPE: std::sync::OnceLock<regex_lite::Regex> = std::sync::OnceLock::new();
+        if !crate::api::matcher(&SHAPE, Self::PATTERN).is_match(raw) {
             return Err(AppError::validation("username must be 3-32 characters of a-z, 0-9, '_', '.', '-'"));
         }
-        Ok(Self(name))
+        Ok(Self(raw.trim_matches(' ').to_ascii_lowercase()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -83,13 +85,16 @@ impl Password {
 pub struct Phone(String);
 
 impl Phone {
+    /// `+`, then 8–15 digits, the first not 0, spaces or dashes between
+    /// them allowed (the parser and the OpenAPI schema both use it).
+    pub const PATTERN: &'static str = "^ *\\+[ -]*[1-9](?:[ -]*[0-9]){7,14}[ -]*$";
+
     pub fn parse(raw: &str) -> Result<Self, AppError> {
-        let bad = || AppError::validation("phone must be E.164, e.g. +821012345678");
-        let rest = raw.trim().strip_prefix('+').ok_or_else(bad)?;
-        let digits: String = rest.chars().filter(|c| *c != ' ' && *c != '-').collect();
-        if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
-            return Err(bad());
+        static SHAPE: std::sync::OnceLock<regex_lite::Regex> = std::sync::OnceLock::new();
+        if !crate::api::matcher(&SHAPE, Self::PATTERN).is_match(raw) {
+            return Err(AppError::validation("phone must be E.164, e.g. +821012345678"));
         }
+        let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
         Ok(Self(format!("+{digits}")))
     }
 
@@ -143,7 +148,7 @@ mod tests {
     #[test]
     fn usernames() {
         assert_eq!(Username::parse(" Alice_1 ").unwrap().as_str(), "alice_1");
-        for bad in ["al", "a b c", "ålice", &"x".repeat(33), "alice!"] {
+        for bad in ["al", "a b c", "ålice", &"x".repeat(33), "alice!", "\talice"] {
             assert!(Username::parse(bad).is_err(), "{bad}");
         }
     }

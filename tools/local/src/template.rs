@@ -169,21 +169,25 @@ impl Template {
     /// The route for a request, and the path parameters it binds.
     pub fn route(&self, method: &str, path: &str) -> RouteMatch<'_> {
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let mut path_matched = false;
+        let mut allowed: Vec<String> = Vec::new();
         for route in &self.routes {
             let Some(params) = bind(&route.path, &segments) else { continue };
-            path_matched = true;
             if route.method == method || route.method == "ANY" {
                 return RouteMatch::Found(route, params);
             }
+            if !allowed.contains(&route.method) {
+                allowed.push(route.method.clone());
+            }
         }
-        if path_matched { RouteMatch::WrongMethod } else { RouteMatch::NotFound }
+        if allowed.is_empty() { RouteMatch::NotFound } else { RouteMatch::WrongMethod(allowed) }
     }
 }
 
 pub enum RouteMatch<'t> {
     Found(&'t Route, Vec<(String, String)>),
-    WrongMethod,
+    /// The path exists with other methods: these, for the `Allow` header of
+    /// the 405 (RFC 9110 requires it).
+    WrongMethod(Vec<String>),
     NotFound,
 }
 
@@ -252,7 +256,8 @@ mod tests {
             _ => panic!("dashboard route"),
         }
         assert!(matches!(t.route("GET", "/merchants/abc"), RouteMatch::Found(r, _) if r.function == "account"));
-        assert!(matches!(t.route("DELETE", "/payments"), RouteMatch::WrongMethod));
+        assert!(matches!(t.route("DELETE", "/payments"), RouteMatch::WrongMethod(allowed) if allowed == ["POST"]));
+        assert!(matches!(t.route("PUT", "/cards"), RouteMatch::WrongMethod(allowed) if allowed.len() == 2));
         assert!(matches!(t.route("GET", "/nowhere"), RouteMatch::NotFound));
     }
 

@@ -82,7 +82,13 @@ impl Gateway {
         let query = parts.uri.query().unwrap_or("").to_owned();
         let (route, params) = match self.template.route(&method, &path) {
             RouteMatch::Found(route, params) => (route, params),
-            RouteMatch::WrongMethod => return problem(405, "METHOD_NOT_ALLOWED", "this route does not accept that method"),
+            RouteMatch::WrongMethod(allowed) => {
+                let mut response = problem(405, "METHOD_NOT_ALLOWED", "this route does not accept that method");
+                if let Ok(value) = allowed.join(", ").parse() {
+                    response.headers_mut().insert("allow", value);
+                }
+                return response;
+            }
             RouteMatch::NotFound => return problem(404, "NOT_FOUND", "no such route"),
         };
         let body = match http_body_util::Limited::new(body, BODY_MAX_BYTES).collect().await {
