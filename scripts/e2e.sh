@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end: the demo with every expectation asserted, through the real
-# function binaries (under the local Lambda host), the gateway and the poller.
+# function binaries (under the local Lambda host), the gateway and the poller;
+# then schemathesis against the same gateway (scripts/schemathesis.sh).
 # Called by scripts/test.sh after the stack is up.
 source "$(dirname "$0")/lib.sh"
 trap 'stop_runtime' EXIT
@@ -27,7 +28,8 @@ export LOG_DIR
 if ! "$BIN_DIR/demo" --check ||
    ! PATH="$VENV/bin:$PATH" python3 scripts/invoke_samples.py ||
    ! python3 scripts/redelivery_check.py ||
-   ! browser_checks; then
+   ! browser_checks ||
+   ! bash scripts/schemathesis.sh; then
   log "end-to-end demo failed; last lines of each log:"
   for f in "$LOG_DIR"/*.log; do echo "--- $f" >&2; tail -15 "$f" >&2; done
   exit 1

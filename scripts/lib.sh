@@ -32,9 +32,10 @@ TOPICS=(payment-stream order-stream payment-stream.dlq order-stream.dlq)
 TOPIC_PARTITIONS=3
 
 # Python tools, pinned, in one virtualenv (cargo-lambda then finds zig;
-# openapi-spec-validator checks the committed openapi.json;
+# openapi-spec-validator checks the committed openapi.json, and schemathesis
+# tests the running API against it (scripts/schemathesis.sh);
 # cmake builds librdkafka for the arm64 cross-compile).
-PY_TOOLS=(cargo-lambda==1.9.2 aws-sam-cli==1.170.0 cfn-lint==1.58.0 cmake==4.4.4 openapi-spec-validator==0.9.0)
+PY_TOOLS=(cargo-lambda==1.9.2 aws-sam-cli==1.170.0 cfn-lint==1.58.0 cmake==4.4.4 openapi-spec-validator==0.9.0 schemathesis==4.32.5)
 
 log() { printf '\033[1m[paystream]\033[0m %s\n' "$*" >&2; }
 
