@@ -103,7 +103,13 @@ pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
     // The commit comes right after the acknowledgement: a crash here is the
     // "after publish, before commit" window the module comment describes.
     paystream::crash_point!("pay.after_publish");
-    tx.commit().await?;
+    if let Err(e) = tx.commit().await {
+        // The broker has acknowledged: the payment exists (FDS records it
+        // from its event), so the honest answer is still 202. Failing here
+        // would make a client without a key pay twice. Only the key row is
+        // lost; a retry with the key derives the same payment id.
+        tracing::warn!(payment_id = %payment_id, error = %e, "intake commit failed after the broker acknowledged; the event is the record");
+    }
     paystream::crash_point!("pay.after_commit");
     tracing::info!(payment_id = %payment_id, user_id = %caller.user_id, "payment accepted");
     metrics::emit(p.function, &[("PaymentsAccepted", 1.0, Unit::Count), (metrics::INTAKE_LATENCY, metrics::elapsed_ms(started), Unit::Milliseconds)]);
