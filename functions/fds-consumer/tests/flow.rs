@@ -32,7 +32,7 @@ async fn seoul_then_paris_needs_approval_and_approval_moves_the_holder() {
     let token = w.last_token().await;
     let (status, page) = w.verify("GET", &token, None, "text/html").await;
     assert_eq!(status, 200);
-    assert!(page.contains("Paris Croissant") && page.contains("10000 KRW") && page.contains("id=\"approve\"") && page.contains("id=\"deny\""));
+    assert!(page.contains("Paris Croissant") && page.contains("10,000 KRW") && page.contains("id=\"approve\"") && page.contains("id=\"deny\""));
     assert_eq!(w.verify("GET", &token, None, "text/html").await.0, 200, "GET is safe to repeat");
     assert_eq!(w.status(paris.payment_id).await.0, "PENDING");
 
