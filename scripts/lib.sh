@@ -133,21 +133,32 @@ stop_broker() {
 }
 
 # tansu 0.6.0 can leave a consumer group "Forming" under a leader that is no
-# longer a member (seen here once in about ten poller restarts: a static
-# member rejoining mid-rebalance). No member is ever assigned partitions
-# again, and no Kafka request repairs it (DeleteGroups answers OK and changes
-# nothing). The membership state is one row of the broker's SQLite file; with
-# the broker stopped, dropping that row lets the group form afresh, and its
-# committed offsets (another table) are kept.
+# longer a member (seen here about once in ten poller restarts, and after a
+# broker restart under load): a LeaveGroup of the leader while the group is
+# Forming removes it from the members but keeps it as the leader, and then no
+# member is ever assigned partitions again (DeleteGroups answers OK and
+# changes nothing). The poller is immune: it joins no group (it assigns
+# itself the partitions and commits to the group as a simple consumer), so
+# such a group only matters to other members. tansu drops a departed leader
+# when it loads a group from its SQLite file, so restarting the broker
+# repairs it; the membership row is dropped as well (committed offsets are
+# another table and are kept).
 STUCK_GROUPS_SQL="SELECT d.id, cg.name FROM consumer_group_detail d JOIN consumer_group cg ON cg.id = d.consumer_group
   WHERE json_extract(d.detail, '\$.state.Forming.leader') IS NOT NULL
     AND json_type(d.detail, '\$.members.\"' || json_extract(d.detail, '\$.state.Forming.leader') || '\"') IS NULL"
 
+# Reports stuck groups; with PAYSTREAM_REPAIR_STUCK_GROUPS=1 it also repairs
+# them (restarts the broker without their membership state). The poller does
+# not need it, so by default nothing restarts the broker under running tools.
 repair_stuck_groups() {
   local db="$STATE_DIR/tansu.db" stuck ids
   [[ -f "$db" ]] || return 0
   stuck="$(sqlite3 -readonly "$db" "$STUCK_GROUPS_SQL")"
   [[ -n "$stuck" ]] || return 0
+  if [[ "${PAYSTREAM_REPAIR_STUCK_GROUPS:-0}" != 1 ]]; then
+    log "consumer groups stuck in the broker (Forming under a departed leader): $(cut -d'|' -f2 <<<"$stuck" | paste -sd' '); the poller is not affected (it joins no group); PAYSTREAM_REPAIR_STUCK_GROUPS=1 repairs them"
+    return 0
+  fi
   log "consumer groups stuck in the broker: $(cut -d'|' -f2 <<<"$stuck" | paste -sd' '); restarting it without their membership state"
   [[ -n "$(broker_pid)" ]] || { log "the broker was not started by these scripts; stop it, then run again"; return 1; }
   stop_broker

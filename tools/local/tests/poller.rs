@@ -1,9 +1,16 @@
 //! The poller's delivery contract on the real broker: a failed invocation
 //! gets the same batch again (same records, same order), offsets are
-//! committed only after success, and nothing is skipped. The Lambda side is
-//! a small Invoke API endpoint that fails its first invocation.
+//! committed only after success, nothing is skipped; and it survives the
+//! broker being killed and restarted under load, and a consumer group that
+//! tansu left stuck ("Forming" under a departed leader), without being
+//! restarted. The Lambda side is a small Invoke API endpoint that records
+//! every invocation (and can fail the first ones).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,13 +20,16 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use paystream::config::Config;
 use paystream::kafka::{client_config, EventProducer, OutgoingRecord};
-use paystream::testing::{create_topics, fresh_config, unique_suffix};
+use paystream::testing::{create_topics, unique_suffix};
 use paystream_local::client::HttpClient;
-use paystream_local::poller::{consumer_for, poll};
+use paystream_local::poller::{Poller, PollerSettings};
 use paystream_local::template::MskSource;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Invocations received: (function, payload).
 type Calls = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
@@ -72,27 +82,242 @@ fn source(topic: &str, batch_size: usize, batching_window_s: u64) -> MskSource {
     }
 }
 
-/// What `group` has committed for partition 0 of `topic`.
-fn committed(config: &paystream::config::Config, group: &str, topic: &str) -> Offset {
-    let probe: StreamConsumer = client_config(&config.kafka, "probe").set("group.id", group).create().unwrap();
-    let mut wanted = TopicPartitionList::new();
-    wanted.add_partition(topic, 0);
-    let committed = probe.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
-    committed.find_partition(topic, 0).unwrap().offset()
+/// Bounds short enough for a test to see the poller's recovery; the
+/// environment's `PAYSTREAM_POLLER_*` win (to try other bounds).
+fn quick_settings() -> PollerSettings {
+    let mut vars: std::collections::HashMap<String, String> = [
+        ("PAYSTREAM_POLLER_REFRESH_MS", "500"),
+        ("PAYSTREAM_POLLER_BROKER_TIMEOUT_MS", "2000"),
+        ("PAYSTREAM_POLLER_COMMIT_TIMEOUT_MS", "5000"),
+        ("PAYSTREAM_POLLER_STALL_MS", "5000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    vars.extend(std::env::vars().filter(|(k, _)| k.starts_with("PAYSTREAM_POLLER_")));
+    PollerSettings::from_vars(&vars).unwrap()
 }
 
-fn offsets(payload: &serde_json::Value) -> Vec<(i64, i64)> {
+/// Runs a poller for `source` until the returned sender says stop.
+fn start_poller(config: &Config, source: MskSource, endpoint: String) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    // The poller's log lines on stdout (shown with --nocapture) when asked for.
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        paystream::telemetry::init(&filter);
+    }
+    let poller = Poller::new(config, source, quick_settings()).unwrap();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(poller.run(endpoint, HttpClient::new(Duration::from_secs(10)), stop_rx));
+    (stop_tx, task)
+}
+
+/// What `group` has committed for partition `partition` of `topic`.
+fn committed(config: &Config, group: &str, topic: &str, partition: i32) -> Offset {
+    let probe: StreamConsumer = client_config(&config.kafka, "probe").set("group.id", group).create().unwrap();
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition(topic, partition);
+    let committed = probe.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
+    committed.find_partition(topic, partition).unwrap().offset()
+}
+
+/// Every (partition, offset) of every invocation, in invocation order.
+fn delivered(calls: &Calls) -> Vec<(i32, i64)> {
+    calls.lock().unwrap().iter().flat_map(|(_, payload)| offsets(payload)).collect()
+}
+
+fn offsets(payload: &serde_json::Value) -> Vec<(i32, i64)> {
     payload["records"]
         .as_object()
         .unwrap()
         .values()
-        .flat_map(|records| records.as_array().unwrap().iter().map(|r| (r["partition"].as_i64().unwrap(), r["offset"].as_i64().unwrap())))
+        .flat_map(|records| records.as_array().unwrap().iter().map(|r| (r["partition"].as_i64().unwrap() as i32, r["offset"].as_i64().unwrap())))
         .collect()
+}
+
+/// Checks at-least-once, in order, none skipped, per partition: every
+/// delivered offset is at most one past the highest delivered before it,
+/// and `from..end` were all delivered. Returns how many were delivered twice.
+fn assert_in_order_none_skipped(delivered: &[(i32, i64)], from: &BTreeMap<i32, i64>, end: &BTreeMap<i32, i64>) -> usize {
+    let mut highest: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut again = 0;
+    for (partition, offset) in delivered {
+        let start = from.get(partition).copied().unwrap_or(0);
+        let high = highest.get(partition).copied().unwrap_or(start - 1);
+        assert!(*offset >= start, "partition {partition}: offset {offset} is before where the group stood ({start})");
+        assert!(*offset <= high + 1, "partition {partition}: offset {offset} delivered after {high}: {} skipped", offset - high - 1);
+        if *offset <= high {
+            again += 1;
+        }
+        highest.insert(*partition, high.max(*offset));
+    }
+    for (partition, end) in end {
+        let start = from.get(partition).copied().unwrap_or(0);
+        let high = highest.get(partition).copied().unwrap_or(start - 1);
+        assert_eq!(high + 1, *end, "partition {partition}: delivered up to {high}, the log ends at {end}");
+    }
+    again
+}
+
+/// The high watermark of every partition of `topic`.
+fn log_ends(config: &Config, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    let probe: StreamConsumer = client_config(&config.kafka, "probe").create().unwrap();
+    (0..partitions).map(|p| (p, probe.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1)).collect()
+}
+
+/// Polls `check` every 100 ms until it holds; panics with `what` after `bound`.
+async fn eventually(bound: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} (not within {bound:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A tansu broker of this test's own, on its own port and SQLite file, that
+/// the test may kill and restart (`PAYSTREAM_TANSU_BIN` names the binary).
+struct Broker {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    bin: String,
+}
+
+impl Broker {
+    fn start() -> Self {
+        let bin = std::env::var("PAYSTREAM_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("paystream-poller-broker-{}", unique_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut broker = Self { child: None, port, dir, bin };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
+        let child = Command::new(&self.bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://broker.db"])
+            .current_dir(&self.dir)
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the tansu broker ({}; set PAYSTREAM_TANSU_BIN): {e}", self.bin));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "private broker did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn config(&self) -> Config {
+        let mut config = Config::from_env().expect("test configuration");
+        config.kafka.bootstrap_servers = format!("127.0.0.1:{}", self.port);
+        config.kafka.publish_timeout_ms = 2_000;
+        config
+    }
+
+    /// Runs SQL on the broker's SQLite file (the `sqlite3` tool the scripts install).
+    fn sql(&self, sql: &str) -> String {
+        let out = Command::new("sqlite3").arg(self.dir.join("broker.db")).arg(sql).output().expect("sqlite3");
+        assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Publishes `payload` until the broker acknowledges it, replacing the
+/// producer after a failure (as the platform does); bounded by `bound`.
+async fn publish_until_acknowledged(producer: &mut EventProducer, config: &Config, topic: &str, key: &str, payload: &str, bound: Duration) -> (i32, i64) {
+    let deadline = Instant::now() + bound;
+    loop {
+        match producer.publish(OutgoingRecord { topic, key: key.as_bytes(), payload: payload.as_bytes(), headers: &[] }).await {
+            Ok(d) => return (d.partition, d.offset),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{payload} never acknowledged: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if !producer.is_healthy() {
+                    *producer = EventProducer::new(&config.kafka, "tests").unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// The scripts' check for a group stuck "Forming" under a departed leader.
+const STUCK_SQL: &str = "SELECT cg.name FROM consumer_group_detail d JOIN consumer_group cg ON cg.id = d.consumer_group
+    WHERE json_extract(d.detail, '$.state.Forming.leader') IS NOT NULL
+      AND json_type(d.detail, '$.members.\"' || json_extract(d.detail, '$.state.Forming.leader') || '\"') IS NULL";
+
+/// A consumer that joins `group` as a member; `instance` makes it a static
+/// member (`group.instance.id`), as the poller used to be.
+fn member(config: &Config, group: &str, topic: &str, instance: Option<&str>, heartbeat_ms: u32) -> StreamConsumer {
+    let mut settings = client_config(&config.kafka, "member");
+    settings
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("heartbeat.interval.ms", heartbeat_ms.to_string())
+        .set("session.timeout.ms", "45000");
+    if let Some(instance) = instance {
+        settings.set("group.instance.id", instance);
+    }
+    let member: StreamConsumer = settings.create().unwrap();
+    member.subscribe(&[topic]).unwrap();
+    member
+}
+
+/// Puts `group` into the state tansu 0.6.0 left the CI broker's groups in,
+/// with real requests on the running broker: member A forms the group (as
+/// its leader) and commits `from`; static member B joins, so the group is
+/// "Forming" again under leader A; A leaves before it rejoins. tansu's
+/// LeaveGroup in the Forming state removes A but keeps it as the leader, so
+/// B's SyncGroup is refused ever after (rebalance in progress) and B never
+/// gets a partition. Returns B, still a member. (tansu clears a departed
+/// leader when it reloads the group from storage, which a restart or a
+/// conflicting concurrent request causes, so the state is not permanent.)
+async fn make_stuck_group(broker: &Broker, config: &Config, topic: &str, group: &str, from: &BTreeMap<i32, i64>) -> StreamConsumer {
+    // A hears of the rebalance only at its next heartbeat: seconds away.
+    let a = member(config, group, topic, None, 10_000);
+    tokio::time::timeout(Duration::from_secs(30), a.recv()).await.expect("A gets partitions").unwrap();
+    let mut positions = TopicPartitionList::new();
+    for (p, offset) in from {
+        positions.add_partition_offset(topic, *p, Offset::Offset(*offset)).unwrap();
+    }
+    a.commit(&positions, CommitMode::Sync).unwrap();
+    let leader_sql = format!(
+        "SELECT json_extract(d.detail, '$.state.Forming.leader') FROM consumer_group_detail d JOIN consumer_group cg ON cg.id = d.consumer_group WHERE cg.name = '{group}'"
+    );
+    let b = member(config, group, topic, Some(&format!("{group}-b")), 3_000);
+    eventually(Duration::from_secs(5), "B's JoinGroup turns the group Forming under A", || !broker.sql(&leader_sql).is_empty()).await;
+    // A leaves (LeaveGroup) while the group is Forming.
+    drop(a);
+    eventually(Duration::from_secs(5), "the group is Forming under a departed leader", || broker.sql(STUCK_SQL) == group).await;
+    b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_invocation_gets_the_same_batch_again_and_commits_only_after_success() {
-    let config = fresh_config().await;
+    let config = Config::from_env().unwrap();
     let topic = format!("poller-{}", unique_suffix());
     create_topics(&config, &[(&topic, 1)]).await;
     let producer = EventProducer::new(&config.kafka, "tests").unwrap();
@@ -104,15 +329,9 @@ async fn a_failed_invocation_gets_the_same_batch_again_and_commits_only_after_su
     let (endpoint, calls) = flaky_lambda(1).await;
     let source = source(&topic, 100, 1);
     let group = source.consumer_group_id.clone();
-    let consumer = Arc::new(consumer_for(&config, &source).unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(poll(Arc::clone(&consumer), source, endpoint, HttpClient::new(Duration::from_secs(10)), stop_rx));
+    let (stop_tx, task) = start_poller(&config, source, endpoint);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while calls.lock().unwrap().len() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "the poller did not retry");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), "the poller did not retry", || calls.lock().unwrap().len() >= 2).await;
     // Let the commit land, then stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop_tx.send(true).unwrap();
@@ -128,12 +347,12 @@ async fn a_failed_invocation_gets_the_same_batch_again_and_commits_only_after_su
     assert_eq!(record["headers"][0]["h"], serde_json::json!([118]));
 
     // Committed after the success: the group resumes past all five.
-    assert_eq!(committed(&config, &group, &topic), Offset::Offset(5));
+    assert_eq!(committed(&config, &group, &topic, 0), Offset::Offset(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_during_retries_stops_promptly_and_leaves_the_batch_uncommitted() {
-    let config = fresh_config().await;
+    let config = Config::from_env().unwrap();
     let topic = format!("poller-stop-{}", unique_suffix());
     create_topics(&config, &[(&topic, 1)]).await;
     let producer = EventProducer::new(&config.kafka, "tests").unwrap();
@@ -142,18 +361,147 @@ async fn shutdown_during_retries_stops_promptly_and_leaves_the_batch_uncommitted
     let (endpoint, calls) = flaky_lambda(usize::MAX).await;
     let source = source(&topic, 10, 0);
     let group = source.consumer_group_id.clone();
-    let consumer = Arc::new(consumer_for(&config, &source).unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(poll(Arc::clone(&consumer), source, endpoint, HttpClient::new(Duration::from_secs(10)), stop_rx));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while calls.lock().unwrap().len() < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "the poller did not keep retrying");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let stopping = tokio::time::Instant::now();
+    let (stop_tx, task) = start_poller(&config, source, endpoint);
+    eventually(Duration::from_secs(30), "the poller did not keep retrying", || calls.lock().unwrap().len() >= 3).await;
+    let stopping = Instant::now();
     stop_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(2), task).await.expect("stops within 2 s, mid-retry").unwrap();
     assert!(stopping.elapsed() < Duration::from_secs(2));
 
-    assert_eq!(committed(&config, &group, &topic), Offset::Invalid, "nothing committed: the batch comes again");
+    assert_eq!(committed(&config, &group, &topic, 0), Offset::Invalid, "nothing committed: the batch comes again");
 }
+
+/// The broker is SIGKILLed during steady intake and comes back on the same
+/// SQLite file: the running poller delivers every record at least once, per
+/// partition in offset order with none skipped, and its commits reach the
+/// end of the log, with nobody restarting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_and_restarted_under_load_costs_the_running_poller_nothing() {
+    const PARTITIONS: i32 = 3;
+    let outage = Duration::from_secs(std::env::var("PAYSTREAM_TEST_BROKER_OUTAGE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(8));
+    let mut broker = Broker::start();
+    let config = broker.config();
+    let topic = format!("poller-restart-{}", unique_suffix());
+    create_topics(&config, &[(&topic, PARTITIONS)]).await;
+
+    let (endpoint, calls) = flaky_lambda(0).await;
+    let source = source(&topic, 50, 0);
+    let group = source.consumer_group_id.clone();
+    let (stop_tx, task) = start_poller(&config, source, endpoint);
+
+    // Steady intake: one record every 20 ms, each retried until acknowledged.
+    let producing = Arc::new(AtomicBool::new(true));
+    let acknowledged: Arc<Mutex<Vec<(i32, i64)>>> = Arc::default();
+    let intake = {
+        let (config, topic, producing, acknowledged) = (config.clone(), topic.clone(), Arc::clone(&producing), Arc::clone(&acknowledged));
+        tokio::spawn(async move {
+            let mut producer = EventProducer::new(&config.kafka, "tests").unwrap();
+            let mut i = 0u64;
+            while producing.load(Ordering::Relaxed) {
+                let at = publish_until_acknowledged(&mut producer, &config, &topic, &format!("user-{}", i % 11), &format!("record-{i}"), Duration::from_secs(90)).await;
+                acknowledged.lock().unwrap().push(at);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    eventually(Duration::from_secs(30), "the poller delivers before the outage", || delivered(&calls).len() >= 50).await;
+    broker.kill();
+    tokio::time::sleep(outage).await;
+    broker.restart();
+    let restarted = Instant::now();
+    let acknowledged_at_restart = acknowledged.lock().unwrap().len();
+    eventually(Duration::from_secs(60), "intake resumes after the restart", || acknowledged.lock().unwrap().len() >= acknowledged_at_restart + 100).await;
+    producing.store(false, Ordering::Relaxed);
+    intake.await.unwrap();
+
+    let ends = log_ends(&config, &topic, PARTITIONS);
+    let total: i64 = ends.values().sum();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(total >= acknowledged.len() as i64, "the log lost acknowledged records: {total} < {}", acknowledged.len());
+    eventually(Duration::from_secs(60), "every record delivered after the restart, without restarting the poller", || {
+        let seen: std::collections::BTreeSet<(i32, i64)> = delivered(&calls).into_iter().collect();
+        ends.iter().all(|(p, end)| (0..*end).all(|o| seen.contains(&(*p, o))))
+    })
+    .await;
+    let caught_up = restarted.elapsed();
+    eventually(Duration::from_secs(30), "the group's commits reach the end of the log", || {
+        ends.iter().all(|(p, end)| committed(&config, &group, &topic, *p) == Offset::Offset(*end))
+    })
+    .await;
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops promptly").unwrap();
+
+    let delivered = delivered(&calls);
+    let again = assert_in_order_none_skipped(&delivered, &BTreeMap::new(), &ends);
+    for at in &acknowledged {
+        assert!(delivered.contains(at), "acknowledged record {at:?} never delivered");
+    }
+    eprintln!("outage {outage:?}: {} records, {again} delivered twice, caught up {caught_up:?} after the restart", delivered.len());
+}
+
+/// tansu 0.6.0 can leave a group "Forming" under a leader that is no longer
+/// a member; no member of such a group ever gets a partition again (a member
+/// of it runs alongside to prove it). The poller, which never joins, still
+/// resumes exactly at the group's committed offsets, delivers the rest in
+/// order and commits to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_stuck_forming_under_a_departed_leader_does_not_stop_the_poller() {
+    const PARTITIONS: i32 = 3;
+    const RECORDS: usize = 60;
+    let broker = Broker::start();
+    let config = broker.config();
+    let topic = format!("poller-stuck-{}", unique_suffix());
+    create_topics(&config, &[(&topic, PARTITIONS)]).await;
+    let producer = EventProducer::new(&config.kafka, "tests").unwrap();
+    for i in 0..RECORDS {
+        let (key, value) = (format!("user-{}", i % 7), format!("record-{i}"));
+        producer.publish(OutgoingRecord { topic: &topic, key: key.as_bytes(), payload: value.as_bytes(), headers: &[] }).await.unwrap();
+    }
+    drop(producer);
+
+    let group = format!("group-{}", unique_suffix());
+    let from: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 2 + i64::from(p))).collect();
+    let stuck_member = make_stuck_group(&broker, &config, &topic, &group, &from).await;
+    // The control: a member of the stuck group, as the poller used to be.
+    let member_records = Arc::new(Mutex::new(0usize));
+    let member_task = {
+        let member_records = Arc::clone(&member_records);
+        tokio::spawn(async move {
+            while stuck_member.recv().await.is_ok() {
+                *member_records.lock().unwrap() += 1;
+            }
+        })
+    };
+
+    // Stuck indeed: B has had time to rejoin many times and got nothing.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(broker.sql(STUCK_SQL), group, "still Forming under the departed leader");
+    assert_eq!(*member_records.lock().unwrap(), 0, "the group's member got nothing");
+
+    let (endpoint, calls) = flaky_lambda(0).await;
+    let mut source = source(&topic, 1_000, 0);
+    source.consumer_group_id = group.clone();
+    let (stop_tx, task) = start_poller(&config, source, endpoint);
+    let ends = log_ends(&config, &topic, PARTITIONS);
+    eventually(Duration::from_secs(30), "the poller delivers the rest of every partition", || {
+        let seen: std::collections::BTreeSet<(i32, i64)> = delivered(&calls).into_iter().collect();
+        ends.iter().all(|(p, end)| (from[p]..*end).all(|o| seen.contains(&(*p, o))))
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the group's commits reach the end of the log", || {
+        ends.iter().all(|(p, end)| committed(&config, &group, &topic, *p) == Offset::Offset(*end))
+    })
+    .await;
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops promptly").unwrap();
+
+    let delivered = delivered(&calls);
+    assert_eq!(assert_in_order_none_skipped(&delivered, &from, &ends), 0, "exactly the rest, nothing twice");
+    assert_eq!(delivered.len() as i64, ends.iter().map(|(p, end)| end - from[p]).sum::<i64>());
+    // Whether tansu ever lets B in again does not matter to the poller.
+    eprintln!("stuck group: the member got {} records; still stuck: {}", member_records.lock().unwrap(), broker.sql(STUCK_SQL) == group);
+    member_task.abort();
+}
+

@@ -8,32 +8,43 @@
 //! batch with capped backoff, so records are never skipped or reordered.
 //! It also fires the template's `rate(...)` schedules.
 //!
-//! Consumers use static membership (`group.instance.id`) and leave cleanly on
-//! Ctrl-C: the local broker stalls the partitions of a member that vanishes.
+//! It joins no consumer group: it assigns itself every partition of a
+//! source's topics and commits to the source's `ConsumerGroupId` as a simple
+//! consumer, so no group state in the broker can stall it, and a broker
+//! restart only costs reconnects (see `paystream_local::poller`). It is
+//! therefore meant to be the only consumer of those groups: a second poller
+//! would deliver every record again (harmless, the consumers are idempotent).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use paystream::config::Config;
 use paystream_local::client::HttpClient;
-use paystream_local::poller::{consumer_for, poll, tick};
+use paystream_local::poller::{tick, Poller, PollerSettings};
 use paystream_local::template::Template;
 use tokio::sync::watch;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     paystream::telemetry::init(&std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()));
+    let settings = PollerSettings::from_env().unwrap_or_else(|e| fail(&e));
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+    runtime.block_on(run(settings.clone()));
+    // A broker request still running on a blocking thread (a commit or a
+    // discovery the poller stopped waiting for) must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_millis(settings.shutdown_commit_ms));
+}
+
+async fn run(settings: PollerSettings) {
     let template = Template::from_env().unwrap_or_else(|e| fail(&e));
     let config = Config::from_env().unwrap_or_else(|e| fail(&e.to_string()));
     let endpoint = std::env::var("LAMBDA_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into());
     // Locally, schedules may run faster than on AWS (the demo and e2e tests).
     let schedule_override_s: Option<u64> = std::env::var("PAYSTREAM_SCHEDULE_EVERY_S").ok().and_then(|s| s.parse().ok());
-    let client = HttpClient::new(Duration::from_secs(120));
+    let client = HttpClient::new(Duration::from_millis(settings.invoke_timeout_ms));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for source in template.msk_sources.clone() {
-        let consumer = consumer_for(&config, &source).unwrap_or_else(|e| fail(&e));
-        tasks.spawn(poll(Arc::new(consumer), source, endpoint.clone(), client.clone(), stop_rx.clone()));
+        let poller = Poller::new(&config, source, settings.clone()).unwrap_or_else(|e| fail(&e));
+        tasks.spawn(poller.run(endpoint.clone(), client.clone(), stop_rx.clone()));
     }
     for schedule in template.schedules.clone() {
         let every_s = schedule_override_s.unwrap_or(schedule.every_s);
@@ -41,7 +52,7 @@ async fn main() {
     }
     tracing::info!(sources = template.msk_sources.len(), schedules = template.schedules.len(), %endpoint, "poller running");
     paystream_local::shutdown_signal().await;
-    tracing::info!("poller stopping: finishing in-flight batches and leaving the groups");
+    tracing::info!("poller stopping: committing what was delivered");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
 }
