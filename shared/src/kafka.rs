@@ -193,6 +193,14 @@ impl EventProducer {
         }
     }
 
+    /// For a caller that gave up waiting on publishes before their own
+    /// timeout (a deadline shorter than `KAFKA_PUBLISH_TIMEOUT_MS`): their
+    /// outcome is unknown, so the producer may be the one tansu will no
+    /// longer serve; the next publish starts a new one.
+    pub fn abandon(&self) {
+        self.retire("publishes abandoned before their timeout");
+    }
+
     fn retire(&self, reason: &str) {
         if self.healthy.swap(false, std::sync::atomic::Ordering::Relaxed) {
             tracing::warn!(reason, "delivery failed; the next publish starts a new producer");

@@ -141,6 +141,11 @@ pub async fn publish_outbox(p: &Platform, deadline: Instant) -> Result<usize, Ap
     }
     // Whatever is still in flight at the deadline is dropped unmarked: the
     // next run publishes it again (settlement deduplicates).
+    if !in_flight.is_empty() {
+        // Abandoned before their own timeout: without this the same stuck
+        // producer would be reused by every run and none would progress.
+        producer.abandon();
+    }
     in_flight.abort_all();
     if timed_out {
         tracing::warn!(acknowledged = acknowledged.len(), "relay deadline reached; the rest waits for the next run");
