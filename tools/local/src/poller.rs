@@ -40,9 +40,11 @@ const LOCAL_CLUSTER_ARN: &str = "arn:aws:kafka:local:000000000000:cluster/paystr
 /// configuration table).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PollerSettings {
-    /// First delay before a failed batch is invoked again; it doubles.
+    /// First delay before a failed batch is invoked (or a failed commit
+    /// made) again; it doubles.
     pub retry_first_ms: u64,
-    /// Longest delay between two invocations of a failing batch.
+    /// Longest delay between two invocations of a failing batch (or two
+    /// attempts of a failing commit).
     pub retry_max_ms: u64,
     /// How often partitions are discovered again (a new partition or topic
     /// is picked up within this) and the stall check runs.
@@ -51,7 +53,7 @@ pub struct PollerSettings {
     pub broker_timeout_ms: u64,
     /// Bound of one offset commit (librdkafka waits this long for a
     /// coordinator, and each request this long for an answer); a failed
-    /// commit is tried again after `retry_first_ms`.
+    /// commit is made again with the same backoff as a failed batch.
     pub commit_timeout_ms: u64,
     /// A partition with records beyond the poller's position that yields
     /// none for this long counts as stalled: the consumer is recreated at
@@ -157,6 +159,9 @@ pub struct Poller {
     commit_ids: u64,
     /// No commit before this (after a failed one).
     commit_not_before: Instant,
+    /// The wait after the next failed commit: doubles from `retry_first_ms`
+    /// up to `retry_max_ms`, back to the start after a success.
+    commit_retry_ms: u64,
 }
 
 fn new_consumer(config: &Config, source: &MskSource, settings: &PollerSettings) -> Result<PollerConsumer, String> {
@@ -188,7 +193,6 @@ impl Poller {
         Ok(Self {
             config: config.clone(),
             source,
-            settings,
             consumer: Arc::new(consumer),
             commits_tx,
             commits,
@@ -196,6 +200,8 @@ impl Poller {
             commit_in_flight: None,
             commit_ids: 0,
             commit_not_before: Instant::now(),
+            commit_retry_ms: settings.retry_first_ms,
+            settings,
         })
     }
 
@@ -487,10 +493,14 @@ impl Poller {
         }
         let Some((_, _, offsets)) = self.commit_in_flight.take() else { return };
         if let Err(error) = &outcome.result {
-            tracing::warn!(function = %self.source.function, %error, "commit failed; trying again");
-            self.commit_not_before = Instant::now() + Duration::from_millis(self.settings.retry_first_ms);
+            // E.g. the broker restarting, or (on brokers that fence commits as
+            // Kafka does) another consumer being a member of the group.
+            tracing::warn!(function = %self.source.function, %error, retry_in_ms = self.commit_retry_ms, "commit failed; trying again");
+            self.commit_not_before = Instant::now() + Duration::from_millis(self.commit_retry_ms);
+            self.commit_retry_ms = (self.commit_retry_ms * 2).min(self.settings.retry_max_ms);
             return;
         }
+        self.commit_retry_ms = self.settings.retry_first_ms;
         for (tp, offset) in offsets {
             if let Some(p) = self.partitions.get_mut(&tp) {
                 p.committed = Some(p.committed.map_or(offset, |c| c.max(offset)));

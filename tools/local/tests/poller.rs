@@ -505,3 +505,4 @@ async fn a_group_stuck_forming_under_a_departed_leader_does_not_stop_the_poller(
     member_task.abort();
 }
 
+
