@@ -504,5 +504,3 @@ async fn a_group_stuck_forming_under_a_departed_leader_does_not_stop_the_poller(
     eprintln!("stuck group: the member got {} records; still stuck: {}", member_records.lock().unwrap(), broker.sql(STUCK_SQL) == group);
     member_task.abort();
 }
-
-
