@@ -36,6 +36,11 @@ expected=$(grep -c 'Type: AWS::Serverless::Function' template.yaml)
 log "sam build: $functions arm64 bootstraps"
 
 log "cargo test (workspace)"
+# The crash-point tests run the real function binaries, which need the
+# failpoints compiled in. `cargo test` builds a package's plain binary only
+# when that package has integration tests, so build them all first, with the
+# same features cargo test unifies (no second compile).
+cargo build --locked --workspace --bins --features paystream-shared/testing,paystream-shared/failpoints
 cargo test --locked --workspace --all-targets
 
 log "end to end: the demo and every sample event through the local Lambda host, the gateway and the poller"

@@ -18,7 +18,6 @@
 //! it); a binary without it never crashes and these tests fail.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,9 +28,11 @@ use paystream::flash;
 use paystream::store::products::{self, Product};
 use paystream::testing::{bulk_users, create_topics, fresh_config, msk_event, read_topic, seed, user};
 use paystream::Platform;
-use paystream_local::host::{FunctionSpec, Host, InvokeError};
+use paystream_local::host::{Host, InvokeError};
 use serde_json::{json, Value};
 use uuid::Uuid;
+
+mod common;
 
 const TIMEOUT_MS: u64 = 10_000;
 const PRICE: i64 = 129_000;
@@ -40,40 +41,21 @@ const PRICE: i64 = 129_000;
 const RESERVATION_TTL_MS: u64 = 3_000;
 const RELAY_GRACE_MS: u64 = 500;
 
-fn binary(name: &str) -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
-    let path = target.join("debug").join(name);
-    assert!(path.exists(), "{} missing: `cargo test --workspace` builds it (with failpoints)", path.display());
-    path
-}
-
 /// The function's environment: the test's database, Redis prefix, topics
 /// and short flash-sale bounds.
 fn env(config: &Config, failpoint: Option<&str>) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = [
-        ("DATABASE_URL", config.database.url.expose().to_owned()),
-        ("REDIS_KEY_PREFIX", config.redis.key_prefix.clone()),
-        ("PAYMENT_TOPIC", config.kafka.payment_topic.clone()),
-        ("ORDER_TOPIC", config.kafka.order_topic.clone()),
-        ("LOG_LEVEL", "warn".to_owned()),
+    let bounds = [
         ("RESERVATION_TTL_MS", RESERVATION_TTL_MS.to_string()),
         ("ORDER_COMMIT_DEADLINE_MS", "1000".to_owned()),
         ("PG_STATEMENT_TIMEOUT_MS", "1500".to_owned()),
         ("IDEMPOTENCY_WAIT_MS", "1000".to_owned()),
         ("RELAY_GRACE_MS", RELAY_GRACE_MS.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    if let Some(step) = failpoint {
-        env.push(("FAILPOINTS".to_owned(), format!("{step}=return")));
-    }
-    env
+    ];
+    common::function_env(config, &bounds, failpoint)
 }
 
 async fn host(config: &Config, function: &str, failpoint: Option<&str>) -> Arc<Host> {
-    let spec = FunctionSpec { name: function.to_owned(), binary: binary(function), env: env(config, failpoint), instances: 1, timeout_ms: TIMEOUT_MS };
-    Host::start(vec![spec]).await.expect("host starts the function")
+    common::host(function, common::binary_with_failpoints(function), env(config, failpoint), TIMEOUT_MS).await
 }
 
 struct Sale {
@@ -122,23 +104,7 @@ impl Sale {
         if let Some(key) = key {
             headers["idempotency-key"] = json!(key);
         }
-        let body = json!({"product_id": self.product});
-        let event = json!({
-            "version": "2.0",
-            "routeKey": "POST /orders",
-            "rawPath": "/orders",
-            "rawQueryString": "",
-            "headers": headers,
-            "requestContext": {
-                "accountId": "123456789012", "apiId": "paystream", "domainName": "localhost", "domainPrefix": "localhost",
-                "http": {"method": "POST", "path": "/orders", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "tests"},
-                "requestId": Uuid::new_v4().to_string(), "routeKey": "POST /orders", "stage": "$default",
-                "time": "30/Nov/2026:12:00:00 +0000", "timeEpoch": 1_796_040_000_000u64
-            },
-            "isBase64Encoded": false,
-            "body": body.to_string(),
-        });
-        Bytes::from(event.to_string())
+        common::http_event("POST", "/orders", headers, &json!({"product_id": self.product}))
     }
 
     /// Orders through `host`; records a 202 and checks that a refusal as a

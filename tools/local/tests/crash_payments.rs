@@ -10,7 +10,6 @@
 //! `cargo test --workspace` does (the functions' dev-dependencies enable
 //! it); a binary without it never crashes and these tests fail.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,43 +18,15 @@ use paystream::config::Config;
 use paystream::demo::{ALICE_EVERYDAY_CARD, SEOUL_CAFE};
 use paystream::testing::{create_topics, fresh_config, msk_event, read_topic, seed, user, TestUser};
 use paystream::Platform;
-use paystream_local::host::{FunctionSpec, Host, InvokeError};
+use paystream_local::host::{Host, InvokeError};
 use serde_json::{json, Value};
+
+mod common;
 
 const TIMEOUT_MS: u64 = 15_000;
 
-fn binary(name: &str) -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
-    let path = target.join("debug").join(name);
-    let binary = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; `cargo test --workspace --all-targets` builds it", path.display()));
-    // The text `crash_point!` prints exists only in a build with failpoints.
-    let marker = b"reached: aborting";
-    assert!(
-        binary.windows(marker.len()).any(|w| w == marker),
-        "{} was built without failpoints (a plain `cargo build` replaced it); `cargo test --workspace --all-targets` builds it with them",
-        path.display()
-    );
-    path
-}
-
-/// The function's environment: the test's database, Redis prefix and topics.
-fn env(config: &Config, failpoint: Option<&str>) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("DATABASE_URL".to_owned(), config.database.url.expose().to_owned()),
-        ("REDIS_KEY_PREFIX".to_owned(), config.redis.key_prefix.clone()),
-        ("PAYMENT_TOPIC".to_owned(), config.kafka.payment_topic.clone()),
-        ("ORDER_TOPIC".to_owned(), config.kafka.order_topic.clone()),
-        ("LOG_LEVEL".to_owned(), "warn".to_owned()),
-    ];
-    if let Some(step) = failpoint {
-        env.push(("FAILPOINTS".to_owned(), format!("{step}=return")));
-    }
-    env
-}
-
 async fn host(config: &Config, function: &str, failpoint: Option<&str>) -> Arc<Host> {
-    let spec = FunctionSpec { name: function.to_owned(), binary: binary(function), env: env(config, failpoint), instances: 1, timeout_ms: TIMEOUT_MS };
-    Host::start(vec![spec]).await.expect("host starts the function")
+    common::host(function, common::binary_with_failpoints(function), common::function_env(config, &[], failpoint), TIMEOUT_MS).await
 }
 
 struct World {
@@ -83,23 +54,8 @@ impl World {
 
     /// `POST /payments` as API Gateway delivers it.
     fn payment_request(&self, key: &str) -> Bytes {
-        let body = json!({"card_id": ALICE_EVERYDAY_CARD.0, "merchant_id": SEOUL_CAFE.0, "amount": 4_500, "currency": "KRW"});
-        let event = json!({
-            "version": "2.0",
-            "routeKey": "POST /payments",
-            "rawPath": "/payments",
-            "rawQueryString": "",
-            "headers": {"content-type": "application/json", "authorization": self.alice.bearer(), "idempotency-key": key},
-            "requestContext": {
-                "accountId": "123456789012", "apiId": "paystream", "domainName": "localhost", "domainPrefix": "localhost",
-                "http": {"method": "POST", "path": "/payments", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "tests"},
-                "requestId": uuid::Uuid::new_v4().to_string(), "routeKey": "POST /payments", "stage": "$default",
-                "time": "30/Nov/2026:12:00:00 +0000", "timeEpoch": 1_796_040_000_000u64
-            },
-            "isBase64Encoded": false,
-            "body": body.to_string(),
-        });
-        Bytes::from(event.to_string())
+        let headers = json!({"content-type": "application/json", "authorization": self.alice.bearer(), "idempotency-key": key});
+        common::http_event("POST", "/payments", headers, &json!({"card_id": ALICE_EVERYDAY_CARD.0, "merchant_id": SEOUL_CAFE.0, "amount": 4_500, "currency": "KRW"}))
     }
 
     /// Every record of the payment topic, as one MSK batch.

@@ -17,19 +17,14 @@ use paystream::config::Config;
 use paystream::demo::{ALICE_EVERYDAY_CARD, SEOUL_CAFE};
 use paystream::testing::{create_topics, fresh_config, msk_event, read_topic, seed, user, TestUser};
 use paystream::Platform;
-use paystream_local::host::{FunctionSpec, Host};
+use paystream_local::host::Host;
 use serde_json::{json, Value};
+
+mod common;
 
 const TIMEOUT_MS: u64 = 15_000;
 /// More than one EMF document's 100 values, so FDS must split its batch.
 const PAYMENTS: usize = 110;
-
-fn binary(name: &str) -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
-    let path = target.join("debug").join(name);
-    assert!(path.exists(), "{} missing: `cargo test --workspace` builds it", path.display());
-    path
-}
 
 /// The host sends a function's stdout to its own or nowhere; this wrapper
 /// (exec'd by the host as the function's binary, so the process, its pid
@@ -38,43 +33,18 @@ fn capturing(dir: &Path, function: &str) -> (PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     let out = dir.join(format!("{function}.stdout"));
     let script = dir.join(function);
-    std::fs::write(&script, format!("#!/bin/sh\nexec '{}' >>'{}'\n", binary(function).display(), out.display())).unwrap();
+    std::fs::write(&script, format!("#!/bin/sh\nexec '{}' >>'{}'\n", common::binary(function).display(), out.display())).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     (script, out)
 }
 
-fn env(config: &Config) -> Vec<(String, String)> {
-    vec![
-        ("DATABASE_URL".to_owned(), config.database.url.expose().to_owned()),
-        ("REDIS_KEY_PREFIX".to_owned(), config.redis.key_prefix.clone()),
-        ("PAYMENT_TOPIC".to_owned(), config.kafka.payment_topic.clone()),
-        ("LOG_LEVEL".to_owned(), "warn".to_owned()),
-    ]
-}
-
 async fn host(config: &Config, function: &str, binary: PathBuf) -> Arc<Host> {
-    let spec = FunctionSpec { name: function.to_owned(), binary, env: env(config), instances: 1, timeout_ms: TIMEOUT_MS };
-    Host::start(vec![spec]).await.expect("host starts the function")
+    common::host(function, binary, common::function_env(config, &[], None), TIMEOUT_MS).await
 }
 
 fn payment_request(alice: &TestUser, key: &str) -> Bytes {
-    let body = json!({"card_id": ALICE_EVERYDAY_CARD.0, "merchant_id": SEOUL_CAFE.0, "amount": 4_500, "currency": "KRW"});
-    let event = json!({
-        "version": "2.0",
-        "routeKey": "POST /payments",
-        "rawPath": "/payments",
-        "rawQueryString": "",
-        "headers": {"content-type": "application/json", "authorization": alice.bearer(), "idempotency-key": key},
-        "requestContext": {
-            "accountId": "123456789012", "apiId": "paystream", "domainName": "localhost", "domainPrefix": "localhost",
-            "http": {"method": "POST", "path": "/payments", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "tests"},
-            "requestId": uuid::Uuid::new_v4().to_string(), "routeKey": "POST /payments", "stage": "$default",
-            "time": "30/Nov/2026:12:00:00 +0000", "timeEpoch": 1_796_040_000_000u64
-        },
-        "isBase64Encoded": false,
-        "body": body.to_string(),
-    });
-    Bytes::from(event.to_string())
+    let headers = json!({"content-type": "application/json", "authorization": alice.bearer(), "idempotency-key": key});
+    common::http_event("POST", "/payments", headers, &json!({"card_id": ALICE_EVERYDAY_CARD.0, "merchant_id": SEOUL_CAFE.0, "amount": 4_500, "currency": "KRW"}))
 }
 
 /// The EMF documents of a captured stdout, each checked against the format.
