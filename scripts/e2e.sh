@@ -3,8 +3,17 @@
 # function binaries (under the local Lambda host), the gateway and the poller;
 # then schemathesis against the same gateway (scripts/schemathesis.sh).
 # Called by scripts/test.sh after the stack is up.
+# Its own database and Redis key prefix, new every run: what the demo and
+# the browser checks count must not depend on what earlier runs (or
+# schemathesis's generated merchants) left in the local demo database.
+export PAYSTREAM_DB="${PAYSTREAM_E2E_DB:-paystream_e2e}"
+export REDIS_KEY_PREFIX="e2e:$(date +%s):"
 source "$(dirname "$0")/lib.sh"
 trap 'stop_runtime' EXIT
+psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$PAYSTREAM_DB\" WITH (FORCE)" >/dev/null
+ensure_database
+log "migrating and seeding $PAYSTREAM_DB"
+(cd "$REPO_ROOT" && ops seed)
 ensure_browser
 SCREENSHOT_DIR="${PAYSTREAM_SCREENSHOT_DIR:-$STATE_DIR/screenshots}"
 
