@@ -7,6 +7,8 @@
 # the browser checks count must not depend on what earlier runs (or
 # schemathesis's generated merchants) left in the local demo database.
 export PAYSTREAM_DB="${PAYSTREAM_E2E_DB:-paystream_e2e}"
+# Set here, not inherited: test.sh has already exported the demo database's URL.
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$PAYSTREAM_DB"
 export REDIS_KEY_PREFIX="e2e:$(date +%s):"
 source "$(dirname "$0")/lib.sh"
 trap 'stop_runtime' EXIT
