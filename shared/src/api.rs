@@ -8,6 +8,8 @@
 //! schema cannot state (a Luhn check, an expiry in the past, an end before a
 //! start, a taken name), and a body it refuses is refused by the server too.
 
+pub mod responses;
+
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Deserializer, Serialize};

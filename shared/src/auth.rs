@@ -53,11 +53,17 @@ impl Caller {
     }
 }
 
+/// The `token_type` of every access token.
+pub const TOKEN_TYPE: &str = "Bearer";
+
 /// What log-in returns.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AccessToken {
+    /// HS256 JWT.
     pub access_token: String,
+    #[schema(schema_with = crate::api::responses::bearer)]
     pub token_type: &'static str,
+    /// Seconds until the token expires.
     pub expires_in: u64,
 }
 
@@ -108,7 +114,7 @@ impl TokenIssuer {
             exp: iat + self.ttl_s as i64,
         };
         let token = jsonwebtoken::encode(&Header::new(JWT_ALGORITHM), &claims, &self.keys()?.0).map_err(AppError::internal)?;
-        Ok(AccessToken { access_token: token, token_type: "Bearer", expires_in: self.ttl_s })
+        Ok(AccessToken { access_token: token, token_type: TOKEN_TYPE, expires_in: self.ttl_s })
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller, AppError> {

@@ -208,7 +208,7 @@ impl AppError {
 
     pub fn problem(&self) -> Problem<'_> {
         Problem {
-            kind: "about:blank",
+            kind: PROBLEM_TYPE,
             title: self.code.title(),
             status: self.code.status(),
             code: self.code,
@@ -218,14 +218,38 @@ impl AppError {
 }
 
 /// RFC 9457 body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem<'a> {
+    /// Always about:blank: `code` identifies the problem.
     #[serde(rename = "type")]
+    #[schema(schema_with = problem_type)]
     pub kind: &'static str,
+    /// Fixed per code.
     pub title: &'static str,
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
+    /// Stable, machine-readable error code.
+    #[schema(schema_with = problem_code)]
     pub code: ErrorCode,
+    /// Human-readable explanation for this occurrence.
     pub detail: &'a str,
+}
+
+/// `type` of every problem: RFC 9457's default, as `code` says what it is.
+const PROBLEM_TYPE: &str = "about:blank";
+
+fn problem_type() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String).enum_values(Some([PROBLEM_TYPE]))
+        .description(Some("Always about:blank: `code` identifies the problem."))
+        .into()
+}
+
+fn problem_code() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+        .description(Some("Stable, machine-readable error code."))
+        .into()
 }
 
 /// The detail of a text value the database refused (the value is not echoed).

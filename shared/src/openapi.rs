@@ -8,17 +8,15 @@
 //! disagree with them. Request bodies are derived (`utoipa::ToSchema`) from
 //! the types the functions decode, in [`crate::api`], whose every rule (a
 //! pattern, a list, a bound) is the constant the parser itself checks: the
-//! document is exactly as strict as the server. Response bodies are written
-//! here to match the Rust response types field for field.
+//! document is exactly as strict as the server. Response bodies are derived
+//! the same way from the types the functions serialise
+//! ([`crate::api::responses`] and the read models under `store/`).
 
 use serde_json::{json, Map, Value};
 
-use crate::domain::MerchantCategory;
 use crate::error::ErrorCode;
 // A short alias keeps each row of the route table on a readable line.
 use crate::error::ErrorCode as E;
-use crate::store::ledger::reason;
-use crate::store::loyalty::DASHBOARD_DAYS;
 
 /// How a route authenticates its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -794,346 +792,28 @@ fn schema_ref(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
 
-// Small builders for the schemas below. Each schema is its own small
-// `json!` call: one literal for all of them would exceed the macro's
-// recursion limit.
-
-fn object(required: &[&str], properties: Value) -> Value {
-    json!({ "type": "object", "required": required, "properties": properties })
-}
-
-
-fn array_of(item: &str) -> Value {
-    json!({ "type": "array", "items": schema_ref(item) })
-}
-
-fn uuid() -> Value {
-    json!({ "type": "string", "format": "uuid" })
-}
-
-/// Times leave the API as RFC 3339 UTC (`store::rfc3339`).
-fn time() -> Value {
-    json!({ "type": "string", "format": "date-time" })
-}
-
-fn currency() -> Value {
-    json!({ "type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 code, uppercase." })
-}
-
-
-/// Integer minor units, as stored (i64).
-fn minor_units() -> Value {
-    json!({ "type": "integer", "format": "int64", "description": "Integer amount in minor units of `currency`." })
-}
-
-
-fn categories() -> Vec<&'static str> {
-    MerchantCategory::ALL.iter().map(|c| c.as_str()).collect()
-}
-
-/// JSON Schemas of every response body, matching the Rust types
-/// (field names as serialised; `Option` fields skipped when `None` are not
-/// required; `Option` fields always serialised are required and nullable).
+/// Every schema of the document. Request and response bodies are derived
+/// from the Rust types the functions decode and serialise ([`crate::api`],
+/// [`crate::api::responses`], [`crate::error::Problem`]); only the bodies
+/// that are not JSON (pages, scripts, this document) are described here.
 fn schemas() -> Value {
     let mut s = Map::new();
     let mut add = |name: &str, schema: Value| {
-        s.insert(name.to_owned(), schema);
+        let earlier = s.insert(name.to_owned(), schema);
+        assert!(earlier.is_none(), "two schemas named {name}");
     };
-
-    // error::Problem (RFC 9457).
-    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
-    add(
-        PROBLEM,
-        object(
-            &["type", "title", "status", "code", "detail"],
-            json!({
-                "type": { "type": "string", "const": "about:blank", "description": "Always about:blank: `code` identifies the problem." },
-                "title": { "type": "string", "description": "Fixed per code." },
-                "status": { "type": "integer", "minimum": 400, "maximum": 599 },
-                "code": { "type": "string", "enum": codes, "description": "Stable, machine-readable error code." },
-                "detail": { "type": "string", "description": "Human-readable explanation for this occurrence." },
-            }),
-        ),
-    );
+    let problem = serde_json::to_value(<crate::error::Problem<'_> as utoipa::PartialSchema>::schema()).expect("schemas serialise");
+    add(PROBLEM, problem);
     add(HTML_PAGE, json!({ "type": "string", "contentMediaType": "text/html", "description": "An HTML page." }));
     add(WEB_PAGE, json!({ "type": "string", "contentMediaType": "text/html", "description": "A browser page (scripts from this origin only)." }));
     add(WEB_ASSET, json!({ "type": "string", "description": "JavaScript or CSS, per Content-Type." }));
-    // Request bodies: derived from the types the functions decode.
+    add("OpenApiDocument", json!({ "type": "object", "description": "An OpenAPI 3.1 document (this one)." }));
     for (name, schema) in crate::api::schemas() {
         add(name, schema);
     }
-    add("OpenApiDocument", json!({ "type": "object", "description": "An OpenAPI 3.1 document (this one)." }));
-
-    // account: auth.rs
-    add("UserCreated", object(&["user_id"], json!({ "user_id": uuid() })));
-    // auth::AccessToken
-    add(
-        "AccessToken",
-        object(
-            &["access_token", "token_type", "expires_in"],
-            json!({
-                "access_token": { "type": "string", "description": "HS256 JWT." },
-                "token_type": { "type": "string", "const": "Bearer" },
-                "expires_in": { "type": "integer", "minimum": 0, "description": "Seconds until the token expires." },
-            }),
-        ),
-    );
-
-    // account: cards.rs, store::cards
-    add(
-        "RegisteredCard",
-        object(
-            &["card_id", "last4", "card_product_id"],
-            json!({ "card_id": uuid(), "last4": { "type": "string", "pattern": "^[0-9]{4}$" }, "card_product_id": uuid() }),
-        ),
-    );
-    add(
-        "Card",
-        object(
-            &["card_id", "last4", "card_product_id", "card_product_name", "expiry", "created_at"],
-            json!({
-                "card_id": uuid(),
-                "last4": { "type": "string", "pattern": "^[0-9]{4}$" },
-                "card_product_id": uuid(),
-                "card_product_name": { "type": "string" },
-                "expiry": { "type": "string", "pattern": "^(0[1-9]|1[0-2])/[0-9]{2}$", "description": "MM/YY." },
-                "created_at": time(),
-            }),
-        ),
-    );
-    add("CardList", array_of("Card"));
-
-    // store::notifications::NotificationView
-    add(
-        "Notification",
-        object(
-            &["notification_id", "kind", "payload", "created_at"],
-            json!({
-                "notification_id": uuid(),
-                "kind": { "type": "string", "examples": ["VIP", "BENEFIT_TIP", "VERIFICATION_APPROVED", "VERIFICATION_DENIED"] },
-                "payload": { "type": "object", "description": "Kind-specific details." },
-                "created_at": time(),
-            }),
-        ),
-    );
-    add("NotificationList", array_of("Notification"));
-
-    // store::card_products
-    add(
-        "BenefitRule",
-        object(
-            &["scope", "rate_bp", "cap_amount", "currency"],
-            json!({
-                "scope": { "type": "string", "enum": ["everywhere", "category", "merchant"] },
-                "merchant_category": { "type": "string", "description": "Present when scope is category." },
-                "merchant_id": { "type": "string", "format": "uuid", "description": "Present when scope is merchant." },
-                "rate_bp": { "type": "integer", "format": "int32", "minimum": 0, "maximum": 10000, "description": "Basis points (1/100 of a percent)." },
-                "cap_amount": { "type": "integer", "format": "int64", "description": "Largest benefit one payment can earn, in minor units of `currency`." },
-                "currency": currency(),
-            }),
-        ),
-    );
-    add(
-        "CardProduct",
-        object(
-            &["card_product_id", "name", "issuer", "benefit_rules"],
-            json!({
-                "card_product_id": uuid(),
-                "name": { "type": "string" },
-                "issuer": { "type": "string" },
-                "benefit_rules": array_of("BenefitRule"),
-            }),
-        ),
-    );
-    add("CardProductList", array_of("CardProduct"));
-
-    // account: merchants.rs, store::merchants
-    add("MerchantCreated", object(&["merchant_id"], json!({ "merchant_id": uuid() })));
-    add("MerchantList", object(&["items"], json!({ "items": array_of("MerchantPublic") })));
-    add(
-        "MerchantPublic",
-        object(
-            &["merchant_id", "name", "category", "country", "lat", "lon"],
-            json!({
-                "merchant_id": uuid(),
-                "name": { "type": "string" },
-                "category": { "type": "string", "examples": categories() },
-                "country": { "type": "string", "pattern": "^[A-Z]{2}$" },
-                "lat": { "type": "number" },
-                "lon": { "type": "number" },
-            }),
-        ),
-    );
-
-    // pay: payments.rs, store::payments::PaymentView
-    add(
-        "PaymentAccepted",
-        object(&["payment_id", "status"], json!({ "payment_id": uuid(), "status": { "type": "string", "const": "RECEIVED" } })),
-    );
-    let reasons =
-        [reason::IMPOSSIBLE_TRAVEL, reason::HOLDER_LOCKED, reason::APPROVED_BY_HOLDER, reason::DENIED_BY_HOLDER, reason::VERIFICATION_EXPIRED];
-    add(
-        "Payment",
-        object(
-            &["payment_id", "status", "amount", "currency", "merchant_id"],
-            json!({
-                "payment_id": uuid(),
-                "status": {
-                    "type": "string",
-                    "enum": ["RECEIVED", "COMPLETED", "PENDING", "DENIED"],
-                    "description": "RECEIVED until fraud detection has decided.",
-                },
-                "amount": minor_units(),
-                "currency": currency(),
-                "merchant_id": uuid(),
-                "reason": { "type": "string", "examples": reasons, "description": "Why the payment got its status, when there is a reason." },
-            }),
-        ),
-    );
-
-    // verify: lib.rs (DecisionBody, and the JSON answer of decide)
-    add(
-        "VerificationResult",
-        object(
-            &["payment_id", "status"],
-            json!({ "payment_id": uuid(), "status": { "type": "string", "enum": ["COMPLETED", "DENIED"] } }),
-        ),
-    );
-
-    // order: products.rs, store::products::ProductView
-    add(
-        "Product",
-        object(
-            &["product_id", "title", "price", "currency", "stock", "remaining", "start_time", "end_time"],
-            json!({
-                "product_id": uuid(),
-                "title": { "type": "string" },
-                "price": minor_units(),
-                "currency": currency(),
-                "stock": { "type": "integer", "format": "int32", "minimum": 1 },
-                "remaining": { "type": "integer", "format": "int64", "minimum": 0, "description": "Live remaining stock, 0..stock." },
-                "start_time": time(),
-                "end_time": time(),
-            }),
-        ),
-    );
-    add("ProductList", array_of("Product"));
-
-    // order: orders.rs, store::orders::OrderView
-    add(
-        "OrderAccepted",
-        object(&["order_id", "status"], json!({ "order_id": uuid(), "status": { "type": "string", "const": "PENDING" } })),
-    );
-    add(
-        "Order",
-        object(
-            &["order_id", "product_id", "status", "amount", "currency", "created_at"],
-            json!({
-                "order_id": uuid(),
-                "product_id": uuid(),
-                "status": { "type": "string", "enum": ["PENDING", "SUCCESS", "FAILED"] },
-                "amount": minor_units(),
-                "currency": currency(),
-                "reason": { "type": "string", "examples": ["NO_STOCK_AT_SETTLEMENT"], "description": "Why a FAILED order failed." },
-                "created_at": time(),
-            }),
-        ),
-    );
-
-    // report: store::settlements
-    add(
-        "Settlement",
-        object(
-            &["settlement_id", "order_id", "user_id", "product_id", "amount", "currency", "settled_at"],
-            json!({
-                "settlement_id": uuid(),
-                "order_id": uuid(),
-                "user_id": uuid(),
-                "product_id": uuid(),
-                "amount": minor_units(),
-                "currency": currency(),
-                "settled_at": time(),
-            }),
-        ),
-    );
-    add(
-        "SettlementPage",
-        object(
-            &["items"],
-            json!({
-                "items": array_of("Settlement"),
-                "next_cursor": { "type": "string", "description": "Pass as `cursor` for the next (older) page; absent on the last page." },
-            }),
-        ),
-    );
-    // `currency` and `latest` are `Option`s serialised as null, so present.
-    add(
-        "SettlementSummary",
-        object(
-            &["count", "total_amount", "currency", "latest"],
-            json!({
-                "count": { "type": "integer", "format": "int64", "minimum": 0 },
-                "total_amount": { "type": "integer", "format": "int64", "description": "Sum in minor units of `currency`." },
-                "currency": { "type": ["string", "null"], "description": "Currency of the total; null when there are none or they mix currencies." },
-                "latest": { "anyOf": [schema_ref("Settlement"), { "type": "null" }], "description": "The newest settlement, null when there is none." },
-            }),
-        ),
-    );
-
-    // report: store::loyalty::Dashboard
-    add(
-        "TopCustomer",
-        object(
-            &["customer", "visits"],
-            json!({
-                "customer": { "type": "string", "description": "Masked: the first two letters of the username, then ***." },
-                "visits": { "type": "integer", "format": "int32" },
-            }),
-        ),
-    );
-    add(
-        "RecentVip",
-        object(
-            &["customer", "visits", "became_at"],
-            json!({
-                "customer": { "type": "string", "description": "Masked: the first two letters of the username, then ***." },
-                "visits": { "type": "integer", "format": "int32" },
-                "became_at": time(),
-            }),
-        ),
-    );
-    add(
-        "DayVisits",
-        object(
-            &["day", "visits"],
-            json!({
-                "day": { "type": "string", "format": "date", "description": "A UTC day." },
-                "visits": { "type": "integer", "format": "int64", "minimum": 0 },
-            }),
-        ),
-    );
-    add(
-        "Dashboard",
-        object(
-            &["merchant_id", "customers", "vips", "top_customers", "recent_vips", "tips_sent", "visits_by_day"],
-            json!({
-                "merchant_id": uuid(),
-                "customers": { "type": "integer", "format": "int64", "minimum": 0 },
-                "vips": { "type": "integer", "format": "int64", "minimum": 0 },
-                "top_customers": array_of("TopCustomer"),
-                "recent_vips": array_of("RecentVip"),
-                "tips_sent": { "type": "integer", "format": "int64", "minimum": 0, "description": "Benefit tips sent for payments at this merchant." },
-                "visits_by_day": {
-                    "type": "array",
-                    "items": schema_ref("DayVisits"),
-                    "minItems": DASHBOARD_DAYS,
-                    "maxItems": DASHBOARD_DAYS,
-                    "description": format!("Visits per UTC day over the last {DASHBOARD_DAYS} days, oldest first, today last; quiet days read 0."),
-                },
-            }),
-        ),
-    );
-
+    for (name, schema) in crate::api::responses::schemas() {
+        add(&name, schema);
+    }
     Value::Object(s)
 }
 

@@ -22,7 +22,7 @@ pub async fn signup(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let db = p.pg.get().await?;
     let user_id = users::insert(&**db, paystream::domain::UserId::new_random(), &NewUser { username: &username, email: &email, password_hash: &password_hash, phone: &phone, role }).await?;
     tracing::info!(user_id = %user_id, role = role.as_str(), "user signed up");
-    Ok(json(StatusCode::CREATED, &serde_json::json!({ "user_id": user_id })))
+    Ok(json(StatusCode::CREATED, &paystream::api::responses::UserCreated { user_id: user_id.0 }))
 }
 
 

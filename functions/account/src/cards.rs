@@ -36,7 +36,7 @@ pub async fn register(p: &Platform, req: &Request) -> Result<Response, AppError>
         tracing::warn!(error = %e, "cached cards not forgotten; they refresh within CACHE_TTL_S");
     }
     tracing::info!(card_id = %card_id, user_id = %caller.user_id, "card registered");
-    Ok(json(StatusCode::CREATED, &serde_json::json!({ "card_id": card_id, "last4": last4, "card_product_id": product })))
+    Ok(json(StatusCode::CREATED, &paystream::api::responses::RegisteredCard { card_id: card_id.0, last4, card_product_id: product.0 }))
 }
 
 pub async fn list(p: &Platform, req: &Request) -> Result<Response, AppError> {

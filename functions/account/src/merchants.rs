@@ -29,7 +29,7 @@ pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let id = MerchantId::new_random();
     merchants::insert(&**p.pg.get().await?, id, &merchant).await?;
     tracing::info!(merchant_id = %id, owner = %caller.user_id, "merchant created");
-    Ok(json(StatusCode::CREATED, &serde_json::json!({ "merchant_id": id })))
+    Ok(json(StatusCode::CREATED, &paystream::api::responses::MerchantCreated { merchant_id: id.0 }))
 }
 
 pub async fn get(p: &Platform, req: &Request, raw_id: &str) -> Result<Response, AppError> {

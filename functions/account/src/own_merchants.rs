@@ -15,5 +15,5 @@ pub async fn list(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let limit = page_limit(req, DEFAULT_PAGE, p.config.http.page_limit_max)?;
     let owner = if caller.is_admin() { None } else { Some(caller.user_id.0) };
     let items = merchants::list(&**p.pg.get().await?, owner, limit).await?;
-    Ok(json(StatusCode::OK, &serde_json::json!({ "items": items })))
+    Ok(json(StatusCode::OK, &paystream::api::responses::MerchantList { items }))
 }

@@ -72,7 +72,7 @@ impl BatchConsumer for BenefitGuide {
             });
             notes.push(NewNotification {
                 user_id: event.user_id,
-                kind: "BENEFIT_TIP",
+                kind: paystream::store::notifications::kind::BENEFIT_TIP,
                 payload: serde_json::json!({
                     "payment_id": event.payment_id,
                     "merchant_id": event.merchant_id,

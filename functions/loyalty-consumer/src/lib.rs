@@ -58,7 +58,7 @@ impl BatchConsumer for Loyalty {
             .iter()
             .map(|(merchant, user)| NewNotification {
                 user_id: *user,
-                kind: "VIP",
+                kind: paystream::store::notifications::kind::VIP,
                 payload: serde_json::json!({
                     "merchant_id": merchant,
                     "merchant": facts.get(merchant).map(|(name, _)| name.as_str()).unwrap_or("a merchant"),

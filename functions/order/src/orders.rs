@@ -23,6 +23,7 @@ use crate::OrderApi;
 const GATE_ATTEMPTS_MAX: usize = 2;
 
 /// The body, with its schema (`openapi.json`), is in the shared crate.
+use paystream::api::responses::OrderAccepted;
 use paystream::api::CreateOrderRequest as CreateOrder;
 
 pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError> {
@@ -86,7 +87,7 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
         currency: product.currency.clone(),
         ordered_at: now,
     };
-    let answer = serde_json::json!({"order_id": event.order_id, "status": "PENDING"});
+    let answer = serde_json::to_value(OrderAccepted::new(event.order_id)).map_err(AppError::internal)?;
     let commit_deadline = Duration::from_millis(p.config.flash.commit_deadline_ms);
     let prepared = async {
         orders::insert_with_outbox(&tx, &event).await?;

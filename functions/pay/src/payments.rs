@@ -19,6 +19,7 @@ use lambda_http::http::StatusCode;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use paystream::api::responses::PaymentAccepted;
 use paystream::api::CreatePaymentRequest;
 use paystream::domain::{Amount, CardId, Currency, MerchantId, Role};
 use paystream::events::{PaymentEvent, EVENT_VERSION, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
@@ -67,7 +68,7 @@ pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
         },
     )
     .await?;
-    let answer = serde_json::json!({"payment_id": payment_id, "status": "RECEIVED"});
+    let answer = serde_json::to_value(PaymentAccepted::new(payment_id)).map_err(AppError::internal)?;
     if let Some(key) = &key {
         idempotency::complete(&tx, &scope, key, StatusCode::ACCEPTED.as_u16(), &answer).await?;
     }

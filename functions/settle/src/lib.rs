@@ -22,7 +22,7 @@ use paystream::{AppError, Platform};
 pub const CONSUMER_NAME: &str = "settle";
 /// Why an order accepted at the gate did not get stock at settlement (only
 /// possible for orders accepted while the gate was being rebuilt).
-pub const REASON_NO_STOCK: &str = "NO_STOCK_AT_SETTLEMENT";
+pub use paystream::store::orders::REASON_NO_STOCK;
 
 pub struct Settle {
     pub platform: Platform,

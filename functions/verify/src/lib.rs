@@ -106,8 +106,8 @@ impl VerifyApi {
         let view = verifications::find(&tx, &hash_token(&token), true).await?.ok_or_else(|| AppError::not_found("verification"))?;
         check_open(&view, OffsetDateTime::now_utc())?;
         let (status, why, verification_status, kind) = match decision {
-            Decision::Approve => (LedgerStatus::Completed, reason::APPROVED_BY_HOLDER, "APPROVED", "VERIFICATION_APPROVED"),
-            Decision::Deny => (LedgerStatus::Denied, reason::DENIED_BY_HOLDER, "DENIED", "VERIFICATION_DENIED"),
+            Decision::Approve => (LedgerStatus::Completed, reason::APPROVED_BY_HOLDER, "APPROVED", notifications::kind::VERIFICATION_APPROVED),
+            Decision::Deny => (LedgerStatus::Denied, reason::DENIED_BY_HOLDER, "DENIED", notifications::kind::VERIFICATION_DENIED),
         };
         verifications::decide(&tx, view.id, verification_status).await?;
         ledger::settle_pending(&tx, view.payment_id, status, why).await?;
@@ -126,7 +126,7 @@ impl VerifyApi {
         notifications::insert_once(&tx, paystream::domain::UserId(view.user_id), kind, &note, &format!("verify:{}", view.payment_id)).await?;
         tx.commit().await?;
         tracing::info!(payment_id = %view.payment_id, decision = verification_status, "holder decided");
-        let answer = serde_json::json!({"payment_id": view.payment_id, "status": status.as_str()});
+        let answer = paystream::api::responses::VerificationResult { payment_id: view.payment_id, status: status.as_str() };
         if http::wants_html(req) {
             Ok(http::html(StatusCode::OK, page::decided(&view, decision == Decision::Approve)))
         } else {

@@ -15,22 +15,40 @@ pub enum RuleScope {
     Merchant(MerchantId),
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// Where a benefit rule applies: `scope` of a [`BenefitRuleView`].
+pub mod scope {
+    pub const EVERYWHERE: &str = "everywhere";
+    pub const CATEGORY: &str = "category";
+    pub const MERCHANT: &str = "merchant";
+}
+
+/// Every [`scope`].
+pub const SCOPES: &[&str] = &[scope::EVERYWHERE, scope::CATEGORY, scope::MERCHANT];
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = BenefitRule)]
 pub struct BenefitRuleView {
-    /// `everywhere`, `category` or `merchant`.
+    #[schema(schema_with = crate::api::responses::benefit_scope)]
     pub scope: &'static str,
+    /// Present when scope is category.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::responses::category)]
     pub merchant_category: Option<String>,
+    /// Present when scope is merchant.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub merchant_id: Option<Uuid>,
     /// Rate in basis points (1/100 of a percent).
+    #[schema(minimum = 0, maximum = 10000)]
     pub rate_bp: i32,
     /// Largest benefit one payment can earn, in minor units of `currency`.
     pub cap_amount: i64,
+    #[schema(schema_with = crate::api::responses::currency)]
     pub currency: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = CardProduct)]
 pub struct CardProductView {
     pub card_product_id: Uuid,
     pub name: String,
@@ -57,9 +75,9 @@ pub async fn list_with_rules(db: &impl GenericClient) -> Result<Vec<CardProductV
         let category: Option<String> = rule.get(1);
         let merchant: Option<Uuid> = rule.get(2);
         let scope = match (&category, &merchant) {
-            (Some(_), _) => "category",
-            (None, Some(_)) => "merchant",
-            (None, None) => "everywhere",
+            (Some(_), _) => scope::CATEGORY,
+            (None, Some(_)) => scope::MERCHANT,
+            (None, None) => scope::EVERYWHERE,
         };
         if let Some(view) = views.iter_mut().find(|v| v.card_product_id == product) {
             view.benefit_rules.push(BenefitRuleView {

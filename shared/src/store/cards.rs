@@ -45,13 +45,17 @@ pub async fn insert(db: &impl GenericClient, id: CardId, card: &NewCard<'_>) -> 
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Card)]
 pub struct CardView {
     pub card_id: Uuid,
+    #[schema(schema_with = crate::api::responses::last4)]
     pub last4: String,
     pub card_product_id: Uuid,
     pub card_product_name: String,
+    #[schema(schema_with = crate::api::responses::expiry)]
     pub expiry: String,
+    #[schema(schema_with = crate::api::responses::time)]
     pub created_at: String,
 }
 

@@ -128,38 +128,46 @@ pub async fn mirror_counts(redis: &Redis, counts: &[CountChange]) -> Result<(), 
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TopCustomer {
-    /// Masked: the first two letters of the username.
+    #[schema(schema_with = crate::api::responses::masked_customer)]
     pub customer: String,
     pub visits: i32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RecentVip {
+    #[schema(schema_with = crate::api::responses::masked_customer)]
     pub customer: String,
     pub visits: i32,
+    #[schema(schema_with = crate::api::responses::time)]
     pub became_at: String,
 }
 
 /// Visits on one UTC day.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DayVisits {
-    /// `YYYY-MM-DD` (UTC).
+    #[schema(schema_with = crate::api::responses::utc_day)]
     pub day: String,
+    #[schema(minimum = 0)]
     pub visits: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Dashboard {
     pub merchant_id: Uuid,
+    #[schema(minimum = 0)]
     pub customers: i64,
+    #[schema(minimum = 0)]
     pub vips: i64,
     pub top_customers: Vec<TopCustomer>,
     pub recent_vips: Vec<RecentVip>,
+    /// Benefit tips sent for payments at this merchant.
+    #[schema(minimum = 0)]
     pub tips_sent: i64,
     /// The last [`DASHBOARD_DAYS`] UTC days, oldest first, today last; days
     /// without a visit are there with 0.
+    #[schema(schema_with = crate::api::responses::visits_by_day)]
     pub visits_by_day: Vec<DayVisits>,
 }
 

@@ -37,11 +37,14 @@ pub async fn insert(db: &impl GenericClient, id: MerchantId, m: &NewMerchant<'_>
 }
 
 /// What anyone signed in may know about a merchant (no owner, no threshold).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = MerchantPublic)]
 pub struct MerchantPublicView {
     pub merchant_id: Uuid,
     pub name: String,
+    #[schema(schema_with = crate::api::responses::category)]
     pub category: String,
+    #[schema(schema_with = crate::api::responses::country)]
     pub country: String,
     pub lat: f64,
     pub lon: f64,

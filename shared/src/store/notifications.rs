@@ -10,11 +10,31 @@ use super::rfc3339;
 use crate::domain::UserId;
 use crate::error::AppError;
 
-#[derive(Clone, Debug, Serialize)]
+/// What a notification is about (`notifications.kind`).
+pub mod kind {
+    /// The customer became a VIP of a merchant (loyalty).
+    pub const VIP: &str = "VIP";
+    /// Another of the customer's cards would have earned more (benefit guide).
+    pub const BENEFIT_TIP: &str = "BENEFIT_TIP";
+    /// The card holder approved a held payment.
+    pub const VERIFICATION_APPROVED: &str = "VERIFICATION_APPROVED";
+    /// The card holder denied a held payment.
+    pub const VERIFICATION_DENIED: &str = "VERIFICATION_DENIED";
+}
+
+/// Every [`kind`].
+pub const KINDS: &[&str] = &[kind::VIP, kind::BENEFIT_TIP, kind::VERIFICATION_APPROVED, kind::VERIFICATION_DENIED];
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Notification)]
 pub struct NotificationView {
     pub notification_id: Uuid,
+    #[schema(schema_with = crate::api::responses::notification_kind)]
     pub kind: String,
+    /// Kind-specific details.
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
+    #[schema(schema_with = crate::api::responses::time)]
     pub created_at: String,
 }
 

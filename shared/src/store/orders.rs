@@ -95,15 +95,27 @@ pub async fn products_with_live_gates(db: &impl GenericClient, keys_after_end_ms
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-#[derive(Debug, Serialize)]
+/// `orders.status`: PENDING until settled, then SUCCESS or FAILED.
+pub const STATUSES: &[&str] = &["PENDING", "SUCCESS", "FAILED"];
+
+/// Why settlement failed an order: no unit was left for it.
+pub const REASON_NO_STOCK: &str = "NO_STOCK_AT_SETTLEMENT";
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Order)]
 pub struct OrderView {
     pub order_id: Uuid,
     pub product_id: Uuid,
+    #[schema(schema_with = crate::api::responses::order_status)]
     pub status: String,
+    /// Integer amount in minor units of `currency`.
     pub amount: i64,
+    #[schema(schema_with = crate::api::responses::currency)]
     pub currency: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::responses::order_reason)]
     pub reason: Option<String>,
+    #[schema(schema_with = crate::api::responses::time)]
     pub created_at: String,
     #[serde(skip)]
     pub user_id: Uuid,

@@ -89,15 +89,24 @@ pub async fn reconcile_from_events(db: &impl GenericClient, events: &[&crate::ev
     Ok(inserted)
 }
 
-#[derive(Debug, Serialize)]
+/// A payment's status until fraud detection has decided.
+pub const STATUS_RECEIVED: &str = "RECEIVED";
+
+/// `GET /payments/{id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Payment)]
 pub struct PaymentView {
     pub payment_id: Uuid,
     /// `RECEIVED` until FDS has decided, then the ledger's status.
+    #[schema(schema_with = crate::api::responses::payment_status)]
     pub status: String,
+    /// Integer amount in minor units of `currency`.
     pub amount: i64,
+    #[schema(schema_with = crate::api::responses::currency)]
     pub currency: String,
     pub merchant_id: Uuid,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::responses::payment_reason)]
     pub reason: Option<String>,
     #[serde(skip)]
     pub user_id: Uuid,
@@ -106,9 +115,9 @@ pub struct PaymentView {
 pub async fn view(db: &impl GenericClient, id: Uuid) -> Result<Option<PaymentView>, AppError> {
     let row = db
         .query_opt(
-            "SELECT p.id, coalesce(t.status, 'RECEIVED'), p.amount, p.currency, p.merchant_id, t.reason, p.user_id
+            "SELECT p.id, coalesce(t.status, $2), p.amount, p.currency, p.merchant_id, t.reason, p.user_id
              FROM payments p LEFT JOIN transactions t ON t.payment_id = p.id WHERE p.id = $1",
-            &[&id],
+            &[&id, &STATUS_RECEIVED],
         )
         .await?;
     Ok(row.map(|r| PaymentView {

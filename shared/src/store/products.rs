@@ -35,15 +35,23 @@ impl Product {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Product)]
 pub struct ProductView {
     pub product_id: Uuid,
     pub title: String,
+    /// Integer amount in minor units of `currency`.
     pub price: i64,
+    #[schema(schema_with = crate::api::responses::currency)]
     pub currency: String,
+    #[schema(minimum = 1)]
     pub stock: i32,
+    /// Live remaining stock, 0..stock.
+    #[schema(minimum = 0)]
     pub remaining: i64,
+    #[schema(schema_with = crate::api::responses::time)]
     pub start_time: String,
+    #[schema(schema_with = crate::api::responses::time)]
     pub end_time: String,
 }
 

@@ -93,22 +93,27 @@ pub struct SettlementFilter {
     pub product_id: Option<Uuid>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Settlement)]
 pub struct SettlementView {
     pub settlement_id: Uuid,
     pub order_id: Uuid,
     pub user_id: Uuid,
     pub product_id: Uuid,
+    /// Integer amount in minor units of `currency`.
     pub amount: i64,
+    #[schema(schema_with = crate::api::responses::currency)]
     pub currency: String,
+    #[schema(schema_with = crate::api::responses::time)]
     pub settled_at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SettlementPage {
     pub items: Vec<SettlementView>,
     /// Pass as `cursor` for the next (older) page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub next_cursor: Option<String>,
 }
 
@@ -180,12 +185,17 @@ pub async fn page(db: &impl GenericClient, filter: &SettlementFilter, limit: u32
     Ok(SettlementPage { items: items.into_iter().map(|(_, v)| v).collect(), next_cursor })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SettlementSummary {
+    #[schema(minimum = 0)]
     pub count: i64,
+    /// Sum in minor units of `currency`.
     pub total_amount: i64,
     /// The currency of the total; `null` when the settlements mix currencies.
+    #[schema(schema_with = crate::api::responses::currency_or_null, required = true)]
     pub currency: Option<String>,
+    /// The newest settlement, null when there is none.
+    #[schema(required = true)]
     pub latest: Option<SettlementView>,
 }
 
