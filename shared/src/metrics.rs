@@ -65,6 +65,7 @@ pub const BATCH_DURATION: &str = "BatchDuration";
 pub const INTAKE_LATENCY: &str = "IntakeLatency";
 pub const FDS_DECISION_LATENCY: &str = "FdsDecisionLatency";
 pub const SETTLEMENT_LAG: &str = "SettlementLag";
+pub const EVENT_LAG: &str = "EventLag";
 pub const SMS_SENT: &str = "SmsSent";
 
 /// Every metric, with its unit: described to the recorder at install (so
@@ -82,6 +83,7 @@ pub const ALL: &[Metric] = &[
     Metric { name: "VerificationSmsQueued", unit: Unit::Count, meaning: "verification SMS queued (within the holder's rate limit)" },
     Metric { name: SMS_SENT, unit: Unit::Count, meaning: "SMS delivered (SNS accepted it; outbox mode: marked delivered)" },
     Metric { name: "VerificationsExpired", unit: Unit::Count, meaning: "pending payments denied because nobody answered in time" },
+    Metric { name: EVENT_LAG, unit: Unit::Milliseconds, meaning: "payment event occurred_at to the loyalty or benefit consumer's commit, per payment" },
     Metric { name: "VisitsCounted", unit: Unit::Count, meaning: "loyalty visits counted" },
     Metric { name: "VipsMade", unit: Unit::Count, meaning: "holders who became VIP" },
     Metric { name: "TipsSent", unit: Unit::Count, meaning: "benefit tips sent" },

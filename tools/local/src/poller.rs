@@ -63,6 +63,12 @@ pub struct PollerSettings {
     pub shutdown_commit_ms: u64,
     /// Longest wait for one invocation's answer (then it counts as failed).
     pub invoke_timeout_ms: u64,
+    /// librdkafka `fetch.wait.max.ms`: how long the broker may hold a fetch.
+    /// tansu 0.6 sleeps through most of this wait even when records are
+    /// there (`tansu-storage` `service/fetch.rs`), so it is the floor of a
+    /// record's delivery latency; each fetch costs the broker a read of its
+    /// SQLite log, so a lower value costs idle CPU.
+    pub fetch_wait_ms: u64,
 }
 
 impl Default for PollerSettings {
@@ -76,6 +82,7 @@ impl Default for PollerSettings {
             stall_ms: 30_000,
             shutdown_commit_ms: 1_000,
             invoke_timeout_ms: 120_000,
+            fetch_wait_ms: 20,
         }
     }
 }
@@ -105,6 +112,7 @@ impl PollerSettings {
             stall_ms: get("PAYSTREAM_POLLER_STALL_MS", d.stall_ms)?,
             shutdown_commit_ms: get("PAYSTREAM_POLLER_SHUTDOWN_COMMIT_MS", d.shutdown_commit_ms)?,
             invoke_timeout_ms: get("PAYSTREAM_POLLER_INVOKE_TIMEOUT_MS", d.invoke_timeout_ms)?,
+            fetch_wait_ms: get("PAYSTREAM_POLLER_FETCH_WAIT_MS", d.fetch_wait_ms)?,
         };
         if settings.retry_max_ms < settings.retry_first_ms {
             return Err("PAYSTREAM_POLLER_RETRY_MAX_MS must not be below PAYSTREAM_POLLER_RETRY_FIRST_MS".into());
@@ -114,6 +122,17 @@ impl PollerSettings {
 }
 
 type Tp = (String, i32);
+
+/// `fut`'s output if it is ready at the first poll (a record librdkafka
+/// already holds), without waiting for it.
+async fn ready<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| std::task::Poll::Ready(match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }))
+    .await
+}
 
 /// What the broker answered to commit number `id`.
 struct CommitOutcome {
@@ -177,6 +196,7 @@ fn new_consumer(config: &Config, source: &MskSource, settings: &PollerSettings) 
         // Bounds a commit: how long it waits for a coordinator, and each request.
         .set("session.timeout.ms", settings.commit_timeout_ms.to_string())
         .set("socket.timeout.ms", settings.commit_timeout_ms.to_string())
+        .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
         .create()
         .map_err(|e| format!("consumer for {}: {e}", source.function))?;
     Ok(consumer)
@@ -207,7 +227,9 @@ impl Poller {
 
     /// Delivers until `stop` turns true (or its sender is dropped).
     pub async fn run(mut self, endpoint: String, client: HttpClient, mut stop: watch::Receiver<bool>) {
-        let window = Duration::from_secs(self.source.batching_window_s).max(Duration::from_millis(50));
+        // As an event source mapping: with a window of 0 the batch is what
+        // has arrived when the first record is there, invoked at once.
+        let window = Duration::from_secs(self.source.batching_window_s);
         let function = self.source.function.clone();
         let mut next_refresh = Instant::now();
         'batches: loop {
@@ -254,10 +276,20 @@ impl Poller {
             }
             let deadline = Instant::now() + window;
             while batch.len() < self.source.batch_size {
-                match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(Ok(m)) => self.accept(m.detach(), &mut batch, &mut batch_next),
-                    Ok(Err(e)) => tracing::warn!(%function, error = %e, "consumer error"),
-                    Err(_) => break,
+                let next = if window.is_zero() {
+                    match ready(consumer.recv()).await {
+                        Some(next) => next,
+                        None => break,
+                    }
+                } else {
+                    match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    }
+                };
+                match next {
+                    Ok(m) => self.accept(m.detach(), &mut batch, &mut batch_next),
+                    Err(e) => tracing::warn!(%function, error = %e, "consumer error"),
                 }
             }
             if batch.is_empty() {

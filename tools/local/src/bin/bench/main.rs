@@ -6,6 +6,7 @@
 //!   bench consumers [batches]              MSK consumers on 1,000-record batches (default 10)
 //!   bench intake [payments] [concurrency]  POST /payments, broker-acknowledged (defaults 20000 64)
 //!   bench orders [orders] [concurrency]    POST /orders, durable accepted orders (defaults 20000 64)
+//!   bench latency [idle] [rate] [seconds]  202 -> FDS decision through scripts/run.sh's runtime (defaults 50 500 10)
 //!
 //! Run from the repository root with the stack up, in release:
 //! `cargo run --release -p paystream-local --bin bench -- flash`.
@@ -14,6 +15,7 @@ mod consumers;
 mod flash;
 mod intake;
 mod lambda;
+mod latency;
 mod orders;
 mod stats;
 
@@ -35,12 +37,16 @@ async fn main() {
             let n = numbers(1);
             orders::run(n.first().copied().unwrap_or(20_000), n.get(1).copied().unwrap_or(64)).await;
         }
+        Some("latency") => {
+            let n = numbers(1);
+            latency::run(n.first().copied().unwrap_or(50), n.get(1).copied().unwrap_or(500), n.get(2).copied().unwrap_or(10)).await;
+        }
         Some("flash") => {
             let n = numbers(1);
             flash::run(n.first().copied().unwrap_or(20_000), n.get(1).copied().unwrap_or(64)).await;
         }
         _ => {
-            eprintln!("usage: bench flash [attempts] [concurrency] | lambda [runs] [rounds] | consumers [batches] | intake [payments] [concurrency] | orders [orders] [concurrency]");
+            eprintln!("usage: bench flash [attempts] [concurrency] | lambda [runs] [rounds] | consumers [batches] | intake [payments] [concurrency] | orders [orders] [concurrency] | latency [idle] [rate] [seconds]");
             std::process::exit(2);
         }
     }
