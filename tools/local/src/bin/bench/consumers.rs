@@ -51,6 +51,19 @@ pub async fn create_users(pg: &PgPool, suffix: &str) -> Vec<User> {
     users
 }
 
+/// Per user, the `Authorization` header and body of a `POST /payments` of
+/// `amount` KRW with their Everyday card at the demo's Seoul cafe.
+pub fn payment_requests(tokens: &paystream::auth::TokenIssuer, users: &[User], amount: i64) -> Vec<(String, String)> {
+    users
+        .iter()
+        .map(|u| {
+            let token = tokens.issue(paystream::domain::UserId(u.id), paystream::domain::Role::User).expect("token").access_token;
+            let body = serde_json::json!({"card_id": u.everyday_card, "merchant_id": demo::SEOUL_CAFE.0, "amount": amount, "currency": "KRW"});
+            (format!("Bearer {token}"), body.to_string())
+        })
+        .collect()
+}
+
 fn record(topic: &str, i: usize, offset: i64, key: Uuid, value: Vec<u8>) -> InRecord {
     InRecord {
         topic: topic.to_owned(),

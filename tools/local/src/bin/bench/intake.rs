@@ -14,11 +14,10 @@
 use std::sync::Arc;
 
 use paystream::apigw::v2_request;
-use paystream::domain::{Role, UserId};
 use paystream::kafka::{create_topics, EventProducer, OutgoingRecord};
 use paystream::Platform;
 
-use crate::consumers::create_users;
+use crate::consumers::{create_users, payment_requests};
 use crate::stats::{drive, print, summarise};
 
 pub async fn run(payments: usize, concurrency: usize) {
@@ -28,16 +27,7 @@ pub async fn run(payments: usize, concurrency: usize) {
     create_topics(&config.kafka, &[(config.kafka.payment_topic.as_str(), 3)]).await.expect("bench topic");
     let platform = Platform::from_config("pay", config.clone()).expect("platform");
     let users = create_users(&platform.pg, &suffix).await;
-    let requests: Arc<Vec<(String, String)>> = Arc::new(
-        users
-            .iter()
-            .map(|u| {
-                let token = platform.tokens.issue(UserId(u.id), Role::User).expect("token").access_token;
-                let body = serde_json::json!({"card_id": u.everyday_card, "merchant_id": paystream::demo::SEOUL_CAFE.0, "amount": 10_000, "currency": "KRW"});
-                (format!("Bearer {token}"), body.to_string())
-            })
-            .collect(),
-    );
+    let requests = Arc::new(payment_requests(&platform.tokens, &users, 10_000));
     let api = Arc::new(pay::PayApi::new(platform));
     let pay = move |i: usize| {
         let (api, requests) = (Arc::clone(&api), Arc::clone(&requests));

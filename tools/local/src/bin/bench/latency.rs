@@ -29,13 +29,12 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use paystream::domain::{Role, UserId};
 use paystream::kafka::{client_config, create_topics, EventProducer, OutgoingRecord};
 use paystream::Platform;
 use paystream_local::client::HttpClient;
 use paystream_local::poller::PollerSettings;
 
-use crate::consumers::create_users;
+use crate::consumers::{create_users, payment_requests};
 
 /// Payments in flight at most during the load phase (a bound, never
 /// reached at the rates this machine sustains; reaching it is reported).
@@ -57,16 +56,7 @@ pub async fn run(idle: usize, rate_per_s: usize, seconds: usize) {
     let users = create_users(&platform.pg, &suffix).await;
     let port = std::env::var("PAYSTREAM_HTTP_PORT").unwrap_or_else(|_| "3000".into());
     let url: Arc<str> = format!("http://127.0.0.1:{port}/payments").into();
-    let requests: Arc<Vec<(String, String)>> = Arc::new(
-        users
-            .iter()
-            .map(|u| {
-                let token = platform.tokens.issue(UserId(u.id), Role::User).expect("token").access_token;
-                let body = serde_json::json!({"card_id": u.everyday_card, "merchant_id": paystream::demo::SEOUL_CAFE.0, "amount": 4_500, "currency": "KRW"});
-                (format!("Bearer {token}"), body.to_string())
-            })
-            .collect(),
-    );
+    let requests = Arc::new(payment_requests(&platform.tokens, &users, 4_500));
     let client = HttpClient::new(Duration::from_secs(10));
     let settings = PollerSettings::from_env().expect("poller settings");
     let log_path = std::env::var("PAYSTREAM_FUNCTIONS_LOG")
