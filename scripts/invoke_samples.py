@@ -1,6 +1,7 @@
 """Runs every sample event under events/ through `cargo lambda invoke`
-against the running local functions (the Lambda host's Invoke API) and
-checks each answer.
+against the running local functions (the Lambda host's Invoke API), or with
+`--via sam` through `sam local invoke -e` (a container per invocation, from
+the `sam build` artifacts; scripts/sam_e2e.sh), and checks each answer.
 
 The samples carry placeholder tokens; real ones are obtained by logging in
 through the gateway. HTTP samples must answer with the status listed here;
@@ -9,7 +10,7 @@ answer's body must also match the response schema that openapi.json
 documents for its route and status (jsonschema, which cfn-lint brings into
 the project's virtualenv), so the document cannot drift from the code."""
 
-import base64, glob, json, os, subprocess, sys, tempfile, urllib.request
+import argparse, base64, glob, json, os, re, subprocess, sys, tempfile, urllib.request
 
 import jsonschema
 
@@ -80,7 +81,32 @@ def login(username, password):
         return json.load(r)["access_token"]
 
 
+def logical_ids():
+    """Function directory (binary) -> the template's logical id."""
+    text = open("template.yaml").read()
+    return {binary: logical for logical, binary in
+            re.findall(r"^  (\w+):\n    Type: AWS::Serverless::Function\n    Metadata:\n(?:      .*\n)*?        Binary: (\S+)", text, re.M)}
+
+
+def invoke_command(via, function, event_file):
+    if via == "sam":
+        cache = os.environ.get("PAYSTREAM_CACHE", os.path.expanduser("~/.cache/paystream"))
+        state = os.environ["STATE_DIR"]
+        command = ["sam", "local", "invoke", logical_ids()[function], "--event", event_file,
+                   "--template", os.path.join(cache, "sam-build", "template.yaml"),
+                   "--env-vars", os.path.join(state, "sam-env.json")]
+        image = os.environ.get("PAYSTREAM_SAM_INVOKE_IMAGE", "")
+        if image:
+            command += ["--invoke-image", image, "--skip-pull-image"]
+        return command
+    return ["cargo-lambda", "lambda", "invoke", function, "--data-file", event_file,
+            "--invoke-address", "127.0.0.1", "--invoke-port", LAMBDA_PORT, "--output-format", "json"]
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--via", choices=["cargo-lambda", "sam"], default="cargo-lambda")
+    via = parser.parse_args().via
     tokens = {
         "REPLACE_WITH_USER_TOKEN": login("alice", "demo-password"),
         "REPLACE_WITH_MERCHANT_TOKEN": login("merchant_demo", "demo-password"),
@@ -96,17 +122,21 @@ def main():
             text = text.replace(placeholder, token)
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             f.write(text)
-        run = subprocess.run(["cargo-lambda", "lambda", "invoke", function, "--data-file", f.name,
-                              "--invoke-address", "127.0.0.1", "--invoke-port", LAMBDA_PORT,
-                              "--output-format", "json"], capture_output=True, text=True, timeout=120)
+        run = subprocess.run(invoke_command(via, function, f.name), capture_output=True, text=True, timeout=300)
         os.unlink(f.name)
         count += 1
         if run.returncode != 0:
             failures.append(f"{sample}: invoke failed: {run.stderr.strip()[-300:]}")
             continue
-        answer = json.loads(run.stdout)
+        try:
+            answer = json.loads(run.stdout)
+        except json.JSONDecodeError:
+            failures.append(f"{sample}: not a JSON answer: {run.stdout.strip()[-300:]} {run.stderr.strip()[-300:]}")
+            print(f"FAIL {sample}: not a JSON answer")
+            continue
         # The host answers a function error as Lambda does (200 with
-        # X-Amz-Function-Error), which `cargo lambda invoke` prints as output.
+        # X-Amz-Function-Error), which `cargo lambda invoke` prints as output;
+        # `sam local invoke` prints the same error object.
         if isinstance(answer, dict) and "errorType" in answer:
             failures.append(f"{sample}: function error {answer['errorType']}: {str(answer.get('errorMessage'))[:300]}")
             print(f"FAIL {sample}: {answer['errorType']}")
@@ -122,7 +152,7 @@ def main():
                 failures.append(f"{sample}: {problem}")
         else:
             print(f"ok   {sample}: {json.dumps(answer)[:120]}")
-    print(f"{count - len(failures)} passed, {len(failures)} failed")
+    print(f"{count - len(failures)} passed, {len(failures)} failed (via {via})")
     for f in failures:
         print("  " + f, file=sys.stderr)
     sys.exit(1 if failures else 0)

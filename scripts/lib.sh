@@ -11,12 +11,26 @@ PAYSTREAM_CACHE="${PAYSTREAM_CACHE:-$HOME/.cache/paystream}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PAYSTREAM_CACHE/target}"
 TOOLS_ROOT="$PAYSTREAM_CACHE/tools"
 VENV="$PAYSTREAM_CACHE/venv"
-STATE_DIR="$PAYSTREAM_CACHE/state"
+# Where the functions run locally: `host` (the Lambda host, a process per
+# function) or `sam` (`sam local start-lambda`, a container per function from
+# the `sam build` artifacts). The sam mode keeps its own state, broker and
+# database, so the two never see each other's events.
+export PAYSTREAM_LAMBDA="${PAYSTREAM_LAMBDA:-host}"
+case "$PAYSTREAM_LAMBDA" in
+  host) STATE_DIR="${PAYSTREAM_STATE_DIR:-$PAYSTREAM_CACHE/state}" ;;
+  sam)
+    STATE_DIR="${PAYSTREAM_STATE_DIR:-$PAYSTREAM_CACHE/state-sam}"
+    PAYSTREAM_DB="${PAYSTREAM_DB:-paystream_sam}"
+    # sam local knows functions by logical id (PayFunction), not by binary.
+    export PAYSTREAM_INVOKE_NAMES=logical-id
+    ;;
+  *) echo "PAYSTREAM_LAMBDA must be host or sam, not $PAYSTREAM_LAMBDA" >&2; exit 2 ;;
+esac
 mkdir -p "$TOOLS_ROOT" "$STATE_DIR"
 
 TANSU_VERSION="0.6.0"
 export PAYSTREAM_TANSU_BIN="$TOOLS_ROOT/bin/tansu"
-BROKER_HOST="127.0.0.1"
+BROKER_HOST="${PAYSTREAM_BROKER_HOST:-127.0.0.1}"
 BROKER_PORT="${PAYSTREAM_BROKER_PORT:-9092}"
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-$BROKER_HOST:$BROKER_PORT}"
 
@@ -245,8 +259,11 @@ start_bg() { # name command...
 # Waits until a process of ours listens on a loopback port; fails at once if
 # the process exits first.
 wait_for_listener() { # pid port seconds
-  local deadline=$((SECONDS + $3))
-  until (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; do
+  wait_for_listener_at "$1" 127.0.0.1 "$2" "$3"
+}
+wait_for_listener_at() { # pid host port seconds
+  local deadline=$((SECONDS + $4))
+  until (exec 3<>"/dev/tcp/$2/$3") 2>/dev/null; do
     kill -0 "$1" 2>/dev/null || return 1
     if ((SECONDS >= deadline)); then return 1; fi
     sleep 0.2
@@ -258,6 +275,7 @@ wait_for_listener() { # pid port seconds
 # on $PAYSTREAM_LAMBDA_PORT once all are ready), the gateway on
 # $PAYSTREAM_HTTP_PORT and the poller.
 start_runtime() {
+  if [[ "$PAYSTREAM_LAMBDA" == sam ]]; then start_runtime_sam; return; fi
   log "building the functions and local tools ($PAYSTREAM_PROFILE)"
   (cd "$REPO_ROOT" && cargo build -q --locked --workspace --bins "${PROFILE_FLAGS[@]}")
   cd "$REPO_ROOT"
@@ -266,6 +284,31 @@ start_runtime() {
   start_bg gateway "$BIN_DIR/gateway"
   local gateway_pid="${RUNTIME_PIDS[-1]}"
   repair_stuck_groups
+  start_bg poller "$BIN_DIR/poller"
+  wait_for_listener "$gateway_pid" "$PAYSTREAM_HTTP_PORT" 30 || { log "gateway did not start"; tail -20 "$LOG_DIR/gateway.log" >&2; return 1; }
+}
+
+# The same runtime with the functions in `sam local start-lambda`'s
+# containers (warm, one per function, started at once: the arm64 emulator
+# under qemu is slow to start) instead of the Lambda host. Needs ensure_docker
+# and use_docker_bridge first.
+start_runtime_sam() {
+  # The same build as the host mode's (no rebuild after it), for the gateway,
+  # the poller and the demo; the functions run from `sam build`'s output.
+  log "building the local tools ($PAYSTREAM_PROFILE)"
+  (cd "$REPO_ROOT" && cargo build -q --locked --workspace --bins "${PROFILE_FLAGS[@]}")
+  ensure_sam_build
+  ensure_lambda_base_image
+  write_sam_env_file "$STATE_DIR/sam-env.json"
+  sam_local_args
+  cd "$REPO_ROOT"
+  start_forwarders
+  start_bg functions "$VENV/bin/sam" local start-lambda "${SAM_LOCAL_ARGS[@]}" \
+    --host 127.0.0.1 --port "$LAMBDA_PORT" --warm-containers EAGER
+  local functions_pid="${RUNTIME_PIDS[-1]}"
+  wait_for_listener "$functions_pid" "$LAMBDA_PORT" 600 || { log "sam local start-lambda did not start"; tail -20 "$LOG_DIR/functions.log" >&2; return 1; }
+  start_bg gateway "$BIN_DIR/gateway"
+  local gateway_pid="${RUNTIME_PIDS[-1]}"
   start_bg poller "$BIN_DIR/poller"
   wait_for_listener "$gateway_pid" "$PAYSTREAM_HTTP_PORT" 30 || { log "gateway did not start"; tail -20 "$LOG_DIR/gateway.log" >&2; return 1; }
 }
@@ -289,8 +332,204 @@ stop_pids() { # pid...
 # poller finishes its batch, which still needs the functions, and closes its
 # consumers), then the Lambda host, which stops its function processes.
 stop_runtime() {
-  ((${#RUNTIME_PIDS[@]})) || return 0
-  stop_pids "${RUNTIME_PIDS[@]:1}"
-  stop_pids "${RUNTIME_PIDS[0]}"
-  RUNTIME_PIDS=()
+  if ((${#RUNTIME_PIDS[@]})); then
+    stop_pids "${RUNTIME_PIDS[@]:1}"
+    stop_pids "${RUNTIME_PIDS[0]}"
+    RUNTIME_PIDS=()
+  fi
+  # SAM removes its warm containers on Ctrl-C only; a script's background
+  # job cannot get one, so remove what it leaves.
+  if [[ "$PAYSTREAM_LAMBDA" == sam ]] && docker_answers; then
+    docker ps -aq --filter label=sam.cli.container.type=lambda | xargs -r docker rm -f >/dev/null
+  fi
+  if ((${#FORWARDER_PIDS[@]})); then
+    stop_pids "${FORWARDER_PIDS[@]}"
+    FORWARDER_PIDS=()
+  fi
+}
+
+# --- sam local: the Docker engine, arm64 emulation, the Lambda base image ----
+# `sam local invoke` and `sam local start-lambda` run each function's arm64
+# bootstrap (the `sam build` artifact that deploys) in a container. An engine
+# that already answers (DOCKER_HOST, or Docker on a laptop) is used as it is;
+# otherwise these scripts start their own dockerd, with its own socket, data
+# and bridge, and stop it again (stop_docker).
+SAM_BUILD_DIR="$PAYSTREAM_CACHE/sam-build"
+DOCKER_DATA_DIR="$PAYSTREAM_CACHE/docker"
+PAYSTREAM_DOCKER_SOCK="/run/paystream-docker.sock"
+# The image SAM builds its emulator image on. Built here from Debian
+# packages, as no registry is reachable; set PAYSTREAM_SAM_INVOKE_IMAGE= (empty)
+# where the registry is, and SAM pulls the official
+# public.ecr.aws/lambda/provided:al2023-arm64 itself.
+LAMBDA_BASE_IMAGE="paystream/lambda-provided:al2023-arm64"
+export PAYSTREAM_SAM_INVOKE_IMAGE="${PAYSTREAM_SAM_INVOKE_IMAGE-$LAMBDA_BASE_IMAGE}"
+DOCKER_PACKAGES=(docker.io iptables qemu-user-static binfmt-support socat)
+
+docker_answers() { docker info >/dev/null 2>&1; }
+
+ensure_docker() {
+  local missing=() package
+  for package in "${DOCKER_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+  done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]} (Debian)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # arm64 executables (the bootstraps, the emulator, the base image's shell)
+  # run under qemu; the F flag loads the interpreter now, so it also works
+  # inside containers.
+  if [[ ! -f /proc/sys/fs/binfmt_misc/status ]]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  fi
+  if [[ ! -f /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
+    update-binfmts --enable qemu-aarch64
+  fi
+  if [[ -z "${DOCKER_HOST:-}" ]] && docker_answers; then
+    log "using the Docker engine that is already running"
+    return 0
+  fi
+  export DOCKER_HOST="unix://$PAYSTREAM_DOCKER_SOCK"
+  if docker_answers; then return 0; fi
+  log "starting dockerd (socket $PAYSTREAM_DOCKER_SOCK, data $DOCKER_DATA_DIR)"
+  mkdir -p "$DOCKER_DATA_DIR"
+  # No userland proxy: a published port then refuses connections until the
+  # container listens, so SAM waits for the emulator instead of sending the
+  # event to a proxy that accepted it and then drops it (the arm64 emulator
+  # under qemu takes longer to start than SAM's retries allow).
+  dockerd --storage-driver=overlay2 --data-root "$DOCKER_DATA_DIR" \
+    --exec-root /run/paystream-docker --pidfile "$STATE_DIR/dockerd.pid" \
+    -H "$DOCKER_HOST" --userland-proxy=false >"$STATE_DIR/dockerd.log" 2>&1 </dev/null &
+  local _
+  for _ in $(seq 1 100); do docker_answers && return 0; sleep 0.2; done
+  log "dockerd did not start; see $STATE_DIR/dockerd.log"
+  tail -20 "$STATE_DIR/dockerd.log" >&2
+  return 1
+}
+
+# Stops the dockerd these scripts started (and so its containers).
+stop_docker() {
+  local pid
+  pid="$(cat "$STATE_DIR/dockerd.pid" 2>/dev/null || true)"
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
+  log "stopping dockerd (pid $pid)"
+  kill "$pid"
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+# The address containers reach this machine at: the gateway of Docker's
+# default bridge (the bridge of the engine in use; nothing else).
+docker_bridge_ip() {
+  docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}'
+}
+
+# The Lambda base image from Debian's arm64 packages (see
+# scripts/lambda-base/Dockerfile); rebuilt when the recipe changes.
+LAMBDA_BASE_PACKAGES=(libc6:arm64 libgcc-s1:arm64 busybox-static:arm64 ca-certificates)
+ensure_lambda_base_image() {
+  [[ "$PAYSTREAM_SAM_INVOKE_IMAGE" == "$LAMBDA_BASE_IMAGE" ]] || return 0
+  local recipe
+  recipe="$(cat "$REPO_ROOT/scripts/lambda-base/Dockerfile"; echo "${LAMBDA_BASE_PACKAGES[*]}")"
+  recipe="$(sha256sum <<<"$recipe" | cut -c1-16)"
+  if [[ "$(docker image inspect -f '{{index .Config.Labels "paystream.recipe"}}' "$LAMBDA_BASE_IMAGE" 2>/dev/null)" == "$recipe" ]]; then
+    return 0
+  fi
+  log "building the Lambda base image $LAMBDA_BASE_IMAGE from Debian packages"
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+  fi
+  apt-get update -qq
+  local work="$PAYSTREAM_CACHE/lambda-base"
+  rm -rf "$work" && mkdir -p "$work/debs" "$work/rootfs"
+  (cd "$work/debs" && apt-get download -qq "${LAMBDA_BASE_PACKAGES[@]}" 2>/dev/null)
+  local deb
+  for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$work/rootfs"; done
+  local root="$work/rootfs"
+  # Amazon Linux's places: /lib64 for the loader, the CA bundle under /etc/pki.
+  mkdir -p "$root/lib64" "$root/etc/pki/tls/certs" "$root/etc/ssl/certs" "$root/tmp" \
+    "$root/var/task" "$root/var/runtime" "$root/var/rapid" "$root/opt" "$root/usr/bin"
+  ln -sf ../lib/aarch64-linux-gnu/ld-linux-aarch64.so.1 "$root/lib64/ld-linux-aarch64.so.1"
+  cat "$root"/usr/share/ca-certificates/mozilla/*.crt >"$root/etc/pki/tls/certs/ca-bundle.crt"
+  ln -sf ../../pki/tls/certs/ca-bundle.crt "$root/etc/ssl/certs/ca-bundle.crt"
+  ln -sf ../../pki/tls/certs/ca-bundle.crt "$root/etc/ssl/certs/ca-certificates.crt"
+  rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/lintian" "$root/usr/lib/aarch64-linux-gnu/gconv"
+  local tool
+  for tool in sh mv chmod cp rm ls cat mkdir env; do ln -sf busybox "$root/bin/$tool"; done
+  echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+  chmod 1777 "$root/tmp"
+  cp "$REPO_ROOT/scripts/lambda-base/Dockerfile" "$work/Dockerfile"
+  docker build -q --platform linux/arm64 --label "paystream.recipe=$recipe" -t "$LAMBDA_BASE_IMAGE" "$work" >/dev/null
+}
+
+# sam build: an arm64 bootstrap for every function (cargo-lambda + zig,
+# offline) in $SAM_BUILD_DIR: what `sam deploy` uploads and `sam local` runs.
+ensure_sam_build() {
+  ensure_arm64_target
+  log "sam build: an arm64 bootstrap for every function"
+  (cd "$REPO_ROOT" && PATH="$VENV/bin:$PATH" "$VENV/bin/sam" build --template-file template.yaml --build-dir "$SAM_BUILD_DIR")
+  local functions=0 bootstrap expected
+  for bootstrap in "$SAM_BUILD_DIR"/*/bootstrap; do
+    # ELF e_machine (bytes 18-19) is 0xb7 0x00 for aarch64.
+    [[ "$(od -An -tx1 -j18 -N2 "$bootstrap" | tr -d ' ')" == "b700" ]] || { log "$bootstrap is not an arm64 executable"; return 1; }
+    functions=$((functions + 1))
+  done
+  expected=$(grep -c 'Type: AWS::Serverless::Function' "$REPO_ROOT/template.yaml")
+  [[ "$functions" -eq "$expected" ]] || { log "sam build produced $functions bootstraps, the template has $expected functions"; return 1; }
+  log "sam build: $functions arm64 bootstraps"
+}
+
+# sam mode: the broker listens on the bridge address, which this machine's
+# tools and the containers both reach (a broker on loopback advertises
+# 127.0.0.1, which inside a container is the container itself).
+use_docker_bridge() {
+  DOCKER_BRIDGE_IP="$(docker_bridge_ip)"
+  BROKER_HOST="$DOCKER_BRIDGE_IP"
+  export PAYSTREAM_BROKER_HOST="$BROKER_HOST"
+  export KAFKA_BOOTSTRAP_SERVERS="$BROKER_HOST:$BROKER_PORT"
+}
+
+# The configuration of the functions in SAM's containers (`--env-vars`): this
+# machine's services at the bridge address, local secrets. SAM overrides only
+# variables the template declares, so every one of these is declared there.
+write_sam_env_file() { # file
+  local db="${DATABASE_URL##*/}"
+  cat >"$1" <<JSON
+{"Parameters": {
+  "PAYSTREAM_ENV": "local",
+  "LOG_LEVEL": "${LOG_LEVEL:-info}",
+  "DATABASE_URL": "postgres://postgres@$DOCKER_BRIDGE_IP:5432/$db",
+  "DATABASE_SECRET_ARN": "",
+  "DATABASE_TLS": "disable",
+  "REDIS_URL": "redis://$DOCKER_BRIDGE_IP:6379/0",
+  "REDIS_KEY_PREFIX": "${REDIS_KEY_PREFIX:-ps:}",
+  "KAFKA_BOOTSTRAP_SERVERS": "$KAFKA_BOOTSTRAP_SERVERS",
+  "KAFKA_CLUSTER_ARN": "",
+  "KAFKA_AUTH": "none",
+  "PUBLIC_BASE_URL": "$PUBLIC_BASE_URL",
+  "JWT_SECRET_ARN": "",
+  "PAN_FINGERPRINT_KEY_ARN": ""
+}}
+JSON
+}
+
+# PostgreSQL and Redis listen on loopback only; a forwarder on the bridge
+# address (and nowhere else) lets the containers reach them.
+# They stop last (stop_runtime): the functions need them to the end.
+FORWARDER_PIDS=()
+start_forwarders() {
+  local port
+  mkdir -p "$LOG_DIR"
+  for port in 5432 6379; do
+    socat "TCP-LISTEN:$port,bind=$DOCKER_BRIDGE_IP,reuseaddr,fork" "TCP:127.0.0.1:$port" >"$LOG_DIR/forward-$port.log" 2>&1 </dev/null &
+    FORWARDER_PIDS+=($!)
+    wait_for_listener_at "$!" "$DOCKER_BRIDGE_IP" "$port" 10 || { log "the forwarder for port $port did not start; see $LOG_DIR/forward-$port.log"; return 1; }
+  done
+}
+
+# The arguments every `sam local` command here takes.
+sam_local_args() {
+  SAM_LOCAL_ARGS=(--template "$SAM_BUILD_DIR/template.yaml" --env-vars "$STATE_DIR/sam-env.json")
+  # Our own image exists only here: SAM must not look for it in a registry.
+  [[ -z "$PAYSTREAM_SAM_INVOKE_IMAGE" ]] || SAM_LOCAL_ARGS+=(--invoke-image "$PAYSTREAM_SAM_INVOKE_IMAGE" --skip-pull-image)
 }

@@ -22,7 +22,8 @@ def call(method, path, token=None, body=None):
 
 def retries_logged():
     with open(POLLER_LOG) as f:
-        return sum(1 for line in f if "retrying the batch" in line and "fds-consumer" in line)
+        # The function's name: its binary (the Lambda host) or its logical id (sam local).
+        return sum(1 for line in f if "retrying the batch" in line and ("fds-consumer" in line or "FdsConsumerFunction" in line))
 
 
 def main():

@@ -2,11 +2,31 @@
 # The README's "run it" command: brings up the stack, every function under
 # the local Lambda host, the gateway and the poller, runs the demo, then keeps
 # everything running until Ctrl-C, which stops all of it cleanly.
+# PAYSTREAM_LAMBDA=sam runs the functions in `sam local start-lambda`'s
+# containers instead (README: "sam local").
 source "$(dirname "$0")/lib.sh"
-ensure_venv
+if [[ "$PAYSTREAM_LAMBDA" == sam ]]; then
+  ensure_venv
+  ensure_docker
+  use_docker_bridge
+fi
+# On a new machine the broker's build (about 10 minutes) runs beside the
+# workspace's: each leaves a core idle at times (build scripts, the last
+# crates, linking), so together they end sooner than one after the other.
+ensure_rust_packages
+tansu_log="$STATE_DIR/tansu-install.log"
+ensure_tansu_installed >"$tansu_log" 2>&1 &
+tansu_install=$!
+log "building the functions and local tools ($PAYSTREAM_PROFILE)"
+(cd "$REPO_ROOT" && cargo build -q --locked --workspace --bins "${PROFILE_FLAGS[@]}")
+wait "$tansu_install" || { log "installing the broker failed:"; tail -20 "$tansu_log" >&2; exit 1; }
 "$REPO_ROOT/scripts/stack.sh" up
-trap 'stop_runtime; exit 0' INT TERM
-trap 'stop_runtime' EXIT
+stop_all() {
+  stop_runtime
+  [[ "$PAYSTREAM_LAMBDA" != sam ]] || stop_docker
+}
+trap 'stop_all; exit 0' INT TERM
+trap 'stop_all' EXIT
 export PAYSTREAM_SCHEDULE_EVERY_S=10
 start_runtime
 cd "$REPO_ROOT"
