@@ -32,20 +32,6 @@ browser_checks() {
     merchant_demo demo-password "$SCREENSHOT_DIR" || return 1
   log "browser: screenshots in $SCREENSHOT_DIR"
 }
-# The redelivery check restarts Redis; until the account function's Redis
-# connection is back, log-ins answer 503 (the failed-log-in limiter fails
-# closed), as on AWS after an ElastiCache failover. Wait for that (bounded).
-wait_for_login() {
-  local code=""
-  for _ in $(seq 1 60); do
-    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'content-type: application/json' \
-      -d '{"username":"merchant_demo","password":"demo-password"}' "$PUBLIC_BASE_URL/auth/login" || true)"
-    [[ "$code" == 200 ]] && return 0
-    sleep 0.5
-  done
-  log "log-in still answers $code 30 s after Redis came back"
-  return 1
-}
 export PAYSTREAM_SCHEDULE_EVERY_S=5
 start_runtime
 cd "$REPO_ROOT"

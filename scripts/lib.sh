@@ -313,6 +313,20 @@ start_runtime_sam() {
   wait_for_listener "$gateway_pid" "$PAYSTREAM_HTTP_PORT" 30 || { log "gateway did not start"; tail -20 "$LOG_DIR/gateway.log" >&2; return 1; }
 }
 
+# The redelivery check restarts Redis; until the account function's Redis
+# connection is back, log-ins answer 503 (the failed-log-in limiter fails
+# closed), as on AWS after an ElastiCache failover. Wait for that (bounded).
+wait_for_login() {
+  local code=""
+  for _ in $(seq 1 60); do
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'content-type: application/json' \
+      -d '{"username":"merchant_demo","password":"demo-password"}' "$PUBLIC_BASE_URL/auth/login" || true)"
+    [[ "$code" == 200 ]] && return 0
+    sleep 0.5
+  done
+  log "log-in still answers $code 30 s after Redis came back"
+  return 1
+}
 # SIGTERM, then SIGKILL after a bound. (SIGINT would not do: background
 # jobs of a script start with SIGINT ignored.)
 stop_pids() { # pid...
@@ -357,6 +371,7 @@ stop_runtime() {
 SAM_BUILD_DIR="$PAYSTREAM_CACHE/sam-build"
 DOCKER_DATA_DIR="$PAYSTREAM_CACHE/docker"
 PAYSTREAM_DOCKER_SOCK="/run/paystream-docker.sock"
+DOCKERD_PID_FILE="$PAYSTREAM_CACHE/dockerd.pid"
 # The image SAM builds its emulator image on. Built here from Debian
 # packages, as no registry is reachable; set PAYSTREAM_SAM_INVOKE_IMAGE= (empty)
 # where the registry is, and SAM pulls the official
@@ -390,7 +405,7 @@ ensure_docker() {
     return 0
   fi
   export DOCKER_HOST="unix://$PAYSTREAM_DOCKER_SOCK"
-  if docker_answers; then return 0; fi
+  if docker_answers; then return 0; fi  # ours, started by another run: left to it
   log "starting dockerd (socket $PAYSTREAM_DOCKER_SOCK, data $DOCKER_DATA_DIR)"
   mkdir -p "$DOCKER_DATA_DIR"
   # No userland proxy: a published port then refuses connections until the
@@ -398,19 +413,22 @@ ensure_docker() {
   # event to a proxy that accepted it and then drops it (the arm64 emulator
   # under qemu takes longer to start than SAM's retries allow).
   dockerd --storage-driver=overlay2 --data-root "$DOCKER_DATA_DIR" \
-    --exec-root /run/paystream-docker --pidfile "$STATE_DIR/dockerd.pid" \
-    -H "$DOCKER_HOST" --userland-proxy=false >"$STATE_DIR/dockerd.log" 2>&1 </dev/null &
+    --exec-root /run/paystream-docker --pidfile "$DOCKERD_PID_FILE" \
+    -H "$DOCKER_HOST" --userland-proxy=false >"$PAYSTREAM_CACHE/dockerd.log" 2>&1 </dev/null &
+  DOCKERD_STARTED=1
   local _
   for _ in $(seq 1 100); do docker_answers && return 0; sleep 0.2; done
-  log "dockerd did not start; see $STATE_DIR/dockerd.log"
-  tail -20 "$STATE_DIR/dockerd.log" >&2
+  log "dockerd did not start; see $PAYSTREAM_CACHE/dockerd.log"
+  tail -20 "$PAYSTREAM_CACHE/dockerd.log" >&2
   return 1
 }
 
-# Stops the dockerd these scripts started (and so its containers).
+# Stops the dockerd that this script started (and so its containers); one
+# that was running before is left running.
 stop_docker() {
   local pid
-  pid="$(cat "$STATE_DIR/dockerd.pid" 2>/dev/null || true)"
+  [[ "${DOCKERD_STARTED:-0}" == 1 ]] || return 0
+  pid="$(cat "$DOCKERD_PID_FILE" 2>/dev/null || true)"
   [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
   log "stopping dockerd (pid $pid)"
   kill "$pid"

@@ -3,7 +3,7 @@
 # (broker on the Docker bridge, database paystream_sam; see README "sam local").
 #   scripts/sam.sh build                 sam build: the arm64 bootstraps (what deploys and what sam local runs)
 #   scripts/sam.sh invoke ID EVENT [...]  sam local invoke of one function (logical id) with one event file;
-#                                        further arguments go to sam
+#                                        further arguments go to sam; the engine stays up for the next one
 #   scripts/sam.sh down                  stops the sam mode's broker and the dockerd these scripts started
 # The whole platform on sam local start-lambda: PAYSTREAM_LAMBDA=sam bash scripts/run.sh
 export PAYSTREAM_LAMBDA=sam
@@ -31,7 +31,7 @@ case "${1:-}" in
     ;;
   down)
     stop_broker
-    stop_docker
+    DOCKERD_STARTED=1 stop_docker  # ours (its pid file), whichever run started it
     ;;
   *) sed -n '2,9p' "$0" >&2; exit 2 ;;
 esac

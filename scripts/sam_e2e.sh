@@ -29,6 +29,7 @@ start_runtime
 export LOG_DIR STATE_DIR
 if ! "$BIN_DIR/demo" --check ||
    ! python3 scripts/redelivery_check.py ||
+   ! wait_for_login ||
    ! PATH="$VENV/bin:$PATH" python3 scripts/invoke_samples.py --via sam; then
   log "sam local end to end failed; last lines of each log:"
   for f in "$LOG_DIR"/*.log; do echo "--- $f" >&2; tail -15 "$f" >&2; done
