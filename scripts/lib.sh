@@ -105,6 +105,19 @@ ensure_tansu_installed() {
   rm -rf "$PAYSTREAM_CACHE/tansu-target"
 }
 
+# On a new machine the broker's build (about 10 minutes) can run beside
+# another long build: each leaves a core idle at times (build scripts, the
+# last crates, linking), so together they end sooner than one after the
+# other. Nothing happens when the broker is installed already.
+start_tansu_install() {
+  TANSU_INSTALL_LOG="$PAYSTREAM_CACHE/tansu-install.log"
+  ensure_tansu_installed >"$TANSU_INSTALL_LOG" 2>&1 &
+  TANSU_INSTALL_PID=$!
+}
+wait_tansu_install() {
+  wait "$TANSU_INSTALL_PID" || { log "installing the broker failed:"; tail -20 "$TANSU_INSTALL_LOG" >&2; return 1; }
+}
+
 broker_pid() { cat "$STATE_DIR/tansu.pid" 2>/dev/null || true; }
 
 ensure_broker() {

@@ -10,16 +10,11 @@ if [[ "$PAYSTREAM_LAMBDA" == sam ]]; then
   ensure_docker
   use_docker_bridge
 fi
-# On a new machine the broker's build (about 10 minutes) runs beside the
-# workspace's: each leaves a core idle at times (build scripts, the last
-# crates, linking), so together they end sooner than one after the other.
 ensure_rust_packages
-tansu_log="$STATE_DIR/tansu-install.log"
-ensure_tansu_installed >"$tansu_log" 2>&1 &
-tansu_install=$!
+start_tansu_install
 log "building the functions and local tools ($PAYSTREAM_PROFILE)"
 (cd "$REPO_ROOT" && cargo build -q --locked --workspace --bins "${PROFILE_FLAGS[@]}")
-wait "$tansu_install" || { log "installing the broker failed:"; tail -20 "$tansu_log" >&2; exit 1; }
+wait_tansu_install
 "$REPO_ROOT/scripts/stack.sh" up
 stop_all() {
   stop_runtime

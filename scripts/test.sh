@@ -6,7 +6,12 @@ cd "$REPO_ROOT"
 
 ensure_venv
 ensure_browser
-"$REPO_ROOT/scripts/stack.sh" up
+ensure_rust_packages
+ensure_postgres
+ensure_redis
+# The broker is needed from `stack.sh up` on; on a new machine it builds
+# beside `sam build`.
+start_tansu_install
 
 # Per-test databases of an interrupted earlier run.
 psql -h 127.0.0.1 -U postgres -d postgres -tAc \
@@ -22,6 +27,9 @@ log "template checks"
 "$VENV/bin/sam" validate --region us-east-1 --template-file template.yaml
 
 ensure_sam_build
+
+wait_tansu_install
+"$REPO_ROOT/scripts/stack.sh" up
 
 log "cargo test (workspace)"
 # The crash-point tests run the real function binaries, which need the
