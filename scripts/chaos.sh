@@ -27,6 +27,7 @@ CHAOS_DB="paystream_chaos"
 
 # Everything below talks to the chaos stack only, whatever the caller
 # (test.sh, which points at the shared services) exported.
+export PAYSTREAM_LAMBDA=host
 export PAYSTREAM_BROKER_PORT="$CHAOS_BROKER_PORT"
 export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$CHAOS_BROKER_PORT"
 export PAYSTREAM_DB="$CHAOS_DB"

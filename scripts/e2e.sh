@@ -10,6 +10,7 @@ export PAYSTREAM_DB="${PAYSTREAM_E2E_DB:-paystream_e2e}"
 # Set here, not inherited: test.sh has already exported the demo database's URL.
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$PAYSTREAM_DB"
 export REDIS_KEY_PREFIX="e2e:$(date +%s):"
+export PAYSTREAM_LAMBDA=host
 source "$(dirname "$0")/lib.sh"
 trap 'stop_runtime' EXIT
 psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$PAYSTREAM_DB\" WITH (FORCE)" >/dev/null

@@ -82,18 +82,22 @@ def login(username, password):
 
 
 def logical_ids():
-    """Function directory (binary) -> the template's logical id."""
-    text = open("template.yaml").read()
-    return {binary: logical for logical, binary in
-            re.findall(r"^  (\w+):\n    Type: AWS::Serverless::Function\n    Metadata:\n(?:      .*\n)*?        Binary: (\S+)", text, re.M)}
+    """Function directory (binary) -> the template's logical id: the
+    `Binary` under each top-level resource of template.yaml."""
+    ids, resource = {}, None
+    for line in open("template.yaml"):
+        if (m := re.match(r"^  (\w+):\s*$", line)):
+            resource = m.group(1)
+        elif (m := re.match(r"^\s+Binary:\s*(\S+)", line)) and resource:
+            ids[m.group(1)] = resource
+    return ids
 
 
 def invoke_command(via, function, event_file):
     if via == "sam":
-        cache = os.environ.get("PAYSTREAM_CACHE", os.path.expanduser("~/.cache/paystream"))
         state = os.environ["STATE_DIR"]
         command = ["sam", "local", "invoke", logical_ids()[function], "--event", event_file,
-                   "--template", os.path.join(cache, "sam-build", "template.yaml"),
+                   "--template", os.path.join(os.environ["SAM_BUILD_DIR"], "template.yaml"),
                    "--env-vars", os.path.join(state, "sam-env.json")]
         image = os.environ.get("PAYSTREAM_SAM_INVOKE_IMAGE", "")
         if image:

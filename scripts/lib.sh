@@ -109,13 +109,23 @@ ensure_tansu_installed() {
 # another long build: each leaves a core idle at times (build scripts, the
 # last crates, linking), so together they end sooner than one after the
 # other. Nothing happens when the broker is installed already.
+# It runs in its own session, so stop_tansu_install (the callers' EXIT trap)
+# stops cargo and its compilers with it when the script fails or is stopped.
+TANSU_INSTALL_PID=""
 start_tansu_install() {
   TANSU_INSTALL_LOG="$PAYSTREAM_CACHE/tansu-install.log"
-  ensure_tansu_installed >"$TANSU_INSTALL_LOG" 2>&1 &
+  setsid bash -c 'source "$1/scripts/lib.sh" && ensure_tansu_installed' _ "$REPO_ROOT" >"$TANSU_INSTALL_LOG" 2>&1 </dev/null &
   TANSU_INSTALL_PID=$!
 }
 wait_tansu_install() {
-  wait "$TANSU_INSTALL_PID" || { log "installing the broker failed:"; tail -20 "$TANSU_INSTALL_LOG" >&2; return 1; }
+  local pid=$TANSU_INSTALL_PID
+  TANSU_INSTALL_PID=""
+  wait "$pid" || { log "installing the broker failed:"; tail -20 "$TANSU_INSTALL_LOG" >&2; return 1; }
+}
+stop_tansu_install() {
+  [[ -n "$TANSU_INSTALL_PID" ]] || return 0
+  kill -- "-$TANSU_INSTALL_PID" 2>/dev/null || true
+  TANSU_INSTALL_PID=""
 }
 
 broker_pid() { cat "$STATE_DIR/tansu.pid" 2>/dev/null || true; }
@@ -306,16 +316,19 @@ start_runtime() {
 # under qemu is slow to start) instead of the Lambda host. Needs ensure_docker
 # and use_docker_bridge first.
 start_runtime_sam() {
+  : "${DOCKER_BRIDGE_IP:?ensure_docker and use_docker_bridge come first}"
   # The same build as the host mode's (no rebuild after it), for the gateway,
   # the poller and the demo; the functions run from `sam build`'s output.
   log "building the local tools ($PAYSTREAM_PROFILE)"
   (cd "$REPO_ROOT" && cargo build -q --locked --workspace --bins "${PROFILE_FLAGS[@]}")
-  ensure_sam_build
+  # test.sh has just built them (PAYSTREAM_SAM_BUILT=1).
+  [[ "${PAYSTREAM_SAM_BUILT:-0}" == 1 ]] || ensure_sam_build
   ensure_lambda_base_image
   write_sam_env_file "$STATE_DIR/sam-env.json"
   sam_local_args
   cd "$REPO_ROOT"
   start_forwarders
+  SAM_CONTAINERS_BEFORE=(start-lambda $(docker ps -aq --no-trunc --filter label=sam.cli.container.type=lambda))
   start_bg functions "$VENV/bin/sam" local start-lambda "${SAM_LOCAL_ARGS[@]}" \
     --host 127.0.0.1 --port "$LAMBDA_PORT" --warm-containers EAGER
   local functions_pid="${RUNTIME_PIDS[-1]}"
@@ -365,9 +378,13 @@ stop_runtime() {
     RUNTIME_PIDS=()
   fi
   # SAM removes its warm containers on Ctrl-C only; a script's background
-  # job cannot get one, so remove what it leaves.
-  if [[ "$PAYSTREAM_LAMBDA" == sam ]] && docker_answers; then
-    docker ps -aq --filter label=sam.cli.container.type=lambda | xargs -r docker rm -f >/dev/null
+  # job cannot get one, so remove what this run's start-lambda left.
+  if ((${#SAM_CONTAINERS_BEFORE[@]})) && docker_answers; then
+    local id
+    for id in $(docker ps -aq --no-trunc --filter label=sam.cli.container.type=lambda); do
+      [[ " ${SAM_CONTAINERS_BEFORE[*]} " == *" $id "* ]] || docker rm -f "$id" >/dev/null 2>&1 || true
+    done
+    SAM_CONTAINERS_BEFORE=()
   fi
   if ((${#FORWARDER_PIDS[@]})); then
     stop_pids "${FORWARDER_PIDS[@]}"
@@ -381,7 +398,7 @@ stop_runtime() {
 # that already answers (DOCKER_HOST, or Docker on a laptop) is used as it is;
 # otherwise these scripts start their own dockerd, with its own socket, data
 # and bridge, and stop it again (stop_docker).
-SAM_BUILD_DIR="$PAYSTREAM_CACHE/sam-build"
+export SAM_BUILD_DIR="$PAYSTREAM_CACHE/sam-build"
 DOCKER_DATA_DIR="$PAYSTREAM_CACHE/docker"
 PAYSTREAM_DOCKER_SOCK="/run/paystream-docker.sock"
 DOCKERD_PID_FILE="$PAYSTREAM_CACHE/dockerd.pid"
@@ -413,7 +430,14 @@ ensure_docker() {
   if [[ ! -f /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
     update-binfmts --enable qemu-aarch64
   fi
+  if [[ -n "${DOCKER_HOST:-}" && "$DOCKER_HOST" != "unix://$PAYSTREAM_DOCKER_SOCK" ]]; then
+    docker_answers || { log "DOCKER_HOST=$DOCKER_HOST does not answer"; return 1; }
+    log "using the Docker engine at DOCKER_HOST=$DOCKER_HOST"
+    return 0
+  fi
   if [[ -z "${DOCKER_HOST:-}" ]] && docker_answers; then
+    # An engine with the userland proxy (Docker's default) may answer SAM
+    # before an emulated arm64 container listens; see below.
     log "using the Docker engine that is already running"
     return 0
   fi
@@ -442,7 +466,8 @@ stop_docker() {
   local pid
   [[ "${DOCKERD_STARTED:-0}" == 1 ]] || return 0
   pid="$(cat "$DOCKERD_PID_FILE" 2>/dev/null || true)"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
+  # A pid file outlives a reboot; the pid may be another process's by now.
+  [[ -n "$pid" && "$(cat "/proc/$pid/comm" 2>/dev/null)" == dockerd ]] || return 0
   log "stopping dockerd (pid $pid)"
   kill "$pid"
   for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
@@ -461,7 +486,7 @@ LAMBDA_BASE_PACKAGES=(libc6:arm64 libgcc-s1:arm64 busybox-static:arm64 ca-certif
 ensure_lambda_base_image() {
   [[ "$PAYSTREAM_SAM_INVOKE_IMAGE" == "$LAMBDA_BASE_IMAGE" ]] || return 0
   local recipe
-  recipe="$(cat "$REPO_ROOT/scripts/lambda-base/Dockerfile"; echo "${LAMBDA_BASE_PACKAGES[*]}")"
+  recipe="$(cat "$REPO_ROOT/scripts/lambda-base/Dockerfile"; echo "${LAMBDA_BASE_PACKAGES[*]}"; declare -f ensure_lambda_base_image)"
   recipe="$(sha256sum <<<"$recipe" | cut -c1-16)"
   if [[ "$(docker image inspect -f '{{index .Config.Labels "paystream.recipe"}}' "$LAMBDA_BASE_IMAGE" 2>/dev/null)" == "$recipe" ]]; then
     return 0
@@ -473,7 +498,8 @@ ensure_lambda_base_image() {
   apt-get update -qq
   local work="$PAYSTREAM_CACHE/lambda-base"
   rm -rf "$work" && mkdir -p "$work/debs" "$work/rootfs"
-  (cd "$work/debs" && apt-get download -qq "${LAMBDA_BASE_PACKAGES[@]}" 2>/dev/null)
+  # apt's sandbox user cannot write here; the download itself is checked.
+  (cd "$work/debs" && apt-get download -qq "${LAMBDA_BASE_PACKAGES[@]}" 2> >(grep -v "Download is performed unsandboxed" >&2))
   local deb
   for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$work/rootfs"; done
   local root="$work/rootfs"
@@ -491,6 +517,7 @@ ensure_lambda_base_image() {
   chmod 1777 "$root/tmp"
   cp "$REPO_ROOT/scripts/lambda-base/Dockerfile" "$work/Dockerfile"
   docker build -q --platform linux/arm64 --label "paystream.recipe=$recipe" -t "$LAMBDA_BASE_IMAGE" "$work" >/dev/null
+  [[ "$(docker image inspect -f '{{.Architecture}}' "$LAMBDA_BASE_IMAGE")" == arm64 ]] || { log "$LAMBDA_BASE_IMAGE is not an arm64 image"; return 1; }
 }
 
 # sam build: an arm64 bootstrap for every function (cargo-lambda + zig,
@@ -548,11 +575,19 @@ JSON
 # address (and nowhere else) lets the containers reach them.
 # They stop last (stop_runtime): the functions need them to the end.
 FORWARDER_PIDS=()
+# SAM's containers that existed before this run's start-lambda (plus a
+# marker, so the list is never empty once start-lambda ran).
+SAM_CONTAINERS_BEFORE=()
 start_forwarders() {
   local port
   mkdir -p "$LOG_DIR"
   for port in 5432 6379; do
+    # One left by a killed run would keep the port (and be mistaken for ours).
+    local stale
+    stale="$(cat "$STATE_DIR/forward-$port.pid" 2>/dev/null || true)"
+    if [[ -n "$stale" && "$(cat "/proc/$stale/comm" 2>/dev/null)" == socat ]]; then kill "$stale" 2>/dev/null || true; sleep 0.2; fi
     socat "TCP-LISTEN:$port,bind=$DOCKER_BRIDGE_IP,reuseaddr,fork" "TCP:127.0.0.1:$port" >"$LOG_DIR/forward-$port.log" 2>&1 </dev/null &
+    echo $! >"$STATE_DIR/forward-$port.pid"
     FORWARDER_PIDS+=($!)
     wait_for_listener_at "$!" "$DOCKER_BRIDGE_IP" "$port" 10 || { log "the forwarder for port $port did not start; see $LOG_DIR/forward-$port.log"; return 1; }
   done

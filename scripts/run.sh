@@ -5,6 +5,13 @@
 # PAYSTREAM_LAMBDA=sam runs the functions in `sam local start-lambda`'s
 # containers instead (README: "sam local").
 source "$(dirname "$0")/lib.sh"
+stop_all() {
+  stop_tansu_install
+  stop_runtime
+  [[ "$PAYSTREAM_LAMBDA" != sam ]] || stop_docker
+}
+trap 'stop_all; exit 0' INT TERM
+trap 'stop_all' EXIT
 if [[ "$PAYSTREAM_LAMBDA" == sam ]]; then
   ensure_venv
   ensure_docker
@@ -16,12 +23,6 @@ log "building the functions and local tools ($PAYSTREAM_PROFILE)"
 (cd "$REPO_ROOT" && cargo build -q --locked --workspace --bins "${PROFILE_FLAGS[@]}")
 wait_tansu_install
 "$REPO_ROOT/scripts/stack.sh" up
-stop_all() {
-  stop_runtime
-  [[ "$PAYSTREAM_LAMBDA" != sam ]] || stop_docker
-}
-trap 'stop_all; exit 0' INT TERM
-trap 'stop_all' EXIT
 export PAYSTREAM_SCHEDULE_EVERY_S=10
 start_runtime
 cd "$REPO_ROOT"

@@ -9,6 +9,7 @@
 export PAYSTREAM_LAMBDA=sam
 unset KAFKA_BOOTSTRAP_SERVERS PAYSTREAM_BROKER_HOST
 source "$(dirname "$0")/lib.sh"
+[[ "${1:-}" != invoke || -z "${3:-}" ]] || set -- "$1" "$2" "$(realpath "$3")" "${@:4}"
 cd "$REPO_ROOT"
 ensure_venv
 

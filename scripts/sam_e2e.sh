@@ -7,9 +7,12 @@
 #      then the redelivery check (a failed invocation, the batch redelivered);
 #   2. every sample under events/ through `sam local invoke -e`, each answer
 #      checked as the `cargo lambda invoke` answers are (status, body schema).
-# Its own database, Redis key prefix and broker (on the Docker bridge), new
-# every run. Called by scripts/test.sh after `sam build`.
+# Its own database, Redis key prefix, state and broker (on the Docker bridge,
+# port 9094), new every run, so a `PAYSTREAM_LAMBDA=sam` run.sh beside it is
+# left alone. Called by scripts/test.sh after `sam build`.
 export PAYSTREAM_LAMBDA=sam
+export PAYSTREAM_STATE_DIR="${PAYSTREAM_CACHE:-$HOME/.cache/paystream}/state-sam-e2e"
+export PAYSTREAM_BROKER_PORT=9094
 export PAYSTREAM_DB="${PAYSTREAM_SAM_E2E_DB:-paystream_sam_e2e}"
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$PAYSTREAM_DB"
 export REDIS_KEY_PREFIX="sam-e2e:$(date +%s):"
@@ -17,9 +20,12 @@ export REDIS_KEY_PREFIX="sam-e2e:$(date +%s):"
 unset KAFKA_BOOTSTRAP_SERVERS PAYSTREAM_BROKER_HOST
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
+trap 'stop_runtime; stop_broker; stop_docker' EXIT
+ensure_venv
+ensure_postgres
+ensure_redis
 ensure_docker
 use_docker_bridge
-trap 'stop_runtime; stop_broker; stop_docker' EXIT
 stop_broker
 rm -f "$STATE_DIR/tansu.db"*
 psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$PAYSTREAM_DB\" WITH (FORCE)" >/dev/null

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The README's "test it" command: every test against the real PostgreSQL,
 # Redis and broker, plus the SAM template checks. CI runs exactly this.
+# The Lambda host; the sam mode has its own step at the end.
+export PAYSTREAM_LAMBDA=host
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
+trap 'stop_tansu_install' EXIT
 
 ensure_venv
 ensure_browser
@@ -27,6 +30,7 @@ log "template checks"
 "$VENV/bin/sam" validate --region us-east-1 --template-file template.yaml
 
 ensure_sam_build
+export PAYSTREAM_SAM_BUILT=1
 
 wait_tansu_install
 "$REPO_ROOT/scripts/stack.sh" up
