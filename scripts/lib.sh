@@ -98,7 +98,7 @@ ensure_tansu_installed() {
   if [[ -x "$PAYSTREAM_TANSU_BIN" ]] && "$PAYSTREAM_TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
     return 0
   fi
-  log "installing the tansu broker $TANSU_VERSION into $TOOLS_ROOT (about 13 minutes on 2 cores)"
+  log "installing the tansu broker $TANSU_VERSION into $TOOLS_ROOT (about 10 minutes on 2 cores)"
   # Its own target dir: the broker's build must not evict the project's.
   CARGO_TARGET_DIR="$PAYSTREAM_CACHE/tansu-target" \
     cargo install --locked tansu --version "$TANSU_VERSION" --features libsql --root "$TOOLS_ROOT"
