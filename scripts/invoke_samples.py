@@ -95,14 +95,10 @@ def logical_ids():
 
 def invoke_command(via, function, event_file):
     if via == "sam":
-        state = os.environ["STATE_DIR"]
-        command = ["sam", "local", "invoke", logical_ids()[function], "--event", event_file,
-                   "--template", os.path.join(os.environ["SAM_BUILD_DIR"], "template.yaml"),
-                   "--env-vars", os.path.join(state, "sam-env.json")]
-        image = os.environ.get("PAYSTREAM_SAM_INVOKE_IMAGE", "")
-        if image:
-            command += ["--invoke-image", image, "--skip-pull-image"]
-        return command
+        # The same arguments as every sam local command of the scripts
+        # (scripts/lib.sh: sam_local_args).
+        return ["sam", "local", "invoke", logical_ids()[function], "--event", event_file,
+                *os.environ["PAYSTREAM_SAM_LOCAL_ARGS"].splitlines()]
     return ["cargo-lambda", "lambda", "invoke", function, "--data-file", event_file,
             "--invoke-address", "127.0.0.1", "--invoke-port", LAMBDA_PORT, "--output-format", "json"]
 

@@ -323,11 +323,8 @@ start_runtime_sam() {
   (cd "$REPO_ROOT" && cargo build -q --locked --workspace --bins "${PROFILE_FLAGS[@]}")
   # test.sh has just built them (PAYSTREAM_SAM_BUILT=1).
   [[ "${PAYSTREAM_SAM_BUILT:-0}" == 1 ]] || ensure_sam_build
-  ensure_lambda_base_image
-  write_sam_env_file "$STATE_DIR/sam-env.json"
-  sam_local_args
+  prepare_sam_local
   cd "$REPO_ROOT"
-  start_forwarders
   SAM_CONTAINERS_BEFORE=(start-lambda $(docker ps -aq --no-trunc --filter label=sam.cli.container.type=lambda))
   start_bg functions "$VENV/bin/sam" local start-lambda "${SAM_LOCAL_ARGS[@]}" \
     --host 127.0.0.1 --port "$LAMBDA_PORT" --warm-containers EAGER
@@ -398,7 +395,7 @@ stop_runtime() {
 # that already answers (DOCKER_HOST, or Docker on a laptop) is used as it is;
 # otherwise these scripts start their own dockerd, with its own socket, data
 # and bridge, and stop it again (stop_docker).
-export SAM_BUILD_DIR="$PAYSTREAM_CACHE/sam-build"
+SAM_BUILD_DIR="$PAYSTREAM_CACHE/sam-build"
 DOCKER_DATA_DIR="$PAYSTREAM_CACHE/docker"
 PAYSTREAM_DOCKER_SOCK="/run/paystream-docker.sock"
 DOCKERD_PID_FILE="$PAYSTREAM_CACHE/dockerd.pid"
@@ -572,8 +569,10 @@ JSON
 }
 
 # PostgreSQL and Redis listen on loopback only; a forwarder on the bridge
-# address (and nowhere else) lets the containers reach them.
-# They stop last (stop_runtime): the functions need them to the end.
+# address (and nowhere else) lets the containers reach them. One that is
+# already listening (another sam-mode run's, or one a killed run left) does
+# the same job and is used as it is; the run that started it stops it.
+# Ours stop last (stop_runtime): the functions need them to the end.
 FORWARDER_PIDS=()
 # SAM's containers that existed before this run's start-lambda (plus a
 # marker, so the list is never empty once start-lambda ran).
@@ -582,20 +581,31 @@ start_forwarders() {
   local port
   mkdir -p "$LOG_DIR"
   for port in 5432 6379; do
-    # One left by a killed run would keep the port (and be mistaken for ours).
-    local stale
-    stale="$(cat "$STATE_DIR/forward-$port.pid" 2>/dev/null || true)"
-    if [[ -n "$stale" && "$(cat "/proc/$stale/comm" 2>/dev/null)" == socat ]]; then kill "$stale" 2>/dev/null || true; sleep 0.2; fi
+    if wait_for_port "$DOCKER_BRIDGE_IP" "$port" 0; then
+      log "a forwarder already listens on $DOCKER_BRIDGE_IP:$port; using it"
+      continue
+    fi
     socat "TCP-LISTEN:$port,bind=$DOCKER_BRIDGE_IP,reuseaddr,fork" "TCP:127.0.0.1:$port" >"$LOG_DIR/forward-$port.log" 2>&1 </dev/null &
-    echo $! >"$STATE_DIR/forward-$port.pid"
     FORWARDER_PIDS+=($!)
     wait_for_listener_at "$!" "$DOCKER_BRIDGE_IP" "$port" 10 || { log "the forwarder for port $port did not start; see $LOG_DIR/forward-$port.log"; return 1; }
   done
 }
 
-# The arguments every `sam local` command here takes.
+# What every `sam local` run here needs once the stack is up: the base
+# image, the functions' configuration, the forwarders, SAM's arguments.
+prepare_sam_local() {
+  ensure_lambda_base_image
+  write_sam_env_file "$STATE_DIR/sam-env.json"
+  start_forwarders
+  sam_local_args
+}
+
+# The arguments every `sam local` command here takes; also exported, one
+# per line, for scripts/invoke_samples.py --via sam.
 sam_local_args() {
   SAM_LOCAL_ARGS=(--template "$SAM_BUILD_DIR/template.yaml" --env-vars "$STATE_DIR/sam-env.json")
   # Our own image exists only here: SAM must not look for it in a registry.
   [[ -z "$PAYSTREAM_SAM_INVOKE_IMAGE" ]] || SAM_LOCAL_ARGS+=(--invoke-image "$PAYSTREAM_SAM_INVOKE_IMAGE" --skip-pull-image)
+  PAYSTREAM_SAM_LOCAL_ARGS="$(printf '%s\n' "${SAM_LOCAL_ARGS[@]}")"
+  export PAYSTREAM_SAM_LOCAL_ARGS
 }

@@ -21,12 +21,9 @@ case "${1:-}" in
     [[ -f "$SAM_BUILD_DIR/template.yaml" ]] || ensure_sam_build
     ensure_docker
     use_docker_bridge
-    ensure_lambda_base_image
     "$REPO_ROOT/scripts/stack.sh" up
-    write_sam_env_file "$STATE_DIR/sam-env.json"
     trap 'stop_runtime' EXIT
-    start_forwarders
-    sam_local_args
+    prepare_sam_local
     function_id=$1 event=$2; shift 2
     "$VENV/bin/sam" local invoke "$function_id" --event "$event" "${SAM_LOCAL_ARGS[@]}" "$@"
     ;;

@@ -32,7 +32,7 @@ psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$PAYSTR
 "$REPO_ROOT/scripts/stack.sh" up
 export PAYSTREAM_SCHEDULE_EVERY_S=5
 start_runtime
-export LOG_DIR STATE_DIR
+export LOG_DIR
 if ! "$BIN_DIR/demo" --check ||
    ! python3 scripts/redelivery_check.py ||
    ! wait_for_login ||
