@@ -472,9 +472,19 @@ stop_docker() {
 }
 
 # The address containers reach this machine at: the gateway of Docker's
-# default bridge (the bridge of the engine in use; nothing else).
+# default bridge (the bridge of the engine in use; nothing else). An engine
+# that created its bridge itself (the first start on a machine) reports no
+# gateway in the network's IPAM configuration; the bridge interface then
+# carries it.
 docker_bridge_ip() {
-  docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}'
+  local ip bridge
+  ip="$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 -E '^[0-9]+(\.[0-9]+){3}$' || true)"
+  if [[ -z "$ip" ]]; then
+    bridge="$(docker network inspect bridge -f '{{index .Options "com.docker.network.bridge.name"}}')"
+    ip="$(ip -4 -o addr show dev "${bridge:-docker0}" 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -1)"
+  fi
+  [[ "$ip" =~ ^[0-9]+(\.[0-9]+){3}$ ]] || { log "no IPv4 gateway on Docker's default bridge (docker network inspect bridge)"; return 1; }
+  echo "$ip"
 }
 
 # The Lambda base image from Debian's arm64 packages (see
@@ -538,7 +548,7 @@ ensure_sam_build() {
 # tools and the containers both reach (a broker on loopback advertises
 # 127.0.0.1, which inside a container is the container itself).
 use_docker_bridge() {
-  DOCKER_BRIDGE_IP="$(docker_bridge_ip)"
+  DOCKER_BRIDGE_IP="$(docker_bridge_ip)" || return 1
   BROKER_HOST="$DOCKER_BRIDGE_IP"
   export PAYSTREAM_BROKER_HOST="$BROKER_HOST"
   export KAFKA_BOOTSTRAP_SERVERS="$BROKER_HOST:$BROKER_PORT"
