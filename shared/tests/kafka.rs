@@ -163,3 +163,45 @@ async fn after_a_broker_restart_publishing_resumes_and_nothing_was_lost() {
     }
     assert_eq!(seen[0], b"before", "the record from before the restart survived it");
 }
+
+/// A member that leaves while its group rebalances must not stall the rest:
+/// the coordinator makes a remaining member the leader and the rebalance
+/// completes. (tansu 0.6.0 failed this: it kept the departed member as the
+/// leader of the "Forming" group, so nobody ever got a partition again
+/// until the broker restarted.)
+#[tokio::test]
+async fn a_member_leaving_mid_rebalance_does_not_stall_the_group() {
+    let config = fresh_config().await;
+    let topic = topic(&config, 2).await;
+    let producer = EventProducer::new(&config.kafka, "tests").unwrap();
+    for key in ["k0", "k1", "k2", "k3"] {
+        producer.publish(OutgoingRecord { topic: &topic, key: key.as_bytes(), payload: key.as_bytes(), headers: &[] }).await.unwrap();
+    }
+    let group = format!("g-{}", unique_suffix());
+    let member = |instance: Option<&str>, heartbeat_ms: u32| {
+        let mut settings = client_config(&config.kafka, "paystream-tests");
+        settings
+            .set("group.id", &group)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("heartbeat.interval.ms", heartbeat_ms.to_string())
+            .set("session.timeout.ms", "45000");
+        if let Some(instance) = instance {
+            settings.set("group.instance.id", instance);
+        }
+        let member: StreamConsumer = settings.create().expect("consumer");
+        member.subscribe(&[&topic]).expect("subscribe");
+        member
+    };
+    // A forms the group as its leader; it hears of the next rebalance only
+    // at its next heartbeat, seconds away.
+    let a = member(None, 10_000);
+    tokio::time::timeout(RECEIVE_TIMEOUT, a.recv()).await.expect("A gets partitions").unwrap();
+    // B joins, so the group rebalances and waits for A to rejoin; A leaves
+    // (LeaveGroup) before it does.
+    let b = member(Some(&format!("{group}-b")), 3_000);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(a);
+    let m = tokio::time::timeout(RECEIVE_TIMEOUT, b.recv()).await.expect("B gets partitions after A left mid-rebalance").unwrap();
+    assert!(m.payload().is_some());
+}

@@ -60,6 +60,8 @@ async fn assert_settled_exactly(sale: &Sale, product: &str, stock: i64) {
     assert_eq!(successes, stock, "exactly the stock was sold");
     assert_eq!((settlements, buyers), (stock, stock), "one settlement per success, nobody twice");
     assert_eq!(total, stock * PRICE);
+    let sold = sale.scalar(&format!("SELECT sold::bigint FROM products WHERE id = '{product}'")).await;
+    assert_eq!(sold, successes, "the product's sold counter is its SUCCESS orders");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,6 +181,62 @@ async fn a_settle_batch_delivered_twice_settles_once() {
     let doubled: Vec<_> = events.iter().chain(events.iter()).cloned().collect();
     assert_eq!(sale.settle(&doubled).await.applied, 0);
     assert_eq!(sale.scalar("SELECT count(*) FROM settlements").await, 5);
+    assert_eq!(sale.scalar(&format!("SELECT sold::bigint FROM products WHERE id = '{product}'")).await, 5, "counted once");
+}
+
+/// Settle grants from the product's `sold` counter, not by counting its
+/// orders: on a sale with history, orders accepted beyond the stock (the
+/// gate was rebuilt too generously) end FAILED, the counter never passes
+/// the stock, and it equals the SUCCESS orders afterwards.
+#[tokio::test]
+async fn settle_grants_up_to_the_stock_on_a_sale_with_history() {
+    let sale = Sale::new().await;
+    let users = bulk_users(&sale.order.platform, 8).await;
+    let product = sale.product(6, PRICE, -60, 3_600).await;
+    for (_, token) in &users[..4] {
+        assert_eq!(sale.order(token, &product, None).await.0, 202);
+    }
+    sale.settle(&sale.events(4).await).await;
+    // Four more orders get in although only two units are left, as when the
+    // gate's keys were rebuilt before settle caught up.
+    let client = sale.order.platform.pg.get().await.expect("database");
+    let product_id: uuid::Uuid = product.parse().unwrap();
+    let mut records = Vec::new();
+    for (i, (user_id, _)) in users[4..].iter().enumerate() {
+        let order_id = uuid::Uuid::new_v4();
+        client
+            .execute(
+                "INSERT INTO orders (id, user_id, product_id, amount, currency) VALUES ($1, $2, $3, $4, 'KRW')",
+                &[&order_id, &user_id.0, &product_id, &PRICE],
+            )
+            .await
+            .expect("order beyond the stock");
+        let event = paystream::events::OrderEvent {
+            v: 1,
+            order_id,
+            user_id: user_id.0,
+            product_id,
+            amount: PRICE,
+            currency: "KRW".into(),
+            ordered_at: time::OffsetDateTime::now_utc(),
+        };
+        records.push(paystream::testing::ReadRecord {
+            topic: sale.config.kafka.order_topic.clone(),
+            partition: 0,
+            offset: 100 + i as i64,
+            timestamp_ms: 0,
+            key: Some(order_id.to_string().into_bytes()),
+            value: serde_json::to_vec(&event).unwrap(),
+            headers: Vec::new(),
+        });
+    }
+    assert_eq!(sale.settle(&records).await.applied, 4);
+    let count = |status: &str| format!("SELECT count(*) FROM orders WHERE product_id = '{product}' AND status = '{status}'");
+    assert_eq!((sale.scalar(&count("SUCCESS")).await, sale.scalar(&count("FAILED")).await), (6, 2), "exactly the stock sold");
+    assert_eq!(sale.scalar(&format!("SELECT sold::bigint FROM products WHERE id = '{product}'")).await, 6);
+    // The database refuses a counter past the stock, whatever the code does.
+    let refused = client.execute(&format!("UPDATE products SET sold = sold + 1 WHERE id = '{product}'"), &[]).await;
+    assert!(refused.is_err(), "sold beyond stock violates products_sold_within_stock");
 }
 
 #[tokio::test]

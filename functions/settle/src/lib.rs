@@ -1,11 +1,12 @@
 //! `settle`: reads `order-stream` and settles each order exactly once.
 //!
-//! Per batch, one transaction: lock the batch's products, count their
-//! SUCCESS orders, grant SUCCESS (with one settlement at the product's price)
-//! while stock remains and FAILED otherwise, in two multi-row statements.
+//! Per batch, one transaction: lock the batch's products (each row carries
+//! its units sold), read the orders, grant SUCCESS (with one settlement at
+//! the product's price) while stock remains and FAILED otherwise, in a
+//! fixed number of multi-row statements whatever the sale's history.
 //! Only PENDING orders change, and a settlement is unique per order, so a
 //! redelivered batch changes nothing. Successes can never exceed stock: the
-//! product rows are locked while counting.
+//! product rows are locked while granting, and `sold <= stock` is a CHECK.
 
 use std::collections::HashSet;
 
@@ -44,26 +45,31 @@ impl BatchConsumer for Settle {
 
         let mut db = p.pg.get().await?;
         let tx = paystream::db::begin(&mut db).await?;
+        // Lock the products first (by the events' product ids), then read
+        // the orders: their statuses are then current, and `sold` cannot
+        // move under us, so granting is exact without counting history.
+        let mut product_ids: Vec<Uuid> = unique.iter().map(|(_, e)| e.product_id).collect::<HashSet<_>>().into_iter().collect();
+        product_ids.sort_unstable();
+        let mut terms = settlements::lock_products(&tx, &product_ids).await?;
         let ids: Vec<Uuid> = unique.iter().map(|(_, e)| e.order_id).collect();
         let known = settlements::orders(&tx, &ids).await?;
         let mut pending = Vec::with_capacity(unique.len());
         for (record, event) in unique {
             match known.get(&event.order_id) {
                 None => unknown.push(Poison { record, reason: format!("unknown order {}", event.order_id) }),
+                Some(order) if order.product_id != event.product_id => {
+                    unknown.push(Poison { record, reason: format!("order {} is for another product than its event says", event.order_id) });
+                }
                 Some(order) if order.status != "PENDING" => outcome.duplicates += 1,
                 Some(order) => pending.push((event.order_id, order.user_id, order.product_id)),
             }
         }
-        let product_ids: Vec<Uuid> = pending.iter().map(|(_, _, p)| *p).collect::<HashSet<_>>().into_iter().collect();
-        let terms = settlements::lock_products(&tx, &product_ids).await?;
-        let mut sold = settlements::success_counts(&tx, &product_ids).await?;
         let mut granted = Vec::new();
         let mut failed = Vec::new();
         for (order_id, user_id, product_id) in pending {
-            let t = terms.get(&product_id).expect("orders reference existing products");
-            let count = sold.entry(product_id).or_default();
-            if *count < t.stock {
-                *count += 1;
+            let t = terms.get_mut(&product_id).expect("orders reference existing products, locked above");
+            if t.sold < t.stock {
+                t.sold += 1;
                 granted.push(Granted { order_id, user_id, product_id, amount: t.price, currency: t.currency.clone() });
             } else {
                 failed.push((order_id, REASON_NO_STOCK));
@@ -86,9 +92,8 @@ impl BatchConsumer for Settle {
         let mut failed_products: HashSet<Uuid> = failed.iter().filter_map(|(id, _)| known.get(id).map(|o| o.product_id)).collect();
         failed_products.extend(unique.iter().filter_map(|(_, e)| known.get(&e.order_id)).filter(|o| o.status == "FAILED").map(|o| o.product_id));
         for product_id in failed_products {
-            if let Some(product) = products::get(&**db, product_id).await? {
-                let state = products::sale_state(&**db, &product).await?;
-                flash::correct_remaining(&p.redis, product_id, state.remaining).await?;
+            if let Some(remaining) = products::remaining(&**db, product_id).await? {
+                flash::correct_remaining(&p.redis, product_id, remaining).await?;
             }
         }
         metrics::emit(

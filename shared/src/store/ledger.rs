@@ -49,17 +49,40 @@ pub struct LedgerRow {
     pub occurred_at: OffsetDateTime,
 }
 
-/// Which of `ids` already have a ledger row.
-pub async fn existing(db: &impl GenericClient, ids: &[Uuid]) -> Result<HashSet<Uuid>, AppError> {
-    let rows = db.query("SELECT payment_id FROM transactions WHERE payment_id = ANY($1)", &[&ids]).await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+/// What PostgreSQL already holds of a batch's payments.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// Payments with a ledger row: decided before (a redelivery).
+    pub decided: HashSet<Uuid>,
+    /// Payments with no payment record: intake died after publishing, so
+    /// the event is all there is (rare; FDS records them from the event).
+    pub unrecorded: HashSet<Uuid>,
 }
 
-/// Inserts rows in one statement; returns the ids actually inserted (a row
-/// that already existed is left as it was).
-pub async fn insert_many(db: &impl GenericClient, rows: &[LedgerRow]) -> Result<HashSet<Uuid>, AppError> {
+/// Which of `ids` are decided and which have no payment record: two
+/// index probes per id (`= ANY`, which PostgreSQL always runs as index
+/// scans; joins against `unnest` were planned as hash joins over whole
+/// tables), sent together.
+pub async fn known(db: &impl GenericClient, ids: &[Uuid]) -> Result<Known, AppError> {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+    let (decided, recorded) = tokio::try_join!(
+        db.query("SELECT payment_id FROM transactions WHERE payment_id = ANY($1)", &params),
+        db.query("SELECT id FROM payments WHERE id = ANY($1)", &params),
+    )?;
+    let recorded: HashSet<Uuid> = recorded.iter().map(|r| r.get(0)).collect();
+    Ok(Known {
+        decided: decided.iter().map(|r| r.get(0)).collect(),
+        unrecorded: ids.iter().copied().filter(|id| !recorded.contains(id)).collect(),
+    })
+}
+
+/// Inserts rows in one plain multi-row INSERT (no speculative insertion:
+/// the caller has checked they are new). A row another invocation inserted
+/// meanwhile fails the whole statement with a unique violation, reported as
+/// a retryable error: the batch is retried and then skips it.
+pub async fn insert_many(db: &impl GenericClient, rows: &[LedgerRow]) -> Result<u64, AppError> {
     if rows.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(0);
     }
     let col = |f: fn(&LedgerRow) -> Uuid| rows.iter().map(f).collect::<Vec<Uuid>>();
     let (ids, users, cards, merchants) = (col(|r| r.payment_id), col(|r| r.user_id), col(|r| r.card_id), col(|r| r.merchant_id));
@@ -72,15 +95,21 @@ pub async fn insert_many(db: &impl GenericClient, rows: &[LedgerRow]) -> Result<
     let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason).collect();
     let times: Vec<OffsetDateTime> = rows.iter().map(|r| r.occurred_at).collect();
     let inserted = db
-        .query(
+        .execute(
             "INSERT INTO transactions (payment_id, user_id, card_id, merchant_id, amount, currency, country, lat, lon, status, reason, occurred_at)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[], $7::text[],
-                                  $8::float8[], $9::float8[], $10::text[], $11::text[], $12::timestamptz[])
-             ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id",
+                                  $8::float8[], $9::float8[], $10::text[], $11::text[], $12::timestamptz[])",
             &[&ids, &users, &cards, &merchants, &amounts, &currencies, &countries, &lats, &lons, &statuses, &reasons, &times],
         )
-        .await?;
-    Ok(inserted.iter().map(|r| r.get(0)).collect())
+        .await
+        .map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                AppError::new(crate::ErrorCode::DependencyUnavailable, "concurrent decision; batch will be retried").with_source(e)
+            } else {
+                e.into()
+            }
+        })?;
+    Ok(inserted)
 }
 
 /// Moves a PENDING payment to its final status; false when it was not PENDING.

@@ -79,7 +79,10 @@ pub async fn reconcile_from_events(db: &impl GenericClient, events: &[&crate::ev
             "INSERT INTO payments (id, user_id, card_id, merchant_id, amount, currency, created_at)
              SELECT e.* FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[], $7::timestamptz[])
                   AS e(id, user_id, card_id, merchant_id, amount, currency, created_at)
-             WHERE EXISTS (SELECT 1 FROM cards c WHERE c.id = e.card_id AND c.user_id = e.user_id)
+             -- Intake recorded nearly every payment: skip those first, with
+             -- one probe, before checking card and merchant.
+             WHERE NOT EXISTS (SELECT 1 FROM payments p WHERE p.id = e.id)
+               AND EXISTS (SELECT 1 FROM cards c WHERE c.id = e.card_id AND c.user_id = e.user_id)
                AND EXISTS (SELECT 1 FROM merchants m WHERE m.id = e.merchant_id)
                AND e.amount > 0
              ON CONFLICT (id) DO NOTHING",

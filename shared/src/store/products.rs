@@ -91,3 +91,17 @@ pub async fn sale_state(db: &impl GenericClient, p: &Product) -> Result<SaleStat
         buyers: rows.iter().map(|r| r.get(0)).collect(),
     })
 }
+
+/// Units left to sell: stock less what is sold (`products.sold`) and what
+/// is accepted but not yet settled. Reads one product row and the
+/// product's PENDING orders only, never its whole order history.
+pub async fn remaining(db: &impl GenericClient, id: Uuid) -> Result<Option<i64>, AppError> {
+    let row = db
+        .query_opt(
+            "SELECT p.stock::bigint - p.sold - (SELECT count(*) FROM orders o WHERE o.product_id = p.id AND o.status = 'PENDING')
+             FROM products p WHERE p.id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}

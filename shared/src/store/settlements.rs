@@ -15,22 +15,24 @@ use crate::error::AppError;
 
 pub struct ProductTerms {
     pub stock: i64,
+    /// Units settled so far (`products.sold`).
+    pub sold: i64,
     pub price: i64,
     pub currency: String,
 }
 
-/// Locks the products (serialising settlement per product) and returns their terms.
+/// Locks the products (serialising settlement per product) and returns
+/// their terms with the units already sold: one row each, whatever the
+/// product's order history.
 pub async fn lock_products(db: &impl GenericClient, ids: &[Uuid]) -> Result<HashMap<Uuid, ProductTerms>, AppError> {
-    let rows = db.query("SELECT id, stock, price, currency FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&ids]).await?;
-    Ok(rows.iter().map(|r| (r.get(0), ProductTerms { stock: i64::from(r.get::<_, i32>(1)), price: r.get(2), currency: r.get(3) })).collect())
-}
-
-/// SUCCESS orders per product.
-pub async fn success_counts(db: &impl GenericClient, products: &[Uuid]) -> Result<HashMap<Uuid, i64>, AppError> {
-    let rows = db
-        .query("SELECT product_id, count(*) FROM orders WHERE product_id = ANY($1) AND status = 'SUCCESS' GROUP BY product_id", &[&products])
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    let rows = db.query("SELECT id, stock, sold, price, currency FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&ids]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let terms = ProductTerms { stock: i64::from(r.get::<_, i32>(1)), sold: i64::from(r.get::<_, i32>(2)), price: r.get(3), currency: r.get(4) };
+            (r.get(0), terms)
+        })
+        .collect())
 }
 
 pub struct OrderRow {
@@ -52,23 +54,47 @@ pub struct Granted {
     pub currency: String,
 }
 
-/// Marks orders SUCCESS with one settlement each, or FAILED with a reason;
-/// two statements for the whole batch. Returns settlements inserted.
+/// Marks orders SUCCESS with one settlement each and adds them to their
+/// products' `sold`, or FAILED with a reason; at most four statements for
+/// the whole batch. The caller holds the products' locks and read the
+/// orders PENDING under them. Returns settlements inserted.
 pub async fn apply(db: &impl GenericClient, granted: &[Granted], failed: &[(Uuid, &str)]) -> Result<u64, AppError> {
     let mut inserted = 0;
     if !granted.is_empty() {
         let ids: Vec<Uuid> = granted.iter().map(|g| g.order_id).collect();
-        db.execute("UPDATE orders SET status = 'SUCCESS', updated_at = now() WHERE id = ANY($1) AND status = 'PENDING'", &[&ids]).await?;
+        let updated = db.execute("UPDATE orders SET status = 'SUCCESS', updated_at = now() WHERE id = ANY($1) AND status = 'PENDING'", &[&ids]).await?;
+        // Read PENDING under the products' locks, and only settle changes
+        // an order's status, so every granted order is still PENDING here;
+        // if not, roll back and let the batch be retried.
+        if updated as usize != granted.len() {
+            return Err(AppError::new(
+                crate::ErrorCode::DependencyUnavailable,
+                format!("{} of {} granted orders were no longer PENDING; batch will be retried", granted.len() - updated as usize, granted.len()),
+            ));
+        }
+        let mut per_product: HashMap<Uuid, i32> = HashMap::new();
+        for g in granted {
+            *per_product.entry(g.product_id).or_default() += 1;
+        }
+        let (products, units): (Vec<Uuid>, Vec<i32>) = per_product.into_iter().unzip();
+        db.execute(
+            "UPDATE products p SET sold = p.sold + g.units FROM unnest($1::uuid[], $2::int[]) AS g(id, units) WHERE p.id = g.id",
+            &[&products, &units],
+        )
+        .await?;
         let settlement_ids: Vec<Uuid> = granted.iter().map(|_| Uuid::new_v4()).collect();
         let users: Vec<Uuid> = granted.iter().map(|g| g.user_id).collect();
         let products: Vec<Uuid> = granted.iter().map(|g| g.product_id).collect();
         let amounts: Vec<i64> = granted.iter().map(|g| g.amount).collect();
         let currencies: Vec<&str> = granted.iter().map(|g| g.currency.as_str()).collect();
+        // A plain INSERT: these orders were PENDING until the UPDATE above,
+        // and only that UPDATE's transaction writes their settlements, so
+        // none exists; a unique violation would be a broken invariant and
+        // fails the batch.
         inserted = db
             .execute(
                 "INSERT INTO settlements (id, order_id, user_id, product_id, amount, currency)
-                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[])
-                 ON CONFLICT (order_id) DO NOTHING",
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[])",
                 &[&settlement_ids, &ids, &users, &products, &amounts, &currencies],
             )
             .await?;

@@ -1,40 +1,74 @@
-//! Consumer batch throughput: each MSK consumer's handler on 1,000-record
-//! batches of new events, against the local PostgreSQL and Redis, as its
-//! Lambda would run them (one batch at a time). Records/s per consumer.
+//! Consumer batch throughput: each MSK consumer on 1,000-record batches of
+//! new events, against the local PostgreSQL and Redis, doing what its
+//! Lambda does per invocation: parse the MSK event (JSON, base64 records),
+//! handle it (`msk::handle_event`), write its JSON log lines and flush its
+//! EMF metrics (to /dev/null while timed, where Lambda has CloudWatch).
 //!
-//! Baseline, same run and same records: decoding the batch
-//! (`msk::decode_all`), the floor every consumer pays before any work.
+//! Two shapes, each after one untimed warm-up batch per consumer instance:
+//! - one partition: one environment, one batch at a time;
+//! - three partitions in parallel: three environments (own pools), one
+//!   batch each at the same time, as three ESM pollers would invoke them.
 //!
-//! Setup (not timed): 1,000 fresh users with two cards each (Everyday and
-//! Cafe Lover, so the benefit guide has tips to send), and for the settle
-//! consumer one product per batch with stock for half of the orders, so
-//! half succeed and half fail.
+//! The data is what production holds:
+//! - payments: every event's payment row exists (intake wrote it before
+//!   publishing); 1 in 20 payments is impossible travel (Paris moments after
+//!   Seoul: PENDING, a verification token and an SMS outbox row); 1 in 5 is
+//!   made with the card that earns less at a café (a benefit tip);
+//! - orders: one flash-sale product that already has [`HISTORY_ORDERS`]
+//!   settled orders; each batch is 1,000 new accepted (PENDING) orders.
+//!
+//! Baselines, same run and same records: parsing and decoding the event
+//! (the floor every consumer pays), and a raw multi-row INSERT of the
+//! batch's rows (the ledger's rows for payments, settlements for orders)
+//! committed in one statement. Cost: CPU microseconds per record for this
+//! process (where the handler runs) and each server, and the Lambda GB-s
+//! per million records that follow from the batch duration and the
+//! template's `MemorySize`.
 
 use std::time::{Duration, Instant};
 
+use aws_lambda_events::event::kafka::KafkaEvent;
 use paystream::db::PgPool;
 use paystream::demo;
 use paystream::events::{decode_order, decode_payment, OrderEvent, PaymentEvent};
-use paystream::msk::{decode_all, BatchConsumer, InRecord};
+use paystream::msk::{self, decode_all, BatchConsumer, OutRecordForEvent};
 use paystream::Platform;
+use time::OffsetDateTime;
 use uuid::Uuid;
+
+use crate::cpu;
 
 /// Records per batch: the template's BatchSize for every consumer.
 pub const BATCH_RECORDS: usize = 1_000;
-const PARTITIONS: i32 = 3;
+/// Partitions of each topic, and so parallel batches in the second shape.
+const PARTITIONS: usize = 3;
+/// One payment in this many is impossible travel (5 %).
+const TRAVEL_EVERY: usize = 20;
+/// One payment in this many is made with the lesser card (a tip, 20 %).
+const TIP_EVERY: usize = 5;
+/// Settled orders the sale's product has before the timed batches.
+const HISTORY_ORDERS: usize = 100_000;
+/// Minutes between consecutive batches' payments (so Seoul → Seoul is
+/// plausible and Seoul → Paris is impossible).
+const SLOT_MINUTES: i64 = 1;
 
 pub struct User {
     pub id: Uuid,
     pub everyday_card: Uuid,
+    pub cafe_card: Uuid,
 }
 
 /// 1,000 users, each with an Everyday and a Cafe Lover card.
 pub async fn create_users(pg: &PgPool, suffix: &str) -> Vec<User> {
-    let ids = crate::stats::create_buyers(pg, BATCH_RECORDS, suffix).await;
+    create_card_holders(pg, BATCH_RECORDS, suffix).await
+}
+
+async fn create_card_holders(pg: &PgPool, n: usize, suffix: &str) -> Vec<User> {
+    let ids = crate::stats::create_buyers(pg, n, suffix).await;
     let db = pg.get().await.expect("database");
-    let mut users = Vec::with_capacity(ids.len());
+    let mut cards: Vec<std::collections::HashMap<Uuid, Uuid>> = Vec::new();
     for product in [demo::EVERYDAY.0, demo::CAFE_LOVER.0] {
-        let cards = db
+        let rows = db
             .query(
                 "INSERT INTO cards (id, user_id, card_product_id, last4, fingerprint, expiry_month, expiry_year)
                  SELECT gen_random_uuid(), u, $2::uuid, '4242', sha256(convert_to(u::text || $2::uuid::text, 'UTF8')), 12, 2099
@@ -43,11 +77,10 @@ pub async fn create_users(pg: &PgPool, suffix: &str) -> Vec<User> {
             )
             .await
             .expect("bench cards");
-        if product == demo::EVERYDAY.0 {
-            users = cards.iter().map(|r| User { id: r.get(0), everyday_card: r.get(1) }).collect();
-        }
+        cards.push(rows.iter().map(|r| (r.get(0), r.get(1))).collect());
     }
-    assert_eq!(users.len(), BATCH_RECORDS);
+    let users: Vec<User> = ids.iter().map(|id| User { id: *id, everyday_card: cards[0][id], cafe_card: cards[1][id] }).collect();
+    assert_eq!(users.len(), n);
     users
 }
 
@@ -64,154 +97,454 @@ pub fn payment_requests(tokens: &paystream::auth::TokenIssuer, users: &[User], a
         .collect()
 }
 
-fn record(topic: &str, i: usize, offset: i64, key: Uuid, value: Vec<u8>) -> InRecord {
-    InRecord {
-        topic: topic.to_owned(),
-        partition: i as i32 % PARTITIONS,
-        offset,
-        timestamp_ms: 0,
-        key: Some(key.to_string().into_bytes()),
-        value: Ok(value),
-        headers: Vec::new(),
-    }
+/// One batch as its event source delivers it: the MSK event's JSON.
+#[derive(Clone)]
+struct Batch {
+    partition: i32,
+    event_json: Vec<u8>,
+    records: usize,
 }
 
-/// One payment per user at the Seoul café, paid with the Everyday card.
-fn payment_batch(users: &[User], batch: usize) -> Vec<InRecord> {
-    let now = time::OffsetDateTime::now_utc();
+fn batch_of(topic: &str, partition: i32, first_offset: i64, records: &[(Uuid, Vec<u8>)]) -> Batch {
+    let out: Vec<OutRecordForEvent<'_>> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value))| OutRecordForEvent {
+            topic,
+            partition,
+            offset: first_offset + i as i64,
+            timestamp_ms: 0,
+            key: Some(key.as_bytes()),
+            value,
+            headers: &[],
+        })
+        .collect();
+    let event = msk::build_event("arn:aws:kafka:local:000000000000:cluster/bench/0", &out);
+    Batch { partition, event_json: serde_json::to_vec(&event).expect("event"), records: records.len() }
+}
+
+/// Each user's payment in time slot `slot`: at the Seoul café, except,
+/// when `travel`, one in [`TRAVEL_EVERY`] in Paris (impossible after the
+/// last slot's Seoul, so never in a group's first slot); one in
+/// [`TIP_EVERY`] of the Seoul ones with the Everyday card.
+fn payment_events(users: &[User], slot: usize, start: OffsetDateTime, travel: bool) -> Vec<PaymentEvent> {
+    let at = start + time::Duration::minutes(SLOT_MINUTES * slot as i64);
     users
         .iter()
         .enumerate()
         .map(|(i, user)| {
-            let event = PaymentEvent {
+            let travels = travel && (i + slot) % TRAVEL_EVERY == 0;
+            let lesser_card = (i + slot) % TIP_EVERY == 0;
+            let (card_id, card_product_id) =
+                if lesser_card && !travels { (user.everyday_card, demo::EVERYDAY.0) } else { (user.cafe_card, demo::CAFE_LOVER.0) };
+            let (merchant, country, lat, lon, amount, currency) = if travels {
+                (demo::PARIS_CAFE.0, "FR", 48.8566, 2.3522, 1_250, "EUR")
+            } else {
+                (demo::SEOUL_CAFE.0, "KR", 37.5665, 126.978, 10_000, "KRW")
+            };
+            PaymentEvent {
                 v: 1,
                 payment_id: Uuid::new_v4(),
                 user_id: user.id,
-                card_id: user.everyday_card,
-                card_product_id: demo::EVERYDAY.0,
-                merchant_id: demo::SEOUL_CAFE.0,
+                card_id,
+                card_product_id,
+                merchant_id: merchant,
                 merchant_category: "cafe".into(),
-                amount: 10_000,
-                currency: "KRW".into(),
-                country: "KR".into(),
-                lat: 37.5665,
-                lon: 126.978,
-                occurred_at: now,
-            };
-            record("payment-stream", i, (batch * BATCH_RECORDS + i) as i64, user.id, serde_json::to_vec(&event).expect("event"))
+                amount,
+                currency: currency.into(),
+                country: country.into(),
+                lat,
+                lon,
+                occurred_at: at,
+            }
         })
         .collect()
 }
 
-/// A product with stock for half the users, one order per user (as the
-/// order function would have accepted them), and their order-stream records.
-async fn order_batch(pg: &PgPool, users: &[User], batch: usize) -> Vec<InRecord> {
+/// The payment rows intake wrote for `events` before publishing them.
+async fn record_intake(pg: &PgPool, events: &[PaymentEvent]) {
     let db = pg.get().await.expect("database");
+    let refs: Vec<&PaymentEvent> = events.iter().collect();
+    let inserted = paystream::store::payments::reconcile_from_events(&**db, &refs).await.expect("bench payments");
+    assert_eq!(inserted as usize, events.len(), "every bench payment is recorded as intake would");
+}
+
+/// A product on sale with `HISTORY_ORDERS` settled orders (as settle would
+/// have left them) and stock for every order the run adds.
+async fn product_with_history(pg: &PgPool, suffix: &str, new_orders: usize) -> Uuid {
     let product = Uuid::new_v4();
-    let now = time::OffsetDateTime::now_utc();
-    db.execute(
+    let buyers = crate::stats::create_buyers(pg, HISTORY_ORDERS, &format!("{suffix}h")).await;
+    let mut db = pg.get().await.expect("database");
+    let tx = db.transaction().await.expect("begin");
+    tx.execute(
         "INSERT INTO products (id, title, price, currency, stock, start_time, end_time, created_by)
          VALUES ($1, 'bench', 1000, 'KRW', $2, now() - interval '1 hour', now() + interval '1 hour', $3)",
-        &[&product, &((BATCH_RECORDS / 2) as i32), &demo::ADMIN_ID.0],
+        &[&product, &i32::try_from(HISTORY_ORDERS + new_orders).expect("stock fits"), &demo::ADMIN_ID.0],
     )
     .await
     .expect("bench product");
-    let ids: Vec<Uuid> = users.iter().map(|u| u.id).collect();
+    tx.execute(
+        "INSERT INTO orders (id, user_id, product_id, amount, currency, status)
+         SELECT gen_random_uuid(), u, $2, 1000, 'KRW', 'SUCCESS' FROM unnest($1::uuid[]) AS u",
+        &[&buyers, &product],
+    )
+    .await
+    .expect("history orders");
+    tx.execute(
+        "INSERT INTO settlements (id, order_id, user_id, product_id, amount, currency)
+         SELECT gen_random_uuid(), id, user_id, product_id, amount, currency FROM orders WHERE product_id = $1",
+        &[&product],
+    )
+    .await
+    .expect("history settlements");
+    tx.execute("UPDATE products SET sold = $2 WHERE id = $1", &[&product, &i32::try_from(HISTORY_ORDERS).expect("fits")])
+        .await
+        .expect("history count");
+    tx.commit().await.expect("commit history");
+    db.batch_execute("ANALYZE orders; ANALYZE settlements").await.expect("analyze");
+    product
+}
+
+/// New accepted orders of `buyers` for `product` (as the order function
+/// left them), as one batch.
+async fn order_batch(pg: &PgPool, product: Uuid, buyers: &[Uuid], partition: i32, first_offset: i64) -> (Batch, Vec<OrderEvent>) {
+    let db = pg.get().await.expect("database");
+    let now = OffsetDateTime::now_utc();
     let rows = db
         .query(
             "INSERT INTO orders (id, user_id, product_id, amount, currency)
              SELECT gen_random_uuid(), u, $2, 1000, 'KRW' FROM unnest($1::uuid[]) WITH ORDINALITY AS t(u, n) ORDER BY n
              RETURNING id, user_id",
-            &[&ids, &product],
+            &[&buyers, &product],
         )
         .await
         .expect("bench orders");
-    rows.iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let event = OrderEvent { v: 1, order_id: row.get(0), user_id: row.get(1), product_id: product, amount: 1000, currency: "KRW".into(), ordered_at: now };
-            record("order-stream", i, (batch * BATCH_RECORDS + i) as i64, event.order_id, serde_json::to_vec(&event).expect("event"))
-        })
-        .collect()
+    let events: Vec<OrderEvent> = rows
+        .iter()
+        .map(|row| OrderEvent { v: 1, order_id: row.get(0), user_id: row.get(1), product_id: product, amount: 1000, currency: "KRW".into(), ordered_at: now })
+        .collect();
+    let records: Vec<(Uuid, Vec<u8>)> = events.iter().map(|e| (e.order_id, serde_json::to_vec(e).expect("event"))).collect();
+    (batch_of("order-stream", partition, first_offset, &records), events)
 }
 
-struct Row {
-    name: &'static str,
+fn payment_batch(events: &[PaymentEvent], partition: i32, first_offset: i64) -> Batch {
+    let records: Vec<(Uuid, Vec<u8>)> = events.iter().map(|e| (e.user_id, serde_json::to_vec(e).expect("event"))).collect();
+    batch_of("payment-stream", partition, first_offset, &records)
+}
+
+/// While it lives, this process's stdout goes to /dev/null: the handlers'
+/// JSON logs and EMF lines are written as in Lambda, but not shown.
+struct QuietStdout {
+    saved_fd: i32,
+}
+
+impl QuietStdout {
+    fn new() -> Self {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // SAFETY: plain descriptor calls on fds this process owns; stdout is
+        // restored in Drop.
+        unsafe {
+            let saved_fd = libc::dup(1);
+            assert!(saved_fd >= 0, "dup(stdout)");
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+            assert!(null >= 0, "open /dev/null");
+            assert!(libc::dup2(null, 1) >= 0, "dup2 onto stdout");
+            libc::close(null);
+            Self { saved_fd }
+        }
+    }
+}
+
+impl Drop for QuietStdout {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // SAFETY: restores the descriptor saved in new().
+        unsafe {
+            libc::dup2(self.saved_fd, 1);
+            libc::close(self.saved_fd);
+        }
+    }
+}
+
+/// One invocation, as `msk::run` does it: parse, handle, flush metrics.
+async fn invoke<C: BatchConsumer>(consumer: &C, batch: &Batch, request_id: &str) {
+    let event: KafkaEvent = serde_json::from_slice(&batch.event_json).expect("MSK event");
+    paystream::metrics::invocation_started(request_id);
+    let outcome = msk::handle_event(consumer, event, request_id).await.expect("batch handled");
+    paystream::metrics::flush();
+    assert_eq!(outcome.dead_lettered, 0, "bench records are well formed");
+    assert_eq!(outcome.applied, batch.records, "every bench record is new");
+}
+
+/// Measured: records, wall time, and CPU from before to after.
+struct Timed {
     records: usize,
     elapsed: Duration,
-    target_per_s: f64,
+    cpu_before: cpu::Sample,
+    cpu_after: cpu::Sample,
 }
 
-async fn time_consumer<C: BatchConsumer>(consumer: &C, batches: Vec<Vec<InRecord>>) -> (usize, Duration) {
+/// Runs each round's batches (one per consumer instance, at the same
+/// time), round after round; the first round is an untimed warm-up.
+async fn time_rounds<C: BatchConsumer>(consumers: &[C], rounds: &[Vec<Batch>]) -> Timed {
+    let (warm_up, timed) = rounds.split_first().expect("a warm-up round");
+    invoke_round(consumers, warm_up).await;
+    let cpu_before = cpu::sample();
+    let started = Instant::now();
     let mut records = 0;
-    let mut elapsed = Duration::ZERO;
-    for batch in batches {
-        records += batch.len();
-        let started = Instant::now();
-        let outcome = consumer.handle(batch).await.expect("batch handled");
-        elapsed += started.elapsed();
-        assert_eq!(outcome.dead_lettered, 0, "bench records are well formed");
+    for round in timed {
+        records += round.iter().map(|b| b.records).sum::<usize>();
+        invoke_round(consumers, round).await;
     }
-    (records, elapsed)
+    Timed { records, elapsed: started.elapsed(), cpu_before, cpu_after: cpu::sample() }
 }
 
-fn time_decode(batches: &[Vec<InRecord>], payments: bool) -> (usize, Duration) {
+/// Each consumer instance (standing for its own environment) handles its
+/// batch; all at once, and the round ends when the last one has answered.
+async fn invoke_round<C: BatchConsumer>(consumers: &[C], batches: &[Batch]) {
+    assert_eq!(consumers.len(), batches.len(), "one batch per consumer instance");
+    let mut invocations: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = consumers
+        .iter()
+        .zip(batches)
+        .map(|(consumer, batch)| {
+            let request_id = format!("bench-p{}-{}", batch.partition, Uuid::new_v4());
+            Box::pin(async move { invoke(consumer, batch, &request_id).await }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>
+        })
+        .collect();
+    let mut done = vec![false; invocations.len()];
+    std::future::poll_fn(|cx| {
+        for (invocation, done) in invocations.iter_mut().zip(done.iter_mut()) {
+            if !*done && invocation.as_mut().poll(cx).is_ready() {
+                *done = true;
+            }
+        }
+        if done.iter().all(|d| *d) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+}
+
+/// Parsing the MSK event and decoding every record: the floor.
+fn time_decode(batches: &[Batch], payments: bool) -> (usize, Duration) {
     let mut records = 0;
     let started = Instant::now();
     for batch in batches {
-        records += if payments { decode_all(batch, decode_payment).0.len() } else { decode_all(batch, decode_order).0.len() };
+        let event: KafkaEvent = serde_json::from_slice(&batch.event_json).expect("MSK event");
+        let in_records = msk::ordered_records(&event);
+        records += if payments { decode_all(&in_records, decode_payment).0.len() } else { decode_all(&in_records, decode_order).0.len() };
     }
     (records, started.elapsed())
 }
 
+/// The batch's ledger rows in one INSERT, committed (autocommit).
+async fn time_raw_ledger_insert(pg: &PgPool, batches: &[Vec<PaymentEvent>]) -> (usize, Duration) {
+    let db = pg.get().await.expect("database");
+    db.batch_execute("CREATE TABLE IF NOT EXISTS bench_raw_ledger (LIKE transactions INCLUDING ALL); TRUNCATE bench_raw_ledger")
+        .await
+        .expect("raw ledger table");
+    let statement = db
+        .prepare(
+            "INSERT INTO bench_raw_ledger (payment_id, user_id, card_id, merchant_id, amount, currency, country, lat, lon, status, occurred_at)
+             SELECT p, u, c, m, a, cur, co, la, lo, 'COMPLETED', t
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[], $7::text[], $8::float8[], $9::float8[], $10::timestamptz[])
+                  AS r(p, u, c, m, a, cur, co, la, lo, t)",
+        )
+        .await
+        .expect("prepare raw insert");
+    let mut records = 0;
+    let started = Instant::now();
+    for events in batches {
+        let col = |f: fn(&PaymentEvent) -> Uuid| events.iter().map(f).collect::<Vec<Uuid>>();
+        let amounts: Vec<i64> = events.iter().map(|e| e.amount).collect();
+        let currencies: Vec<&str> = events.iter().map(|e| e.currency.as_str()).collect();
+        let countries: Vec<&str> = events.iter().map(|e| e.country.as_str()).collect();
+        let lats: Vec<f64> = events.iter().map(|e| e.lat).collect();
+        let lons: Vec<f64> = events.iter().map(|e| e.lon).collect();
+        let times: Vec<OffsetDateTime> = events.iter().map(|e| e.occurred_at).collect();
+        let (ids, users, cards, merchants) = (col(|e| e.payment_id), col(|e| e.user_id), col(|e| e.card_id), col(|e| e.merchant_id));
+        records += db
+            .execute(&statement, &[&ids, &users, &cards, &merchants, &amounts, &currencies, &countries, &lats, &lons, &times])
+            .await
+            .expect("raw ledger insert") as usize;
+    }
+    (records, started.elapsed())
+}
+
+/// The batch's settlements in one INSERT, committed (autocommit).
+async fn time_raw_settlement_insert(pg: &PgPool, batches: &[Vec<OrderEvent>]) -> (usize, Duration) {
+    let db = pg.get().await.expect("database");
+    db.batch_execute(
+        "CREATE TABLE IF NOT EXISTS bench_raw_settlements (LIKE settlements INCLUDING ALL); TRUNCATE bench_raw_settlements",
+    )
+    .await
+    .expect("raw settlements table");
+    let statement = db
+        .prepare(
+            "INSERT INTO bench_raw_settlements (id, order_id, user_id, product_id, amount, currency)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[])",
+        )
+        .await
+        .expect("prepare raw insert");
+    let mut records = 0;
+    let started = Instant::now();
+    for events in batches {
+        let ids: Vec<Uuid> = events.iter().map(|_| Uuid::new_v4()).collect();
+        let orders: Vec<Uuid> = events.iter().map(|e| e.order_id).collect();
+        let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
+        let products: Vec<Uuid> = events.iter().map(|e| e.product_id).collect();
+        let amounts: Vec<i64> = events.iter().map(|e| e.amount).collect();
+        let currencies: Vec<&str> = events.iter().map(|e| e.currency.as_str()).collect();
+        records += db.execute(&statement, &[&ids, &orders, &users, &products, &amounts, &currencies]).await.expect("raw settlement insert") as usize;
+    }
+    (records, started.elapsed())
+}
+
+struct Row {
+    name: String,
+    function: &'static str,
+    timed: Timed,
+    target_per_s: f64,
+    decode_per_s: f64,
+    raw_insert_per_s: f64,
+}
+
 pub async fn run(batches: usize) {
     assert!(batches > 0, "batches must be positive");
+    paystream::telemetry::init("info");
+    paystream::metrics::install("bench-consumers", Instant::now());
+    let template = paystream_local::template::Template::from_env().expect("template.yaml (run from the repository root)");
+    let memory_mb = |binary: &str| template.functions.iter().find(|f| f.binary == binary).map_or(128, |f| f.memory_mb);
+    // The handlers' logs and metrics are written as in Lambda, unseen.
+    let quiet = QuietStdout::new();
+    eprintln!("bench consumers: setting up (users, cards, {HISTORY_ORDERS} orders of history)");
+
     let (config, suffix) = crate::stats::isolated_config().await;
     let setup = Platform::from_config("bench", config.clone()).expect("platform");
-    let users = create_users(&setup.pg, &suffix).await;
     let platform = |name: &'static str| Platform::from_config(name, config.clone()).expect("platform");
+    let rounds = batches + 1; // the first is the warm-up
 
-    // One untimed warm-up batch per consumer opens its connections.
-    let payments: Vec<Vec<InRecord>> = (0..=batches).map(|b| payment_batch(&users, b)).collect();
-    let mut orders = Vec::with_capacity(batches + 1);
-    for b in 0..=batches {
-        orders.push(order_batch(&setup.pg, &users, b).await);
+    // Payments: partition p's users are group p; one partition alone uses
+    // group 0 for slots 0..rounds, then three in parallel use every group
+    // for the slots after.
+    let holders = create_card_holders(&setup.pg, PARTITIONS * BATCH_RECORDS, &suffix).await;
+    let groups: Vec<&[User]> = holders.chunks(BATCH_RECORDS).collect();
+    let start = OffsetDateTime::now_utc() - time::Duration::minutes(SLOT_MINUTES * 2 * rounds as i64);
+    let mut one_partition: Vec<Vec<Batch>> = Vec::new();
+    let mut one_partition_events: Vec<Vec<PaymentEvent>> = Vec::new();
+    for slot in 0..rounds {
+        let events = payment_events(groups[0], slot, start, slot > 0);
+        record_intake(&setup.pg, &events).await;
+        one_partition.push(vec![payment_batch(&events, 0, (slot * BATCH_RECORDS) as i64)]);
+        one_partition_events.push(events);
     }
-    let (decoded_payments, decode_payments_time) = time_decode(&payments[1..], true);
-    let (decoded_orders, decode_orders_time) = time_decode(&orders[1..], false);
+    let mut parallel: Vec<Vec<Batch>> = Vec::new();
+    for round in 0..rounds {
+        let slot = rounds + round;
+        let mut batches_of_round = Vec::new();
+        for (p, group) in groups.iter().enumerate() {
+            let events = payment_events(group, slot, start, round > 0);
+            record_intake(&setup.pg, &events).await;
+            batches_of_round.push(payment_batch(&events, p as i32, (slot * BATCH_RECORDS) as i64));
+        }
+        parallel.push(batches_of_round);
+    }
+    // Group 0's slots continue after the one-partition run; the parallel
+    // run's warm-up round (no travel) gives groups 1 and 2 their locations.
 
-    println!("consumer batch throughput: {batches} batches of {BATCH_RECORDS} new records each (after one warm-up batch), one batch at a time");
+    // Orders: one product with history; new buyers for every batch.
+    let new_orders = rounds * BATCH_RECORDS * (1 + PARTITIONS);
+    let product = product_with_history(&setup.pg, &suffix, new_orders).await;
+    let buyers = crate::stats::create_buyers(&setup.pg, new_orders, &format!("{suffix}o")).await;
+    let mut buyer_batches = buyers.chunks(BATCH_RECORDS);
+    let mut order_rounds_one: Vec<Vec<Batch>> = Vec::new();
+    let mut order_events_one: Vec<Vec<OrderEvent>> = Vec::new();
+    for round in 0..rounds {
+        let (batch, events) = order_batch(&setup.pg, product, buyer_batches.next().expect("buyers"), 0, (round * BATCH_RECORDS) as i64).await;
+        order_rounds_one.push(vec![batch]);
+        order_events_one.push(events);
+    }
+    let mut order_rounds_parallel: Vec<Vec<Batch>> = Vec::new();
+    for round in 0..rounds {
+        let mut batches_of_round = Vec::new();
+        for p in 0..PARTITIONS {
+            let offset = ((rounds + round) * BATCH_RECORDS) as i64;
+            batches_of_round.push(order_batch(&setup.pg, product, buyer_batches.next().expect("buyers"), p as i32, offset).await.0);
+        }
+        order_rounds_parallel.push(batches_of_round);
+    }
+
+    let timed_payment_batches: Vec<Batch> = one_partition[1..].iter().flatten().cloned().collect();
+    let timed_order_batches: Vec<Batch> = order_rounds_one[1..].iter().flatten().cloned().collect();
+    let (decoded_payments, decode_payments_time) = time_decode(&timed_payment_batches, true);
+    let (decoded_orders, decode_orders_time) = time_decode(&timed_order_batches, false);
+    let per_s = |records: usize, elapsed: Duration| records as f64 / elapsed.as_secs_f64();
+    let payment_floor = per_s(decoded_payments, decode_payments_time);
+    let order_floor = per_s(decoded_orders, decode_orders_time);
+    let (raw_ledger, raw_ledger_time) = time_raw_ledger_insert(&setup.pg, &one_partition_events[1..]).await;
+    let (raw_settlements, raw_settlements_time) = time_raw_settlement_insert(&setup.pg, &order_events_one[1..]).await;
+    let payment_raw = per_s(raw_ledger, raw_ledger_time);
+    let order_raw = per_s(raw_settlements, raw_settlements_time);
+
+    eprintln!("bench consumers: measuring");
     let mut rows = Vec::new();
     macro_rules! measure {
-        ($name:literal, $consumer:expr, $batches:expr, $target:expr) => {{
-            let consumer = $consumer;
-            let mut all = $batches.clone().into_iter();
-            time_consumer(&consumer, vec![all.next().expect("warm-up batch")]).await;
-            let (records, elapsed) = time_consumer(&consumer, all.collect()).await;
-            rows.push(Row { name: $name, records, elapsed, target_per_s: $target });
+        ($function:literal, $make:expr, $rounds:expr, $target:expr, $floor:expr, $raw:expr) => {{
+            let one = vec![$make];
+            let timed = time_rounds(&one, &$rounds.0).await;
+            rows.push(Row { name: format!("{} (1 partition)", $function), function: $function, timed, target_per_s: $target, decode_per_s: $floor, raw_insert_per_s: $raw });
+            let three: Vec<_> = (0..PARTITIONS).map(|_| $make).collect();
+            let timed = time_rounds(&three, &$rounds.1).await;
+            rows.push(Row { name: format!("{} ({PARTITIONS} in parallel)", $function), function: $function, timed, target_per_s: $target, decode_per_s: $floor, raw_insert_per_s: $raw });
         }};
     }
-    measure!("fds-consumer", fds_consumer::Fds::new(platform("fds-consumer")), payments, 50_000.0);
-    measure!("loyalty-consumer", loyalty_consumer::Loyalty::new(platform("loyalty-consumer")), payments, 100_000.0);
-    measure!("benefit-consumer", benefit_consumer::BenefitGuide::new(platform("benefit-consumer")), payments, 50_000.0);
-    measure!("settle", settle::Settle::new(platform("settle")), orders, 20_000.0);
+    // The one-partition run of FDS also sets group 0's locations for the
+    // parallel run; each consumer sees every payment batch once.
+    let payment_rounds = (&one_partition, &parallel);
+    measure!("fds-consumer", fds_consumer::Fds::new(platform("fds-consumer")), payment_rounds, 50_000.0, payment_floor, payment_raw);
+    measure!("loyalty-consumer", loyalty_consumer::Loyalty::new(platform("loyalty-consumer")), payment_rounds, 100_000.0, payment_floor, payment_raw);
+    measure!("benefit-consumer", benefit_consumer::BenefitGuide::new(platform("benefit-consumer")), payment_rounds, 50_000.0, payment_floor, payment_raw);
+    let order_rounds = (&order_rounds_one, &order_rounds_parallel);
+    measure!("settle", settle::Settle::new(platform("settle")), order_rounds, 20_000.0, order_floor, order_raw);
 
-    let decode_per_s = |records: usize, elapsed: Duration| records as f64 / elapsed.as_secs_f64();
-    let payment_floor = decode_per_s(decoded_payments, decode_payments_time);
-    let order_floor = decode_per_s(decoded_orders, decode_orders_time);
-    println!("{:<34} {:>12} {:>13} {:>12} {:>12}", "path", "records/s", "ms per batch", "target/s", "vs decode");
-    println!("{:<34} {:>12.0} {:>13.2} {:>12} {:>11.3}x", "baseline: decode payment records", payment_floor, 1e3 * BATCH_RECORDS as f64 / payment_floor, "-", 1.0);
-    println!("{:<34} {:>12.0} {:>13.2} {:>12} {:>11.3}x", "baseline: decode order records", order_floor, 1e3 * BATCH_RECORDS as f64 / order_floor, "-", 1.0);
+    drop(quiet);
+    println!(
+        "consumer batch throughput: {batches} timed batches of {BATCH_RECORDS} records per partition after one warm-up; \
+         payments: 1 in {TRAVEL_EVERY} impossible travel, 1 in {TIP_EVERY} with the lesser card; \
+         orders: one product with {HISTORY_ORDERS} settled orders before"
+    );
+
+    println!(
+        "{:<34} {:>10} {:>9} {:>9} {:>10} {:>10} | {:>31} | {:>9}",
+        "path", "records/s", "ms/batch", "target/s", "vs decode", "vs raw ins", "CPU us/record: fn pg redis", "GB-s/1M"
+    );
+    println!("{:<34} {:>10.0} {:>9.2} {:>9} {:>9.3}x {:>10}", "baseline: parse + decode payments", payment_floor, 1e3 * BATCH_RECORDS as f64 / payment_floor, "-", 1.0, "-");
+    println!("{:<34} {:>10.0} {:>9.2} {:>9} {:>9.3}x {:>10}", "baseline: parse + decode orders", order_floor, 1e3 * BATCH_RECORDS as f64 / order_floor, "-", 1.0, "-");
+    println!("{:<34} {:>10.0} {:>9.2} {:>9} {:>10} {:>9.3}x", "baseline: raw INSERT ledger rows", payment_raw, 1e3 * BATCH_RECORDS as f64 / payment_raw, "-", "-", 1.0);
+    println!("{:<34} {:>10.0} {:>9.2} {:>9} {:>10} {:>9.3}x", "baseline: raw INSERT settlements", order_raw, 1e3 * BATCH_RECORDS as f64 / order_raw, "-", "-", 1.0);
     for row in &rows {
-        let per_s = row.records as f64 / row.elapsed.as_secs_f64();
-        let floor = if row.name == "settle" { order_floor } else { payment_floor };
+        let t = &row.timed;
+        let rate = per_s(t.records, t.elapsed);
+        let batches_run = t.records / BATCH_RECORDS;
+        let parallel_batches = if row.name.contains("parallel") { PARTITIONS } else { 1 };
+        // Each batch is one invocation lasting its round's wall time.
+        let invocation_s = t.elapsed.as_secs_f64() / (batches_run / parallel_batches) as f64;
+        let gb_s_per_million = invocation_s * (memory_mb(row.function) as f64 / 1024.0) * (1e6 / BATCH_RECORDS as f64);
+        let costs = cpu::per_op_us(&t.cpu_before, &t.cpu_after, t.records);
+        let cost = |name: &str| costs.iter().find(|(n, _)| *n == name).map_or(0.0, |(_, us)| *us);
         println!(
-            "{:<34} {:>12.0} {:>13.2} {:>12.0} {:>11.3}x",
+            "{:<34} {:>10.0} {:>9.2} {:>9.0} {:>9.3}x {:>9.3}x | {:>9.1} {:>9.1} {:>9.1}  | {:>9.1}",
             row.name,
-            per_s,
-            1e3 * row.elapsed.as_secs_f64() / (row.records / BATCH_RECORDS) as f64,
+            rate,
+            1e3 * invocation_s,
             row.target_per_s,
-            per_s / floor
+            rate / row.decode_per_s,
+            rate / row.raw_insert_per_s,
+            cost("this process"),
+            cost("postgres"),
+            cost("redis-server"),
+            gb_s_per_million,
         );
     }
+    println!("GB-s/1M: Lambda GB-seconds per million records at the template's MemorySize, from the measured batch duration");
 }

@@ -12,6 +12,7 @@
 //! `cargo run --release -p paystream-local --bin bench -- flash`.
 
 mod consumers;
+mod cpu;
 mod flash;
 mod intake;
 mod lambda;
