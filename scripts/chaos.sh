@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The chaos run (scripts/test.sh runs it last): a stack of its own (its own
-# PostgreSQL cluster, Redis, tansu broker, Lambda host, gateway and poller,
+# PostgreSQL cluster, Redis, broker, Lambda host, gateway and poller,
 # on their own ports), mixed load through the gateway while real processes
 # are killed and restarted, then an invariant check of the database and the
 # topics (tools/local/src/bin/chaos). Bounded (about 3 minutes, at most
@@ -135,7 +135,7 @@ chaos_stop_runtime() {
 
 chaos_down() {
   chaos_stop_runtime
-  runs "$(broker_pid)" tansu || rm -f "$STATE_DIR/tansu.pid"
+  runs "$(broker_pid)" "$BROKER_CRATE" || rm -f "$STATE_DIR/broker.pid"
   stop_broker
   chaos_redis_stop
   chaos_pg_down
@@ -165,11 +165,11 @@ fault_broker() {
   [[ -n "$old" ]] && kill -0 "$old" 2>/dev/null || { echo "no broker process to kill" >&2; return 1; }
   kill -KILL "$old"
   gone "$old" || { echo "broker (pid $old) still alive after SIGKILL" >&2; return 1; }
-  rm -f "$STATE_DIR/tansu.pid"
+  rm -f "$STATE_DIR/broker.pid"
   ensure_broker >&2
   new="$(broker_pid)"
   [[ -n "$new" && "$new" != "$old" ]] && kill -0 "$new" || { echo "broker did not come back" >&2; return 1; }
-  echo "SIGKILL tansu (pid $old), started again on the same SQLite file as pid $new"
+  echo "SIGKILL $BROKER_CRATE (pid $old), started again on the same SQLite file as pid $new"
 }
 
 fault_redis() {

@@ -28,8 +28,11 @@ case "$PAYSTREAM_LAMBDA" in
 esac
 mkdir -p "$TOOLS_ROOT" "$STATE_DIR"
 
-TANSU_VERSION="0.6.0"
-export PAYSTREAM_TANSU_BIN="$TOOLS_ROOT/bin/tansu"
+# The Kafka-protocol broker: nisshi (tansu renamed, with consumer-group
+# fixes since tansu 0.6.0; see README "The broker").
+BROKER_CRATE="nisshi"
+BROKER_VERSION="0.8.1"
+export PAYSTREAM_BROKER_BIN="$TOOLS_ROOT/bin/$BROKER_CRATE"
 BROKER_HOST="${PAYSTREAM_BROKER_HOST:-127.0.0.1}"
 BROKER_PORT="${PAYSTREAM_BROKER_PORT:-9092}"
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-$BROKER_HOST:$BROKER_PORT}"
@@ -94,64 +97,69 @@ ensure_redis() {
   fi
 }
 
-ensure_tansu_installed() {
-  if [[ -x "$PAYSTREAM_TANSU_BIN" ]] && "$PAYSTREAM_TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+ensure_broker_installed() {
+  if [[ -x "$PAYSTREAM_BROKER_BIN" ]] && "$PAYSTREAM_BROKER_BIN" --version 2>/dev/null | grep -qx "$BROKER_CRATE $BROKER_VERSION"; then
     return 0
   fi
-  log "installing the tansu broker $TANSU_VERSION into $TOOLS_ROOT (about 10 minutes on 2 cores)"
+  log "installing the $BROKER_CRATE broker $BROKER_VERSION into $TOOLS_ROOT (about 13 minutes on 2 cores)"
   # Its own target dir: the broker's build must not evict the project's.
-  CARGO_TARGET_DIR="$PAYSTREAM_CACHE/tansu-target" \
-    cargo install --locked tansu --version "$TANSU_VERSION" --features libsql --root "$TOOLS_ROOT"
-  rm -rf "$PAYSTREAM_CACHE/tansu-target"
+  # --ignore-rust-version: its HTTP dependency (rama 0.4.0) declares Rust
+  # 1.96, one release newer than this machine's toolchain, and builds with
+  # it; only the SQLite engine (libsql) is compiled in.
+  CARGO_TARGET_DIR="$PAYSTREAM_CACHE/broker-target" \
+    cargo install --locked --ignore-rust-version "$BROKER_CRATE" --version "$BROKER_VERSION" \
+      --no-default-features --features libsql --root "$TOOLS_ROOT"
+  rm -rf "$PAYSTREAM_CACHE/broker-target"
 }
 
 # On a new machine the broker's build (about 10 minutes) can run beside
 # another long build: each leaves a core idle at times (build scripts, the
 # last crates, linking), so together they end sooner than one after the
 # other. Nothing happens when the broker is installed already.
-# It runs in its own session, so stop_tansu_install (the callers' EXIT trap)
+# It runs in its own session, so stop_broker_install (the callers' EXIT trap)
 # stops cargo and its compilers with it when the script fails or is stopped.
-TANSU_INSTALL_PID=""
-start_tansu_install() {
-  TANSU_INSTALL_LOG="$PAYSTREAM_CACHE/tansu-install.log"
-  setsid bash -c 'source "$1/scripts/lib.sh" && ensure_tansu_installed' _ "$REPO_ROOT" >"$TANSU_INSTALL_LOG" 2>&1 </dev/null &
-  TANSU_INSTALL_PID=$!
+BROKER_INSTALL_PID=""
+start_broker_install() {
+  BROKER_INSTALL_LOG="$PAYSTREAM_CACHE/broker-install.log"
+  setsid bash -c 'source "$1/scripts/lib.sh" && ensure_broker_installed' _ "$REPO_ROOT" >"$BROKER_INSTALL_LOG" 2>&1 </dev/null &
+  BROKER_INSTALL_PID=$!
 }
-wait_tansu_install() {
-  local pid=$TANSU_INSTALL_PID
-  TANSU_INSTALL_PID=""
-  wait "$pid" || { log "installing the broker failed:"; tail -20 "$TANSU_INSTALL_LOG" >&2; return 1; }
+wait_broker_install() {
+  local pid=$BROKER_INSTALL_PID
+  BROKER_INSTALL_PID=""
+  wait "$pid" || { log "installing the broker failed:"; tail -20 "$BROKER_INSTALL_LOG" >&2; return 1; }
 }
-stop_tansu_install() {
-  [[ -n "$TANSU_INSTALL_PID" ]] || return 0
-  kill -- "-$TANSU_INSTALL_PID" 2>/dev/null || true
-  TANSU_INSTALL_PID=""
+stop_broker_install() {
+  [[ -n "$BROKER_INSTALL_PID" ]] || return 0
+  kill -- "-$BROKER_INSTALL_PID" 2>/dev/null || true
+  BROKER_INSTALL_PID=""
 }
 
-broker_pid() { cat "$STATE_DIR/tansu.pid" 2>/dev/null || true; }
+# tansu.pid: a broker these scripts started before they ran nisshi.
+broker_pid() { cat "$STATE_DIR/broker.pid" 2>/dev/null || cat "$STATE_DIR/tansu.pid" 2>/dev/null || true; }
 
 ensure_broker() {
-  ensure_tansu_installed
+  ensure_broker_installed
   if wait_for_port "$BROKER_HOST" "$BROKER_PORT" 0; then
     log "broker already listening on $BROKER_HOST:$BROKER_PORT"
   else
-    log "starting the tansu broker on $BROKER_HOST:$BROKER_PORT (SQLite: $STATE_DIR/tansu.db)"
+    log "starting the $BROKER_CRATE broker on $BROKER_HOST:$BROKER_PORT (SQLite: $STATE_DIR/broker.db)"
     # The SQLite path is relative to the directory the broker starts in.
     # `exec` makes the subshell become the broker, so $! is the broker's pid;
     # nothing of ours keeps its output pipe open.
-    (cd "$STATE_DIR" && exec "$PAYSTREAM_TANSU_BIN" broker \
+    (cd "$STATE_DIR" && exec "$PAYSTREAM_BROKER_BIN" broker \
       --listener-url "tcp://$BROKER_HOST:$BROKER_PORT" \
       --advertised-listener-url "tcp://$BROKER_HOST:$BROKER_PORT" \
-      --storage-engine "sqlite://tansu.db") >"$STATE_DIR/tansu.log" 2>&1 </dev/null &
-    echo $! >"$STATE_DIR/tansu.pid"
-    wait_for_port "$BROKER_HOST" "$BROKER_PORT" 30 || { log "broker did not start; see $STATE_DIR/tansu.log"; tail -20 "$STATE_DIR/tansu.log" >&2; return 1; }
+      --storage-engine "sqlite://broker.db") >"$STATE_DIR/broker.log" 2>&1 </dev/null &
+    echo $! >"$STATE_DIR/broker.pid"
+    wait_for_port "$BROKER_HOST" "$BROKER_PORT" 30 || { log "broker did not start; see $STATE_DIR/broker.log"; tail -20 "$STATE_DIR/broker.log" >&2; return 1; }
   fi
   local existing
-  existing="$("$PAYSTREAM_TANSU_BIN" topic list --broker "tcp://$BROKER_HOST:$BROKER_PORT")"
+  existing="$("$PAYSTREAM_BROKER_BIN" topic list --broker "tcp://$BROKER_HOST:$BROKER_PORT")"
   for topic in "${TOPICS[@]}"; do
     if ! grep -qF "\"name\":\"$topic\"" <<<"$existing"; then
       log "creating topic $topic ($TOPIC_PARTITIONS partitions)"
-      "$PAYSTREAM_TANSU_BIN" topic create "$topic" --partitions "$TOPIC_PARTITIONS" \
+      "$PAYSTREAM_BROKER_BIN" topic create "$topic" --partitions "$TOPIC_PARTITIONS" \
         --broker "tcp://$BROKER_HOST:$BROKER_PORT" >/dev/null
     fi
   done
@@ -166,42 +174,7 @@ stop_broker() {
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   fi
-  rm -f "$STATE_DIR/tansu.pid"
-}
-
-# tansu 0.6.0 can leave a consumer group "Forming" under a leader that is no
-# longer a member (seen here about once in ten poller restarts, and after a
-# broker restart under load): a LeaveGroup of the leader while the group is
-# Forming removes it from the members but keeps it as the leader, and then no
-# member is ever assigned partitions again (DeleteGroups answers OK and
-# changes nothing). The poller is immune: it joins no group (it assigns
-# itself the partitions and commits to the group as a simple consumer), so
-# such a group only matters to other members. tansu drops a departed leader
-# when it loads a group from its SQLite file, so restarting the broker
-# repairs it; the membership row is dropped as well (committed offsets are
-# another table and are kept).
-STUCK_GROUPS_SQL="SELECT d.id, cg.name FROM consumer_group_detail d JOIN consumer_group cg ON cg.id = d.consumer_group
-  WHERE json_extract(d.detail, '\$.state.Forming.leader') IS NOT NULL
-    AND json_type(d.detail, '\$.members.\"' || json_extract(d.detail, '\$.state.Forming.leader') || '\"') IS NULL"
-
-# Reports stuck groups; with PAYSTREAM_REPAIR_STUCK_GROUPS=1 it also repairs
-# them (restarts the broker without their membership state). The poller does
-# not need it, so by default nothing restarts the broker under running tools.
-repair_stuck_groups() {
-  local db="$STATE_DIR/tansu.db" stuck ids
-  [[ -f "$db" ]] || return 0
-  stuck="$(sqlite3 -readonly "$db" "$STUCK_GROUPS_SQL")"
-  [[ -n "$stuck" ]] || return 0
-  if [[ "${PAYSTREAM_REPAIR_STUCK_GROUPS:-0}" != 1 ]]; then
-    log "consumer groups stuck in the broker (Forming under a departed leader): $(cut -d'|' -f2 <<<"$stuck" | paste -sd' '); the poller is not affected (it joins no group); PAYSTREAM_REPAIR_STUCK_GROUPS=1 repairs them"
-    return 0
-  fi
-  log "consumer groups stuck in the broker: $(cut -d'|' -f2 <<<"$stuck" | paste -sd' '); restarting it without their membership state"
-  [[ -n "$(broker_pid)" ]] || { log "the broker was not started by these scripts; stop it, then run again"; return 1; }
-  stop_broker
-  ids="$(cut -d'|' -f1 <<<"$stuck" | paste -sd,)"
-  sqlite3 "$db" "DELETE FROM consumer_group_detail WHERE id IN ($ids)"
-  ensure_broker
+  rm -f "$STATE_DIR/broker.pid" "$STATE_DIR/tansu.pid"
 }
 
 ensure_database() {
@@ -306,7 +279,6 @@ start_runtime() {
   wait_for_listener "${RUNTIME_PIDS[-1]}" "$LAMBDA_PORT" 60 || { log "the Lambda host did not start"; tail -20 "$LOG_DIR/functions.log" >&2; return 1; }
   start_bg gateway "$BIN_DIR/gateway"
   local gateway_pid="${RUNTIME_PIDS[-1]}"
-  repair_stuck_groups
   start_bg poller "$BIN_DIR/poller"
   wait_for_listener "$gateway_pid" "$PAYSTREAM_HTTP_PORT" 30 || { log "gateway did not start"; tail -20 "$LOG_DIR/gateway.log" >&2; return 1; }
 }

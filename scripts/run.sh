@@ -6,7 +6,7 @@
 # containers instead (README: "sam local").
 source "$(dirname "$0")/lib.sh"
 stop_all() {
-  stop_tansu_install
+  stop_broker_install
   stop_runtime
   [[ "$PAYSTREAM_LAMBDA" != sam ]] || stop_docker
 }
@@ -18,10 +18,10 @@ if [[ "$PAYSTREAM_LAMBDA" == sam ]]; then
   use_docker_bridge
 fi
 ensure_rust_packages
-start_tansu_install
+start_broker_install
 log "building the functions and local tools ($PAYSTREAM_PROFILE)"
 (cd "$REPO_ROOT" && cargo build -q --locked --workspace --bins "${PROFILE_FLAGS[@]}")
-wait_tansu_install
+wait_broker_install
 "$REPO_ROOT/scripts/stack.sh" up
 export PAYSTREAM_SCHEDULE_EVERY_S=10
 start_runtime

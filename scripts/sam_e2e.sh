@@ -27,7 +27,7 @@ ensure_redis
 ensure_docker
 use_docker_bridge
 stop_broker
-rm -f "$STATE_DIR/tansu.db"*
+rm -f "$STATE_DIR/broker.db"*
 psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$PAYSTREAM_DB\" WITH (FORCE)" >/dev/null
 "$REPO_ROOT/scripts/stack.sh" up
 export PAYSTREAM_SCHEDULE_EVERY_S=5

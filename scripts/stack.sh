@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Brings the local stack up (safe to run again) or down.
-#   scripts/stack.sh up     PostgreSQL, Redis, the tansu broker with topics, database, migrations, seed
+#   scripts/stack.sh up     PostgreSQL, Redis, the broker (nisshi) with topics, database, migrations, seed
 #   scripts/stack.sh down   stops the broker this script started (PostgreSQL and Redis are left running)
 source "$(dirname "$0")/lib.sh"
 
@@ -17,7 +17,7 @@ case "${1:-up}" in
 [paystream] stack is up:
   PostgreSQL  $DATABASE_URL   (local SMS outbox: table sms_outbox)
   Redis       $REDIS_URL
-  Kafka       $KAFKA_BOOTSTRAP_SERVERS  (tansu $TANSU_VERSION, SQLite $STATE_DIR/tansu.db; topics: ${TOPICS[*]})
+  Kafka       $KAFKA_BOOTSTRAP_SERVERS  ($BROKER_CRATE $BROKER_VERSION, SQLite $STATE_DIR/broker.db; topics: ${TOPICS[*]})
   admin       admin / \$PAYSTREAM_ADMIN_PASSWORD (local default admin-local-only)
   demo users  alice, bob, merchant_demo / demo-password
 INFO

@@ -5,7 +5,7 @@
 export PAYSTREAM_LAMBDA=host
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
-trap 'stop_tansu_install' EXIT
+trap 'stop_broker_install' EXIT
 
 ensure_venv
 ensure_browser
@@ -14,7 +14,7 @@ ensure_postgres
 ensure_redis
 # The broker is needed from `stack.sh up` on; on a new machine it builds
 # beside `sam build`.
-start_tansu_install
+start_broker_install
 
 # Per-test databases of an interrupted earlier run.
 psql -h 127.0.0.1 -U postgres -d postgres -tAc \
@@ -32,7 +32,7 @@ log "template checks"
 ensure_sam_build
 export PAYSTREAM_SAM_BUILT=1
 
-wait_tansu_install
+wait_broker_install
 "$REPO_ROOT/scripts/stack.sh" up
 
 log "cargo test (workspace)"

@@ -142,7 +142,7 @@ impl<'a> MakeWriter<'a> for LogCapture {
     }
 }
 
-/// A tansu broker of the test's own (its own port and SQLite file), which the
+/// A broker of the test's own (its own port and SQLite file), which the
 /// test may stop to see how the platform behaves without a broker.
 pub struct PrivateBroker {
     child: std::process::Child,
@@ -152,9 +152,9 @@ pub struct PrivateBroker {
 }
 
 impl PrivateBroker {
-    /// Starts the broker named by `PAYSTREAM_TANSU_BIN` (the scripts set it).
+    /// Starts the broker named by `PAYSTREAM_BROKER_BIN` (the scripts set it).
     pub fn start() -> Self {
-        let bin = std::env::var("PAYSTREAM_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let bin = std::env::var("PAYSTREAM_BROKER_BIN").unwrap_or_else(|_| "nisshi".into());
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("paystream-broker-{}", unique_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -177,7 +177,7 @@ impl PrivateBroker {
             .stdout(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("broker.log")).expect("broker log"))
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("start the tansu broker ({bin}; set PAYSTREAM_TANSU_BIN): {e}"));
+            .unwrap_or_else(|e| panic!("start the broker ({bin}; set PAYSTREAM_BROKER_BIN): {e}"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "private broker did not start listening");

@@ -302,7 +302,7 @@ async fn assert_quiet_invariant(sale: &Sale, product: &str, stock: i64) {
     assert!(recorded_reservations(sale, product).await.is_empty(), "no reservation left recorded");
 }
 
-/// A private tansu broker behind a proxy that delays every answer.
+/// A private broker behind a proxy that delays every answer.
 struct SlowBroker {
     child: std::process::Child,
     dir: std::path::PathBuf,
@@ -313,7 +313,7 @@ impl SlowBroker {
     fn start(delay: Duration) -> Self {
         let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let (broker_port, proxy_port) = (free_port(), free_port());
-        let bin = std::env::var("PAYSTREAM_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let bin = std::env::var("PAYSTREAM_BROKER_BIN").unwrap_or_else(|_| "nisshi".into());
         let dir = std::env::temp_dir().join(format!("paystream-slow-broker-{}", paystream::testing::unique_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let listen = format!("tcp://127.0.0.1:{broker_port}");
@@ -324,7 +324,7 @@ impl SlowBroker {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("start tansu ({bin}; set PAYSTREAM_TANSU_BIN): {e}"));
+            .unwrap_or_else(|e| panic!("start the broker ({bin}; set PAYSTREAM_BROKER_BIN): {e}"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", broker_port)).is_err() {
             assert!(Instant::now() < deadline, "slow broker did not start listening");

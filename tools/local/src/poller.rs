@@ -5,10 +5,10 @@
 //! partition of its source's topics (discovered from metadata, refreshed on
 //! a bound), starts each at the offset its `ConsumerGroupId` committed, and
 //! commits there (a "simple consumer" commit, generation -1) after every
-//! successful invocation. Why: tansu 0.6.0 can leave a group "Forming" under
-//! a leader that has left (after a broker restart under load, or a static
-//! member rejoining mid-rebalance); a member of such a group never gets a
-//! partition again and no Kafka request repairs it. Without JoinGroup and
+//! successful invocation. Why: tansu 0.6.0 (the broker before nisshi) could
+//! leave a group "Forming" under a leader that had left, and a member of
+//! such a group never got a partition again; nisshi fixes that, but a local
+//! runtime should not rest on any broker's group coordinator. Without JoinGroup and
 //! SyncGroup no group state can stall delivery: a broker restart costs
 //! reconnects, and the broker accepts and returns the group's offsets
 //! whatever its membership state.
@@ -64,10 +64,10 @@ pub struct PollerSettings {
     /// Longest wait for one invocation's answer (then it counts as failed).
     pub invoke_timeout_ms: u64,
     /// librdkafka `fetch.wait.max.ms`: how long the broker may hold a fetch.
-    /// tansu 0.6 sleeps through most of this wait even when records are
-    /// there (`tansu-storage` `service/fetch.rs`), so it is the floor of a
-    /// record's delivery latency; each fetch costs the broker a read of its
-    /// SQLite log, so a lower value costs idle CPU.
+    /// The broker answers as soon as records are there, but with none it
+    /// polls its SQLite log through the wait (nothing wakes it when records
+    /// arrive), so this bounds a record's delivery latency; each poll costs
+    /// the broker a read, so a lower value costs idle CPU.
     pub fetch_wait_ms: u64,
 }
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 /// The processes a benchmark's work lands on, by their `comm`.
-pub const SERVERS: [&str; 3] = ["postgres", "redis-server", "tansu"];
+pub const SERVERS: [&str; 3] = ["postgres", "redis-server", "nisshi"];
 
 /// CPU seconds (user + system) so far: this process, and each of
 /// [`SERVERS`] summed over its processes.

@@ -7,7 +7,7 @@
 //! effect itself, not trusting the command: PostgreSQL's
 //! `pg_postmaster_start_time()` and Redis's `run_id` must have changed, a
 //! killed function's pid must be gone, the old broker pid gone and the new
-//! one a live `tansu`. Anything else is recorded as a fault that was not
+//! one a live broker process (`BROKER_PROCESS`). Anything else is recorded as a fault that was not
 //! injected, which fails the run.
 
 use std::process::Stdio;
@@ -26,6 +26,8 @@ const MARGIN_S: f64 = 6.0;
 const FAULT_TIMEOUT: Duration = Duration::from_secs(90);
 /// A function kill that found nothing to kill is tried again this much later.
 const KILL_RETRY_AFTER: Duration = Duration::from_secs(2);
+/// The broker's process name (`comm`), as `scripts/lib.sh` installs it.
+const BROKER_PROCESS: &str = "nisshi";
 const KILL_ATTEMPTS_MAX: usize = 3;
 /// How long a restarted service may take to answer again before the fault
 /// counts as not carried out.
@@ -87,8 +89,8 @@ impl Probe {
                 Ok(format!("pid {pid} gone"))
             }
             FaultKind::BrokerRestart => match pids(evidence)[..] {
-                [old, new, ..] if !alive(old) && alive(new) && comm(new).as_deref() == Some("tansu") => Ok(format!("pid {old} gone, tansu pid {new} running")),
-                _ => Err(format!("old broker not gone or no new tansu process ({evidence:?})")),
+                [old, new, ..] if !alive(old) && alive(new) && comm(new).as_deref() == Some(BROKER_PROCESS) => Ok(format!("pid {old} gone, {BROKER_PROCESS} pid {new} running")),
+                _ => Err(format!("old broker not gone or no new {BROKER_PROCESS} process ({evidence:?})")),
             },
         }
     }
@@ -220,7 +222,7 @@ mod tests {
 
     #[test]
     fn evidence_pids_and_liveness() {
-        assert_eq!(pids("SIGKILL tansu (pid 27420), started again on the same SQLite file as pid 4630"), vec![27420, 4630]);
+        assert_eq!(pids("SIGKILL nisshi (pid 27420), started again on the same SQLite file as pid 4630"), vec![27420, 4630]);
         assert_eq!(pids("SIGKILL order (pid 3434; 1 candidate processes)"), vec![3434]);
         assert!(pids("nothing").is_empty());
         assert!(alive(std::process::id()));
