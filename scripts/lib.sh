@@ -112,7 +112,7 @@ ensure_broker_installed() {
   rm -rf "$PAYSTREAM_CACHE/broker-target"
 }
 
-# On a new machine the broker's build (about 10 minutes) can run beside
+# On a new machine the broker's build (about 13 minutes) can run beside
 # another long build: each leaves a core idle at times (build scripts, the
 # last crates, linking), so together they end sooner than one after the
 # other. Nothing happens when the broker is installed already.
