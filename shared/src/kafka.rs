@@ -31,9 +31,10 @@ pub struct EventProducer {
     /// Cleared by any failed delivery; the platform then starts a new
     /// producer. Seen here with the local broker: once a record of an
     /// idempotent producer has timed out (broker down or restarting), the
-    /// producer needs a new producer epoch, which tansu does not grant, and
-    /// every later record times out too. A new producer (new producer id)
-    /// works at once, and costs a few milliseconds.
+    /// producer needs a new producer epoch, which tansu 0.6 (the broker
+    /// before nisshi) did not grant, and every later record timed out too.
+    /// A new producer (new producer id) works at once, costs a few
+    /// milliseconds, and is right on any broker.
     healthy: std::sync::atomic::AtomicBool,
 }
 
@@ -195,7 +196,7 @@ impl EventProducer {
 
     /// For a caller that gave up waiting on publishes before their own
     /// timeout (a deadline shorter than `KAFKA_PUBLISH_TIMEOUT_MS`): their
-    /// outcome is unknown, so the producer may be the one tansu will no
+    /// outcome is unknown, so the producer may be one the broker will no
     /// longer serve; the next publish starts a new one.
     pub fn abandon(&self) {
         self.retire("publishes abandoned before their timeout");
