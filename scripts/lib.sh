@@ -101,7 +101,7 @@ ensure_broker_installed() {
   if [[ -x "$PAYSTREAM_BROKER_BIN" ]] && "$PAYSTREAM_BROKER_BIN" --version 2>/dev/null | grep -qx "$BROKER_CRATE $BROKER_VERSION"; then
     return 0
   fi
-  log "installing the $BROKER_CRATE broker $BROKER_VERSION into $TOOLS_ROOT (about 13 minutes on 2 cores)"
+  log "installing the $BROKER_CRATE broker $BROKER_VERSION into $TOOLS_ROOT (about 10 minutes on 2 cores)"
   # Its own target dir: the broker's build must not evict the project's.
   # --ignore-rust-version: its HTTP dependency (rama 0.4.0) declares Rust
   # 1.96, one release newer than this machine's toolchain, and builds with
@@ -112,7 +112,7 @@ ensure_broker_installed() {
   rm -rf "$PAYSTREAM_CACHE/broker-target"
 }
 
-# On a new machine the broker's build (about 13 minutes) can run beside
+# On a new machine the broker's build (about 10 minutes) can run beside
 # another long build: each leaves a core idle at times (build scripts, the
 # last crates, linking), so together they end sooner than one after the
 # other. Nothing happens when the broker is installed already.
