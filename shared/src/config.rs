@@ -183,6 +183,13 @@ pub struct HttpConfig {
     /// (`IDEMPOTENCY_WAIT_MS`); below the statement timeout so the wait
     /// never ends in a server error.
     pub idempotency_wait_ms: u64,
+    /// How long an unanswered leased claim of an Idempotency-Key
+    /// (`idempotency::claim_leased`, `pay`) keeps a retry waiting before the
+    /// retry takes the key over (`IDEMPOTENCY_LEASE_MS`). At least the
+    /// function's timeout (`pay`: 10 s), so the claim is taken over only
+    /// once its invocation is surely dead; safety does not depend on it
+    /// (the retry publishes the same payment id).
+    pub idempotency_lease_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -344,6 +351,7 @@ impl Config {
                 max_body_bytes: env.number("HTTP_MAX_BODY_BYTES", 64 * 1024)?,
                 page_limit_max: env.number("HTTP_PAGE_LIMIT_MAX", crate::http::PAGE_LIMIT_MAX_DEFAULT)?,
                 idempotency_wait_ms: env.number("IDEMPOTENCY_WAIT_MS", 2_000)?,
+                idempotency_lease_ms: env.number("IDEMPOTENCY_LEASE_MS", 10_000)?,
             },
             fds: FdsConfig {
                 max_speed_kmh: env.number("FDS_MAX_SPEED_KMH", 900.0)?,
@@ -409,6 +417,7 @@ impl Config {
             ("SMS_SEND_CONCURRENCY", self.sms.send_concurrency as u64),
             ("SMS_DELIVERY_BATCH_MAX", u64::from(self.sms.delivery_batch_max)),
             ("IDEMPOTENCY_WAIT_MS", self.http.idempotency_wait_ms),
+            ("IDEMPOTENCY_LEASE_MS", self.http.idempotency_lease_ms),
             ("CACHE_TTL_S", self.cache_ttl_s),
             ("ORDER_COMMIT_DEADLINE_MS", self.flash.commit_deadline_ms),
             ("RECONCILE_BATCH_MAX", u64::from(self.flash.reconcile_batch_max)),

@@ -83,11 +83,14 @@ fn route_key(req: &Request) -> Option<String> {
     }
 }
 
-/// Runs `api` as a Lambda function until the runtime shuts it down.
+/// Runs `api` as a Lambda function until the runtime shuts it down: one
+/// invocation at a time per execution environment (classic Lambda), or up
+/// to `AWS_LAMBDA_MAX_CONCURRENCY` at once (Lambda Managed Instances), all
+/// sharing the environment's pools and producer.
 pub async fn run<A: HttpApi>(api: A) -> Result<(), lambda_http::Error> {
     let api = Arc::new(api);
     crate::metrics::runtime_ready();
-    lambda_http::run(lambda_http::service_fn(move |req: Request| {
+    lambda_http::run_concurrent(lambda_http::service_fn(move |req: Request| {
         let api = Arc::clone(&api);
         async move {
             crate::metrics::invocation_started(&request_id(&req));
@@ -107,11 +110,11 @@ pub trait ScheduledJob: Send + Sync + 'static {
 
 /// Runs a function triggered both by API Gateway (HTTP API v2) and by an
 /// EventBridge schedule: scheduled events go to [`ScheduledJob`], everything
-/// else is decoded as an HTTP request.
+/// else is decoded as an HTTP request. Concurrent as [`run`].
 pub async fn run_http_and_schedule<A: HttpApi + ScheduledJob>(api: A) -> Result<(), lambda_http::Error> {
     let api = Arc::new(api);
     crate::metrics::runtime_ready();
-    lambda_http::lambda_runtime::run(lambda_http::service_fn(move |event: lambda_http::LambdaEvent<serde_json::Value>| {
+    lambda_http::lambda_runtime::run_concurrent(lambda_http::service_fn(move |event: lambda_http::LambdaEvent<serde_json::Value>| {
         let api = Arc::clone(&api);
         async move {
             crate::metrics::invocation_started(&event.context.request_id);

@@ -3,17 +3,30 @@
 //! request is refused; only successful responses are stored (a request that
 //! failed, in validation or otherwise, leaves no key behind).
 //!
-//! The key row is inserted in the same transaction as the work it guards.
-//! A second request racing with the first blocks on the unique key until
-//! the first commits (then it replays) or rolls back (then it does the work),
-//! but only for `wait_ms`: a first request still publishing after that makes
-//! the twin answer 409 `IDEMPOTENCY_KEY_IN_PROGRESS` with `Retry-After`
-//! (never a statement timeout, never a 500).
+//! Two ways to hold a key while its work runs, one per kind of work:
+//! - [`claim`] inserts the key in the caller's transaction, with the work it
+//!   guards (`order`: the order row). A twin blocks on the unique key until
+//!   the first commits (then it replays) or rolls back (then it does the
+//!   work), but only for `wait_ms`.
+//! - [`claim_leased`] commits the claim on its own, with a lease, before a
+//!   side effect that no transaction can hold (`pay`: the broker's
+//!   acknowledgement), so no connection is held across it. A twin polls for
+//!   the answer for `wait_ms`; [`complete`] stores the answer and ends the
+//!   lease, [`release`] removes the claim of a request that failed. A claim
+//!   whose lease ran out (its invocation died) is taken over by the next
+//!   request with the same key and request.
+//!
+//! Either way, a first request still working after `wait_ms` makes the twin
+//! answer 409 `IDEMPOTENCY_KEY_IN_PROGRESS` with `Retry-After` (never a
+//! statement timeout, never a 500).
 //!
 //! Work that must be recognisable after a crash derives its id from the key
 //! ([`derived_id`]): a retry of a request whose side effect happened (an
-//! event published) but whose commit did not gets the same id again, so
-//! downstream deduplication by id makes the retry harmless.
+//! event published) but whose answer was not stored gets the same id again,
+//! so downstream deduplication by id makes the retry harmless. That is why a
+//! lease is only about liveness, never about safety: two holders of one key
+//! (a takeover while the first is somehow still running) do the same work
+//! with the same id.
 
 use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
@@ -47,7 +60,8 @@ pub fn request_hash(route: &str, body: &serde_json::Value) -> Vec<u8> {
 }
 
 pub enum Claim {
-    /// First use: do the work, then [`complete`] in the same transaction.
+    /// First use (or a takeover of a dead claim): do the work, then
+    /// [`complete`].
     New,
     /// Seen before with the same request: answer this again.
     Replay { status: u16, body: serde_json::Value },
@@ -83,8 +97,7 @@ pub async fn claim(tx: &impl GenericClient, scope: &str, key: &str, hash: &[u8],
         .await
         .map_err(|e| {
             if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
-                AppError::new(ErrorCode::IdempotencyKeyInProgress, "a request with this Idempotency-Key is still in progress; retry shortly")
-                    .retry_after(1)
+                in_progress()
             } else {
                 AppError::from(e)
             }
@@ -108,14 +121,96 @@ pub async fn claim(tx: &impl GenericClient, scope: &str, key: &str, hash: &[u8],
     }
 }
 
-/// Stores the response for a claimed key (same transaction as [`claim`]).
+/// Stores the response for a claimed key (same transaction as [`claim`];
+/// after the work for [`claim_leased`]), which ends its lease.
 pub async fn complete(tx: &impl GenericClient, scope: &str, key: &str, status: u16, body: &serde_json::Value) -> Result<(), AppError> {
     tx.execute(
-        "UPDATE idempotency_keys SET status_code = $3, response_body = $4 WHERE scope = $1 AND key = $2",
+        "UPDATE idempotency_keys SET status_code = $3, response_body = $4, lease_until = NULL WHERE scope = $1 AND key = $2",
         &[&scope, &key, &(status as i16), body],
     )
     .await?;
     Ok(())
+}
+
+/// How long a twin sleeps between looks at a leased claim, first and at most.
+const POLL_FIRST_MS: u64 = 5;
+const POLL_MAX_MS: u64 = 100;
+
+/// Claims `key` in `scope` in its own committed statement, leased for
+/// `lease_ms` (at least the function's timeout). A twin polls for the first
+/// request's answer for at most `wait_ms`. The common case (a new key) is
+/// one round trip.
+pub async fn claim_leased(db: &impl deadpool_postgres::GenericClient, scope: &str, key: &str, hash: &[u8], lease_ms: u64, wait_ms: u64) -> Result<Claim, AppError> {
+    assert!(lease_ms > 0 && wait_ms > 0, "a claim needs a lease and a bounded wait");
+    let lease_ms = lease_ms as f64;
+    let insert = db
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, lease_until)
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4::float8 / 1000))
+             ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .await?;
+    if db.execute(&insert, &[&scope, &key, &hash, &lease_ms]).await? == 1 {
+        return Ok(Claim::New);
+    }
+    let look = db
+        .prepare_cached("SELECT request_hash, status_code, response_body, lease_until < now() FROM idempotency_keys WHERE scope = $1 AND key = $2")
+        .await?;
+    // A dead claim is taken over only by the same request (same hash): the
+    // work it does has the same derived id as the dead one's.
+    let take_over = db
+        .prepare_cached(
+            "UPDATE idempotency_keys SET lease_until = now() + make_interval(secs => $4::float8 / 1000)
+             WHERE scope = $1 AND key = $2 AND request_hash = $3 AND status_code IS NULL AND lease_until < now()",
+        )
+        .await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    let mut pause_ms = POLL_FIRST_MS;
+    loop {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Err(in_progress());
+        }
+        let Some(row) = db.query_opt(&look, &[&scope, &key]).await? else {
+            // Released (the first request failed) or purged: claim it now.
+            if db.execute(&insert, &[&scope, &key, &hash, &lease_ms]).await? == 1 {
+                return Ok(Claim::New);
+            }
+            continue;
+        };
+        let stored_hash: Vec<u8> = row.get(0);
+        if stored_hash != hash {
+            return Err(AppError::new(ErrorCode::IdempotencyKeyReused, "this Idempotency-Key was used with a different request"));
+        }
+        let status: Option<i16> = row.get(1);
+        let body: Option<serde_json::Value> = row.get(2);
+        if let (Some(status), Some(body)) = (status, body) {
+            return Ok(Claim::Replay { status: status as u16, body });
+        }
+        let expired: Option<bool> = row.get(3);
+        if expired == Some(true) && db.execute(&take_over, &[&scope, &key, &hash, &lease_ms]).await? == 1 {
+            tracing::warn!(scope, "idempotency claim taken over from a request that did not finish");
+            return Ok(Claim::New);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        tokio::time::sleep(std::time::Duration::from_millis(pause_ms).min(left)).await;
+        pause_ms = (pause_ms * 2).min(POLL_MAX_MS);
+    }
+}
+
+/// Removes the claim of a request that failed before its side effect, so
+/// that a retry does the work (a failed request keeps no key). Only an
+/// unanswered claim of the same request is removed.
+pub async fn release(db: &impl deadpool_postgres::GenericClient, scope: &str, key: &str, hash: &[u8]) -> Result<(), AppError> {
+    let statement = db
+        .prepare_cached("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND request_hash = $3 AND status_code IS NULL")
+        .await?;
+    db.execute(&statement, &[&scope, &key, &hash]).await?;
+    Ok(())
+}
+
+fn in_progress() -> AppError {
+    AppError::new(ErrorCode::IdempotencyKeyInProgress, "a request with this Idempotency-Key is still in progress; retry shortly").retry_after(1)
 }
 
 /// Deletes keys older than the retention; returns how many.

@@ -144,7 +144,9 @@ pub fn runtime_ready() {
 
 /// The start of an invocation: the first one of the environment records
 /// the cold start; every one names its request id on the lines it flushes
-/// (a property, not a dimension: it creates no metric).
+/// (a property, not a dimension: it creates no metric). With several
+/// invocations at once (Lambda Managed Instances) a line carries the values
+/// of all of them since the last flush and names the latest request id.
 pub fn invocation_started(request_id: &str) {
     let Some(installed) = INSTALLED.get() else { return };
     installed.collector.set_property("request_id", request_id);

@@ -191,11 +191,13 @@ pub async fn handle_event<C: BatchConsumer>(consumer: &C, event: KafkaEvent, req
     .await
 }
 
-/// Runs `consumer` as a Lambda function until the runtime shuts it down.
+/// Runs `consumer` as a Lambda function until the runtime shuts it down
+/// (concurrent as [`crate::http::run`] when `AWS_LAMBDA_MAX_CONCURRENCY` is
+/// set; an event source mapping invokes one batch per partition at a time).
 pub async fn run<C: BatchConsumer>(consumer: C) -> Result<(), lambda_runtime::Error> {
     let consumer = Arc::new(consumer);
     crate::metrics::runtime_ready();
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<KafkaEvent>| {
+    lambda_runtime::run_concurrent(service_fn(move |event: LambdaEvent<KafkaEvent>| {
         let consumer = Arc::clone(&consumer);
         async move {
             crate::metrics::invocation_started(&event.context.request_id);

@@ -34,105 +34,102 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
     let body: CreateOrder = parse_json(req, p.config.http.max_body_bytes)?;
     let now = OffsetDateTime::now_utc();
 
-    let mut db;
-    let tx;
     let scope = format!("order:{}", caller.user_id);
-    let (product, held, reserved_at) = match &key {
-        // With a key, the key is claimed first: a replay must not touch the
-        // gate (which would now say ALREADY_PURCHASED), and a racing twin
-        // waits on the key.
-        Some(key) => {
-            let request_hash = idempotency::request_hash("POST /orders", &serde_json::to_value(&body).map_err(AppError::internal)?);
-            db = p.pg.get().await?;
-            tx = paystream::db::begin(&mut db).await?;
-            if let Claim::Replay { status, body } = idempotency::claim(&tx, &scope, key, &request_hash, p.config.http.idempotency_wait_ms).await? {
-                return Ok(json(StatusCode::from_u16(status).map_err(AppError::internal)?, &body));
-            }
-            let product = api.product(body.product_id).await?;
-            let (held, reserved_at) = reserve(p, &product, caller.user_id, now).await?;
-            (product, held, reserved_at)
-        }
-        // Without one, a refused order never touches PostgreSQL.
-        None => {
-            let product = api.product(body.product_id).await?;
-            let (held, reserved_at) = reserve(p, &product, caller.user_id, now).await?;
-            db = match p.pg.get().await {
-                Ok(db) => db,
-                Err(e) => {
-                    release_quietly(p, &held).await;
-                    return Err(e.into());
-                }
-            };
-            tx = match paystream::db::begin(&mut db).await {
-                Ok(tx) => tx,
-                Err(e) => {
-                    release_quietly(p, &held).await;
-                    return Err(e.into());
-                }
-            };
-            (product, held, reserved_at)
-        }
+    let order_id = Uuid::new_v4();
+    let answer = serde_json::to_value(OrderAccepted::new(order_id)).map_err(AppError::internal)?;
+    let commit_deadline = Duration::from_millis(p.config.flash.commit_deadline_ms);
+    // Past the deadline the reservation may soon be returned by the
+    // reconciliation (RESERVATION_TTL_MS exceeds this deadline plus the
+    // statement timeout): committing then could sell a unit twice.
+    let too_late = |reserved_at: Instant| {
+        (reserved_at.elapsed() > commit_deadline)
+            .then(|| AppError::new(ErrorCode::DependencyUnavailable, "the order could not be recorded in time; nothing was ordered; retry"))
     };
-    // Dying here leaves a reservation without an order: a retry adopts it,
-    // or the relay schedule returns it after RESERVATION_TTL_MS.
-    paystream::crash_point!("order.after_reserve");
-
-    // Reserved: make it durable, or give the reservation back.
-    let event = OrderEvent {
+    let event_for = |product: &paystream::store::products::Product| OrderEvent {
         v: EVENT_VERSION,
-        order_id: Uuid::new_v4(),
+        order_id,
         user_id: caller.user_id.0,
         product_id: product.id,
         amount: product.price,
         currency: product.currency.clone(),
         ordered_at: now,
     };
-    let answer = serde_json::to_value(OrderAccepted::new(event.order_id)).map_err(AppError::internal)?;
-    let commit_deadline = Duration::from_millis(p.config.flash.commit_deadline_ms);
-    let prepared = async {
-        orders::insert_with_outbox(&tx, &event).await?;
-        if let Some(key) = &key {
-            idempotency::complete(&tx, &scope, key, StatusCode::ACCEPTED.as_u16(), &answer).await?;
+    let (event, held) = match &key {
+        // With a key, the key is claimed first, in the transaction that
+        // records the order: a replay must not touch the gate (which would
+        // now say ALREADY_PURCHASED), and a racing twin waits on the key.
+        Some(key) => {
+            let request_hash = idempotency::request_hash("POST /orders", &serde_json::to_value(&body).map_err(AppError::internal)?);
+            let mut db = p.pg.get().await?;
+            let tx = db.transaction().await?;
+            if let Claim::Replay { status, body } = idempotency::claim(&*tx, &scope, key, &request_hash, p.config.http.idempotency_wait_ms).await? {
+                return Ok(json(StatusCode::from_u16(status).map_err(AppError::internal)?, &body));
+            }
+            let product = api.product(body.product_id).await?;
+            let (held, reserved_at) = reserve(p, &product, caller.user_id, now).await?;
+            // Dying here leaves a reservation without an order: a retry
+            // adopts it, or the relay schedule returns it after
+            // RESERVATION_TTL_MS.
+            paystream::crash_point!("order.after_reserve");
+            let event = event_for(&product);
+            let prepared = async {
+                orders::insert_with_outbox(&tx, &event).await?;
+                idempotency::complete(&*tx, &scope, key, StatusCode::ACCEPTED.as_u16(), &answer).await?;
+                paystream::crash_point!("order.before_commit");
+                too_late(reserved_at).map_or(Ok(()), Err)
+            }
+            .await;
+            if let Err(e) = prepared {
+                return Err(give_back(p, &held, e).await);
+            }
+            if let Err(e) = tx.commit().await {
+                // The commit may have happened (a connection lost during
+                // COMMIT): the reservation stays recorded, and reconciliation
+                // returns it after RESERVATION_TTL_MS only if PostgreSQL has
+                // no order.
+                tracing::warn!(error = %e, product_id = %product.id, "commit failed; the reservation is left to reconciliation");
+                return Err(e.into());
+            }
+            (event, held)
         }
-        paystream::crash_point!("order.before_commit");
-        // Past the deadline the reservation may soon be returned by the
-        // reconciliation (RESERVATION_TTL_MS exceeds this deadline plus the
-        // statement timeout): committing now could sell a unit twice.
-        if reserved_at.elapsed() > commit_deadline {
-            return Err(AppError::new(ErrorCode::DependencyUnavailable, "the order could not be recorded in time; nothing was ordered; retry"));
+        // Without one, a refused order never touches PostgreSQL, and an
+        // accepted one is one statement (order and outbox row, one commit).
+        None => {
+            let product = api.product(body.product_id).await?;
+            let (held, reserved_at) = reserve(p, &product, caller.user_id, now).await?;
+            paystream::crash_point!("order.after_reserve");
+            let event = event_for(&product);
+            let db = match p.pg.get().await {
+                Ok(db) => db,
+                Err(e) => return Err(give_back(p, &held, e.into()).await),
+            };
+            paystream::crash_point!("order.before_commit");
+            if let Some(e) = too_late(reserved_at) {
+                return Err(give_back(p, &held, e).await);
+            }
+            match orders::insert_with_outbox(&db, &event).await {
+                Ok(()) => {}
+                // The connection was lost while the statement ran, so it may
+                // have committed: as for a failed COMMIT, the reservation
+                // stays recorded, and reconciliation returns it only if
+                // PostgreSQL has no order.
+                Err(e) if e.code == ErrorCode::DependencyUnavailable => {
+                    tracing::warn!(error = %e, product_id = %product.id, "order statement failed; the reservation is left to reconciliation");
+                    return Err(e);
+                }
+                Err(e) => return Err(give_back(p, &held, e).await),
+            }
+            (event, held)
         }
-        Ok::<_, AppError>(())
-    }
-    .await;
-    match prepared {
-        Err(e) if e.code == ErrorCode::AlreadyPurchased => {
-            // PostgreSQL holds this buyer's order (the gate had lost track of
-            // it): the unit is that order's, only the record goes.
-            forget_quietly(p, &held).await;
-            return Err(e);
-        }
-        Err(e) => {
-            // Nothing was committed: the unit goes back now.
-            release_quietly(p, &held).await;
-            return Err(e);
-        }
-        Ok(()) => {}
-    }
-    if let Err(e) = tx.commit().await {
-        // The commit may have happened (a connection lost during COMMIT):
-        // the reservation stays recorded, and reconciliation returns it
-        // after RESERVATION_TTL_MS only if PostgreSQL has no order.
-        tracing::warn!(error = %e, product_id = %product.id, "commit failed; the reservation is left to reconciliation");
-        return Err(e.into());
-    }
-    drop(db);
+    };
+    let product_id = event.product_id;
 
     // Dying here leaves the reservation recorded (reconciliation finds the
     // order and forgets it) and the event in the outbox (the relay sends it).
     paystream::crash_point!("order.before_publish");
     forget_quietly(p, &held).await;
     publish_now(p, &event).await;
-    tracing::info!(order_id = %event.order_id, product_id = %product.id, adopted = held.adopted, "order accepted");
+    tracing::info!(order_id = %event.order_id, product_id = %product_id, adopted = held.adopted, "order accepted");
     metrics::emit(p.function, &[("OrdersAccepted", 1.0, Unit::Count)]);
     Ok(json(StatusCode::ACCEPTED, &answer))
 }
@@ -161,6 +158,19 @@ async fn reserve(p: &Platform, product: &paystream::store::products::Product, us
         return Err(AppError::new(ErrorCode::SaleEnded, "the sale has ended"));
     }
     Err(AppError::new(ErrorCode::DependencyUnavailable, "sale gate unavailable; retry"))
+}
+
+/// What a request that reserved a unit but recorded no order does with the
+/// unit: a buyer PostgreSQL already has an order for keeps it (the gate had
+/// lost track of that order: only the record goes); anyone else gives it
+/// back now. Returns the request's error.
+async fn give_back(p: &Platform, held: &Held, e: AppError) -> AppError {
+    if e.code == ErrorCode::AlreadyPurchased {
+        forget_quietly(p, held).await;
+    } else {
+        release_quietly(p, held).await;
+    }
+    e
 }
 
 /// Returns a reservation whose order could not be recorded. If that fails
@@ -201,7 +211,7 @@ async fn publish_now(p: &Platform, event: &OrderEvent) {
             Err(_) => Err(AppError::new(ErrorCode::BrokerUnavailable, "broker slow; left to the relay")),
         }?;
         // Never waits for a relay run holding the row (it skips it instead).
-        orders::mark_published_now(&**p.pg.get().await?, &[event.order_id]).await
+        orders::mark_published_now(&p.pg.get().await?, &[event.order_id]).await
     }
     .await;
     if let Err(e) = published {

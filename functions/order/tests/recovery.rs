@@ -80,7 +80,7 @@ async fn a_stale_reservation_with_an_order_is_only_forgotten() {
         currency: "KRW".into(),
         ordered_at: time::OffsetDateTime::now_utc(),
     };
-    orders::insert_with_outbox(&**sale.order.platform.pg.get().await.unwrap(), &event).await.unwrap();
+    orders::insert_with_outbox(&sale.order.platform.pg.get().await.unwrap(), &event).await.unwrap();
 
     tokio::time::sleep(Duration::from_millis(TTL_MS + 100)).await;
     let report = sale.order.relay().await.unwrap();
@@ -213,7 +213,7 @@ async fn with_the_broker_stopped_a_relay_run_ends_by_its_deadline_and_never_bloc
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ... and the request path's marker skips them instead of waiting.
     let started = Instant::now();
-    let marked = orders::mark_published_now(&**sale.order.platform.pg.get().await.unwrap(), &accepted).await.unwrap();
+    let marked = orders::mark_published_now(&sale.order.platform.pg.get().await.unwrap(), &accepted).await.unwrap();
     assert_eq!(marked, 0, "rows the relay holds are skipped");
     assert!(started.elapsed() < Duration::from_millis(500), "the marker waited {:?}", started.elapsed());
     // A whole order meanwhile answers within its own bounds.

@@ -1,15 +1,22 @@
-//! Payment intake. The intake row, the idempotency key and the broker's
-//! acknowledgement form one unit: the database transaction stays open while
-//! the event is published and commits only after the broker acknowledged,
-//! so a failed publish leaves no trace and a racing duplicate request
-//! (same Idempotency-Key) waits on the key, then replays the first answer.
+//! Payment intake. A payment is answered 202 only once the broker has
+//! acknowledged its event, and no database connection or transaction is
+//! held while the broker answers, so the pool serves other requests then:
 //!
-//! The one window left is after the acknowledgement and before the commit
-//! (the commit fails, the function dies or times out): the event exists
-//! without its row and key. Two rules close it:
+//! 1. with an Idempotency-Key, the key is claimed in its own committed
+//!    statement (`idempotency::claim_leased`): a replay answers here, a twin
+//!    waits for the first answer;
+//! 2. the caller's card and the merchant's facts are read (one statement);
+//! 3. the event is published and acknowledged; if that fails, the claim is
+//!    released and nothing was recorded (503, nothing left behind);
+//! 4. the payment row and the key's answer are written in one statement.
+//!
+//! The window after the acknowledgement and before step 4 (the statement
+//! fails, the function dies or times out) leaves the event without its row
+//! and answer. Two rules close it:
 //! - with an Idempotency-Key the payment id is derived from (user, key,
-//!   request), so the client's retry publishes the *same* payment again and
-//!   every consumer deduplicates it by id;
+//!   request), so the client's retry (which takes over the unanswered claim
+//!   once its lease ran out) publishes the *same* payment again, and every
+//!   consumer deduplicates it by id;
 //! - the event is the record: FDS writes the payment row from the event
 //!   when intake did not (`payments::reconcile_from_events`), so an
 //!   acknowledged payment always ends with exactly one record and one
@@ -30,6 +37,12 @@ use paystream::metrics::{self, Unit};
 use paystream::store::payments;
 use paystream::{AppError, Platform};
 
+/// A claimed Idempotency-Key of this request.
+struct Keyed<'a> {
+    scope: &'a str,
+    key: &'a str,
+    hash: &'a [u8],
+}
 
 pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let started = std::time::Instant::now();
@@ -41,57 +54,78 @@ pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let currency = Currency::parse(&body.currency)?;
     let request_hash = idempotency::request_hash("POST /payments", &serde_json::to_value(&body).map_err(AppError::internal)?);
     let scope = format!("pay:{}", caller.user_id);
+    let keyed = key.as_deref().map(|key| Keyed { scope: &scope, key, hash: &request_hash });
 
-    let mut db = p.pg.get().await?;
-    let tx = paystream::db::begin(&mut db).await?;
-    if let Some(key) = &key {
-        if let Claim::Replay { status, body } = idempotency::claim(&tx, &scope, key, &request_hash, p.config.http.idempotency_wait_ms).await? {
+    if let Some(k) = &keyed {
+        let db = p.pg.get().await?;
+        let http = &p.config.http;
+        if let Claim::Replay { status, body } = idempotency::claim_leased(&db, k.scope, k.key, k.hash, http.idempotency_lease_ms, http.idempotency_wait_ms).await? {
             tracing::info!(user_id = %caller.user_id, "idempotent replay");
             return Ok(json(StatusCode::from_u16(status).map_err(AppError::internal)?, &body));
         }
         paystream::crash_point!("pay.after_claim");
     }
-    let facts = payments::intake_facts(&tx, caller.user_id, CardId(body.card_id), MerchantId(body.merchant_id)).await?;
-    let payment_id = match &key {
-        Some(key) => idempotency::derived_id(&scope, key, &request_hash),
+    let payment_id = match &keyed {
+        Some(k) => idempotency::derived_id(k.scope, k.key, k.hash),
         None => Uuid::new_v4(),
     };
-    payments::insert(
-        &tx,
-        &payments::NewPayment {
-            id: payment_id,
-            user_id: caller.user_id.0,
-            card_id: body.card_id,
-            merchant_id: body.merchant_id,
-            amount: amount.minor(),
-            currency: currency.code(),
-        },
-    )
-    .await?;
-    let answer = serde_json::to_value(PaymentAccepted::new(payment_id)).map_err(AppError::internal)?;
-    if let Some(key) = &key {
-        idempotency::complete(&tx, &scope, key, StatusCode::ACCEPTED.as_u16(), &answer).await?;
-    }
-
-    let event = PaymentEvent {
-        v: EVENT_VERSION,
-        payment_id,
+    let payment = payments::NewPayment {
+        id: payment_id,
         user_id: caller.user_id.0,
         card_id: body.card_id,
-        card_product_id: facts.card_product_id,
         merchant_id: body.merchant_id,
-        merchant_category: facts.merchant_category,
         amount: amount.minor(),
-        currency: currency.code().to_owned(),
+        currency: currency.code(),
+    };
+    if let Err(e) = publish(p, &payment).await {
+        // Nothing was recorded; a retry with the key must do the work.
+        if let Some(k) = &keyed {
+            release_quietly(p, k).await;
+        }
+        return Err(e);
+    }
+    // A crash here is the "after the acknowledgement, before the record"
+    // window the module comment describes.
+    paystream::crash_point!("pay.after_publish");
+    let answer = serde_json::to_value(PaymentAccepted::new(payment_id)).map_err(AppError::internal)?;
+    let key_answer = keyed.as_ref().map(|k| payments::KeyAnswer { scope: k.scope, key: k.key, status: StatusCode::ACCEPTED.as_u16(), body: &answer });
+    let recorded = async { payments::record_accepted(&p.pg.get().await?, &payment, key_answer.as_ref()).await }.await;
+    if let Err(e) = recorded {
+        // The broker has acknowledged: the payment exists (FDS records it
+        // from its event), so the honest answer is still 202. Failing here
+        // would make a client without a key pay twice. Only the key's
+        // answer is lost; a retry with the key derives the same payment id.
+        tracing::warn!(payment_id = %payment_id, error = %e, "recording the payment failed after the broker acknowledged; the event is the record");
+    }
+    paystream::crash_point!("pay.after_commit");
+    tracing::info!(payment_id = %payment_id, user_id = %caller.user_id, "payment accepted");
+    metrics::emit(p.function, &[("PaymentsAccepted", 1.0, Unit::Count), (metrics::INTAKE_LATENCY, metrics::elapsed_ms(started), Unit::Milliseconds)]);
+    Ok(json(StatusCode::ACCEPTED, &answer))
+}
+
+/// Reads the card's and the merchant's facts (the connection goes back to
+/// the pool before the broker is asked) and publishes the payment's event,
+/// returning once the broker acknowledged it.
+async fn publish(p: &Platform, payment: &payments::NewPayment) -> Result<(), AppError> {
+    let facts = payments::intake_facts(&p.pg.get().await?, paystream::domain::UserId(payment.user_id), CardId(payment.card_id), MerchantId(payment.merchant_id)).await?;
+    let event = PaymentEvent {
+        v: EVENT_VERSION,
+        payment_id: payment.id,
+        user_id: payment.user_id,
+        card_id: payment.card_id,
+        card_product_id: facts.card_product_id,
+        merchant_id: payment.merchant_id,
+        merchant_category: facts.merchant_category,
+        amount: payment.amount,
+        currency: payment.currency.to_owned(),
         country: facts.country,
         lat: facts.lat,
         lon: facts.lon,
         occurred_at: OffsetDateTime::now_utc(),
     };
     let payload = serde_json::to_vec(&event).map_err(AppError::internal)?;
-    let user_key = caller.user_id.to_string();
-    let event_id = payment_id.to_string();
-    // On failure the transaction is dropped (rolled back): nothing recorded.
+    let user_key = payment.user_id.to_string();
+    let event_id = payment.id.to_string();
     p.producer()
         .await?
         .publish(OutgoingRecord {
@@ -101,20 +135,16 @@ pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
             headers: &[(HEADER_EVENT_TYPE, PaymentEvent::TYPE.as_bytes()), (HEADER_EVENT_ID, event_id.as_bytes())],
         })
         .await?;
-    // The commit comes right after the acknowledgement: a crash here is the
-    // "after publish, before commit" window the module comment describes.
-    paystream::crash_point!("pay.after_publish");
-    if let Err(e) = tx.commit().await {
-        // The broker has acknowledged: the payment exists (FDS records it
-        // from its event), so the honest answer is still 202. Failing here
-        // would make a client without a key pay twice. Only the key row is
-        // lost; a retry with the key derives the same payment id.
-        tracing::warn!(payment_id = %payment_id, error = %e, "intake commit failed after the broker acknowledged; the event is the record");
+    Ok(())
+}
+
+/// Removes the claim of a failed request. If that fails too, the claim's
+/// lease runs out and the client's retry takes it over.
+async fn release_quietly(p: &Platform, k: &Keyed<'_>) {
+    let released = async { idempotency::release(&p.pg.get().await?, k.scope, k.key, k.hash).await }.await;
+    if let Err(e) = released {
+        tracing::warn!(error = %e, "idempotency claim not released; a retry takes it over once its lease runs out");
     }
-    paystream::crash_point!("pay.after_commit");
-    tracing::info!(payment_id = %payment_id, user_id = %caller.user_id, "payment accepted");
-    metrics::emit(p.function, &[("PaymentsAccepted", 1.0, Unit::Count), (metrics::INTAKE_LATENCY, metrics::elapsed_ms(started), Unit::Milliseconds)]);
-    Ok(json(StatusCode::ACCEPTED, &answer))
 }
 
 pub async fn get(p: &Platform, req: &Request, raw_id: &str) -> Result<Response, AppError> {

@@ -130,24 +130,61 @@ async fn a_twin_of_a_request_still_in_progress_gets_409_in_progress_not_a_server
     let api = api().await;
     let alice = user(&api.platform, "alice").await;
     let body = payment(&alice, SEOUL_CAFE, 4_200);
-    // The first request is "still publishing": its key row is inserted by a
-    // transaction that has not committed (a real row lock in PostgreSQL).
+    // The first request is "still publishing": its claim is committed and
+    // its lease has not run out.
     let hash = paystream::idempotency::request_hash("POST /payments", &body);
     let scope = format!("pay:{}", alice.id);
-    let mut first = api.platform.pg.get().await.unwrap();
-    let tx = first.transaction().await.unwrap();
-    tx.execute("INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, 'slow-key', $2)", &[&scope, &hash]).await.unwrap();
+    let db = api.platform.pg.get().await.unwrap();
+    db.execute(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, lease_until) VALUES ($1, 'slow-key', $2, now() + interval '1 hour')",
+        &[&scope, &hash],
+    )
+    .await
+    .unwrap();
 
     let started = Instant::now();
     let (status, answer) = call(&api, "POST", "/payments", &alice, Some("slow-key"), Some(body.clone())).await;
     let waited_ms = started.elapsed().as_millis() as u64;
     assert_eq!((status, answer["code"].as_str()), (409, Some("IDEMPOTENCY_KEY_IN_PROGRESS")), "{answer}");
     let wait_ms = api.platform.config.http.idempotency_wait_ms;
-    assert!(waited_ms >= wait_ms && waited_ms < api.platform.config.database.statement_timeout_ms, "waited {waited_ms} ms");
+    assert!(waited_ms >= wait_ms && waited_ms < wait_ms + 1_000, "waited {waited_ms} ms");
+    assert_eq!(count(&api, "SELECT count(*) FROM payments").await, 0, "the twin did nothing");
 
-    // The first request gives up (rolls back): the twin's retry does the work once.
-    tx.rollback().await.unwrap();
-    let (status, answer) = call(&api, "POST", "/payments", &alice, Some("slow-key"), Some(body)).await;
+    // The first request's invocation died: once its lease has run out, the
+    // retry takes the claim over and does the work once.
+    db.execute("UPDATE idempotency_keys SET lease_until = now() - interval '1 second' WHERE key = 'slow-key'", &[]).await.unwrap();
+    let (status, answer) = call(&api, "POST", "/payments", &alice, Some("slow-key"), Some(body.clone())).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(count(&api, "SELECT count(*) FROM payments").await, 1);
+    // Another request with that key is still refused, and a replay answers.
+    let (status, refused) = call(&api, "POST", "/payments", &alice, Some("slow-key"), Some(payment(&alice, SEOUL_CAFE, 4_201))).await;
+    assert_eq!((status, refused["code"].as_str()), (409, Some("IDEMPOTENCY_KEY_REUSED")));
+    let (status, replayed) = call(&api, "POST", "/payments", &alice, Some("slow-key"), Some(body)).await;
+    assert_eq!((status, &replayed), (202, &answer));
+    assert_eq!(count(&api, "SELECT count(*) FROM payments").await, 1);
+}
+
+#[tokio::test]
+async fn a_claim_released_by_a_failed_first_request_lets_the_twin_do_the_work() {
+    let api = api().await;
+    let alice = user(&api.platform, "alice").await;
+    let body = payment(&alice, SEOUL_CAFE, 4_300);
+    let hash = paystream::idempotency::request_hash("POST /payments", &body);
+    let scope = format!("pay:{}", alice.id);
+    let db = api.platform.pg.get().await.unwrap();
+    db.execute(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, lease_until) VALUES ($1, 'released', $2, now() + interval '1 hour')",
+        &[&scope, &hash],
+    )
+    .await
+    .unwrap();
+    // The first request fails (its publish did) and releases its claim while
+    // the twin waits.
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        paystream::idempotency::release(&db, &scope, "released", &hash).await.unwrap();
+    };
+    let (_, (status, answer)) = tokio::join!(release, call(&api, "POST", "/payments", &alice, Some("released"), Some(body)));
     assert_eq!(status, 202, "{answer}");
     assert_eq!(count(&api, "SELECT count(*) FROM payments").await, 1);
 }

@@ -12,27 +12,31 @@ use crate::db::unique_violation;
 use crate::error::{AppError, ErrorCode};
 use crate::events::OrderEvent;
 
-/// Inserts a PENDING order and its outbox row (caller's transaction).
-pub async fn insert_with_outbox(db: &impl GenericClient, event: &OrderEvent) -> Result<(), AppError> {
-    let inserted = db
-        .execute(
-            "INSERT INTO orders (id, user_id, product_id, amount, currency, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&event.order_id, &event.user_id, &event.product_id, &event.amount, &event.currency, &event.ordered_at],
+/// Inserts a PENDING order and its outbox row in one statement (prepared
+/// once per connection): on its own it is one round trip and one commit;
+/// inside the caller's transaction (an Idempotency-Key's claim) it commits
+/// with it. The outbox row is stamped when written, not when the
+/// transaction began (which can be much earlier with an Idempotency-Key):
+/// the relay's grace period counts from here.
+pub async fn insert_with_outbox(db: &impl deadpool_postgres::GenericClient, event: &OrderEvent) -> Result<(), AppError> {
+    let payload = serde_json::to_value(event).map_err(AppError::internal)?;
+    let statement = db
+        .prepare_cached(
+            "WITH ordered AS (
+                 INSERT INTO orders (id, user_id, product_id, amount, currency, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+                 RETURNING id)
+             INSERT INTO order_outbox (order_id, payload, created_at) SELECT id, $7, clock_timestamp() FROM ordered",
         )
-        .await;
-    if let Err(e) = inserted {
-        return Err(match unique_violation(&e) {
+        .await?;
+    let inserted =
+        db.execute(&statement, &[&event.order_id, &event.user_id, &event.product_id, &event.amount, &event.currency, &event.ordered_at, &payload]).await;
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(e) => Err(match unique_violation(&e) {
             Some("orders_user_product_key") => AppError::new(ErrorCode::AlreadyPurchased, "you already ordered this product"),
             _ => e.into(),
-        });
+        }),
     }
-    let payload = serde_json::to_value(event).map_err(AppError::internal)?;
-    // Stamped when written, not when the transaction began (which can be
-    // much earlier with an Idempotency-Key): the relay's grace period counts
-    // from here.
-    db.execute("INSERT INTO order_outbox (order_id, payload, created_at) VALUES ($1, $2, clock_timestamp())", &[&event.order_id, &payload])
-        .await?;
-    Ok(())
 }
 
 /// Marks outbox rows published inside the caller's transaction, which holds
@@ -45,14 +49,14 @@ pub async fn mark_published(db: &impl GenericClient, ids: &[Uuid]) -> Result<(),
 /// Marks outbox rows published from the request path, skipping any row a
 /// relay run holds: the request never waits behind the relay (which then
 /// publishes that event again; settlement is idempotent per order).
-pub async fn mark_published_now(db: &impl GenericClient, ids: &[Uuid]) -> Result<u64, AppError> {
-    Ok(db
-        .execute(
+pub async fn mark_published_now(db: &impl deadpool_postgres::GenericClient, ids: &[Uuid]) -> Result<u64, AppError> {
+    let statement = db
+        .prepare_cached(
             "UPDATE order_outbox SET published_at = now() WHERE order_id IN (
                  SELECT order_id FROM order_outbox WHERE order_id = ANY($1) AND published_at IS NULL FOR UPDATE SKIP LOCKED)",
-            &[&ids],
         )
-        .await?)
+        .await?;
+    Ok(db.execute(&statement, &[&ids]).await?)
 }
 
 /// Locks up to `limit` unpublished outbox rows at least `grace_ms` old,

@@ -16,18 +16,19 @@ pub struct IntakeFacts {
     pub lon: f64,
 }
 
-/// Looks up the caller's card and the merchant in one round trip. Someone
-/// else's card is "not found", like a missing one.
-pub async fn intake_facts(db: &impl GenericClient, user: UserId, card: CardId, merchant: MerchantId) -> Result<IntakeFacts, AppError> {
-    let row = db
-        .query_one(
+/// Looks up the caller's card and the merchant in one round trip (a
+/// statement prepared once per connection). Someone else's card is "not
+/// found", like a missing one.
+pub async fn intake_facts(db: &impl deadpool_postgres::GenericClient, user: UserId, card: CardId, merchant: MerchantId) -> Result<IntakeFacts, AppError> {
+    let statement = db
+        .prepare_cached(
             "SELECT c.card_product_id, m.category, m.country, m.lat, m.lon
              FROM (SELECT 1) one
              LEFT JOIN cards c ON c.id = $1 AND c.user_id = $2
              LEFT JOIN merchants m ON m.id = $3",
-            &[&card.0, &user.0, &merchant.0],
         )
         .await?;
+    let row = db.query_one(&statement, &[&card.0, &user.0, &merchant.0]).await?;
     let card_product_id: Option<Uuid> = row.get(0);
     let category: Option<String> = row.get(1);
     let card_product_id = card_product_id.ok_or_else(|| AppError::not_found("card"))?;
@@ -44,15 +45,33 @@ pub struct NewPayment {
     pub currency: &'static str,
 }
 
-pub async fn insert(db: &impl GenericClient, p: &NewPayment) -> Result<(), AppError> {
-    db.execute(
-        // DO NOTHING: FDS may already have recorded this payment from its
-        // event (a retry after a crash between publish and commit).
-        "INSERT INTO payments (id, user_id, card_id, merchant_id, amount, currency) VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (id) DO NOTHING",
-        &[&p.id, &p.user_id, &p.card_id, &p.merchant_id, &p.amount, &p.currency],
-    )
-    .await?;
+/// The answer stored for an Idempotency-Key (see `idempotency::complete`).
+pub struct KeyAnswer<'a> {
+    pub scope: &'a str,
+    pub key: &'a str,
+    pub status: u16,
+    pub body: &'a serde_json::Value,
+}
+
+/// Records an accepted (broker-acknowledged) payment and, with a key, its
+/// answer, in one statement: one round trip and one commit. DO NOTHING: FDS
+/// may already have recorded this payment from its event (a retry after a
+/// crash between the acknowledgement and this statement).
+pub async fn record_accepted(db: &impl deadpool_postgres::GenericClient, p: &NewPayment, key: Option<&KeyAnswer<'_>>) -> Result<(), AppError> {
+    let statement = db
+        .prepare_cached(
+            "WITH recorded AS (
+                 INSERT INTO payments (id, user_id, card_id, merchant_id, amount, currency) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO NOTHING)
+             UPDATE idempotency_keys SET status_code = $9, response_body = $10, lease_until = NULL
+             WHERE scope = $7 AND key = $8",
+        )
+        .await?;
+    let (scope, key_text, status, body) = match key {
+        Some(k) => (Some(k.scope), Some(k.key), Some(k.status as i16), Some(k.body)),
+        None => (None, None, None, None),
+    };
+    db.execute(&statement, &[&p.id, &p.user_id, &p.card_id, &p.merchant_id, &p.amount, &p.currency, &scope, &key_text, &status, &body]).await?;
     Ok(())
 }
 

@@ -51,9 +51,14 @@ pub struct FunctionSpec {
     /// Set in the process's environment on top of the host's own and the
     /// Lambda variables (so it may override `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
     pub env: Vec<(String, String)>,
-    /// Processes (execution environments) kept for the function: the most
-    /// invocations it handles at once.
+    /// Processes (execution environments) kept for the function.
     pub instances: usize,
+    /// Invocations one process handles at once: 1 as classic Lambda; more
+    /// as Lambda Managed Instances, given to the process as
+    /// `AWS_LAMBDA_MAX_CONCURRENCY` (the runtime's `run_concurrent` then
+    /// asks for that many events at once). The function handles
+    /// `instances * concurrency` invocations at once.
+    pub concurrency: usize,
     /// The function's timeout (the template's `Timeout`).
     pub timeout_ms: u64,
 }
@@ -193,9 +198,10 @@ enum Phase {
     Down,
     /// Started, has not asked for its first event yet.
     Starting,
-    /// Between invocations.
+    /// Ready, nothing in flight.
     Idle,
-    Busy(InFlight),
+    /// Handling these invocations (at most the spec's `concurrency`).
+    Busy(Vec<InFlight>),
     /// Being killed (timed out, init error): takes no more events.
     Stopping,
 }
@@ -263,8 +269,8 @@ impl Host {
         let changed = Arc::new(Notify::new());
         let mut functions = HashMap::new();
         for spec in specs {
-            if spec.instances == 0 || spec.timeout_ms == 0 {
-                return Err(format!("{}: instances and timeout_ms must be positive", spec.name));
+            if spec.instances == 0 || spec.concurrency == 0 || spec.timeout_ms == 0 {
+                return Err(format!("{}: instances, concurrency and timeout_ms must be positive", spec.name));
             }
             let slots = (0..spec.instances).map(|_| Slot { state: Mutex::default() }).collect();
             let name = spec.name.clone();
@@ -714,9 +720,11 @@ fn end_process(f: &Function, index: usize, incarnation: u64, pid: Option<u32>, s
     };
     drop(state);
     if let Phase::Busy(in_flight) = previous {
-        let why = format!("{name}: the function process (pid {pid_text}) exited while handling request {}: {status}", in_flight.request_id);
-        tracing::error!(function = %name, instance = index, request_id = %in_flight.request_id, %status, "function process died during an invocation");
-        in_flight.finish(Err(InvokeError::Crashed(why)));
+        for in_flight in in_flight {
+            let why = format!("{name}: the function process (pid {pid_text}) exited while handling request {}: {status}", in_flight.request_id);
+            tracing::error!(function = %name, instance = index, request_id = %in_flight.request_id, %status, "function process died during an invocation");
+            in_flight.finish(Err(InvokeError::Crashed(why)));
+        }
     }
     if let Some(why) = init_failure {
         tracing::error!(function = %name, instance = index, error = %why, "init failed");
@@ -747,6 +755,11 @@ fn command(f: &Function, index: usize, incarnation: u64, runtime_api: &str) -> t
         .env("AWS_LAMBDA_FUNCTION_NAME", &spec.name)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
+    // Classic Lambda does not set it; Managed Instances set it to the
+    // function's PerExecutionEnvironmentMaxConcurrency.
+    if spec.concurrency > 1 {
+        command.env("AWS_LAMBDA_MAX_CONCURRENCY", spec.concurrency.to_string());
+    }
     if f.config.function_output == FunctionOutput::Null {
         command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     }
@@ -834,14 +847,16 @@ async fn runtime_answer(f: Arc<Function>, index: usize, incarnation: u64, req: R
     };
     let in_flight = {
         let mut state = lock(&f.slots[index].state);
-        let ours = state.incarnation == incarnation && matches!(&state.phase, Phase::Busy(i) if i.request_id == request_id);
-        if ours {
-            match std::mem::replace(&mut state.phase, Phase::Idle) {
-                Phase::Busy(in_flight) => Some(in_flight),
-                _ => None,
+        let current = state.incarnation == incarnation;
+        match &mut state.phase {
+            Phase::Busy(in_flight) if current => {
+                let found = in_flight.iter().position(|i| i.request_id == request_id).map(|at| in_flight.swap_remove(at));
+                if in_flight.is_empty() {
+                    state.phase = Phase::Idle;
+                }
+                found
             }
-        } else {
-            None
+            _ => None,
         }
     };
     match in_flight {
@@ -870,7 +885,10 @@ async fn next_invocation(f: &Arc<Function>, index: usize, incarnation: u64) -> R
     let current = {
         let mut state = lock(&slot.state);
         let current = state.incarnation == incarnation && !matches!(state.phase, Phase::Down | Phase::Stopping);
-        if current {
+        // With several invocations at once, the other workers' events stay
+        // in flight while one asks for its next.
+        let concurrent = f.spec.concurrency > 1 && matches!(state.phase, Phase::Busy(_));
+        if current && !concurrent {
             match std::mem::replace(&mut state.phase, Phase::Idle) {
                 Phase::Starting => {
                     let init = state.spawned_at.map(|t| t.elapsed()).unwrap_or_default();
@@ -882,8 +900,10 @@ async fn next_invocation(f: &Arc<Function>, index: usize, incarnation: u64) -> R
                 }
                 Phase::Busy(in_flight) => {
                     // The runtime moved on without answering (not lambda_runtime's way).
-                    let why = format!("{}: the runtime asked for the next event without answering request {}", f.spec.name, in_flight.request_id);
-                    in_flight.finish(Err(InvokeError::Crashed(why)));
+                    for in_flight in in_flight {
+                        let why = format!("{}: the runtime asked for the next event without answering request {}", f.spec.name, in_flight.request_id);
+                        in_flight.finish(Err(InvokeError::Crashed(why)));
+                    }
                 }
                 Phase::Idle | Phase::Down | Phase::Stopping => {}
             }
@@ -899,7 +919,12 @@ async fn next_invocation(f: &Arc<Function>, index: usize, incarnation: u64) -> R
         notified.as_mut().enable();
         let handed_over = {
             let mut state = lock(&slot.state);
-            if state.incarnation != incarnation || !matches!(state.phase, Phase::Idle) {
+            let room = match &state.phase {
+                Phase::Idle => true,
+                Phase::Busy(in_flight) => in_flight.len() < f.spec.concurrency,
+                _ => false,
+            };
+            if state.incarnation != incarnation || !room {
                 None
             } else {
                 // Slot before queue, always: the pick and the hand-over are
@@ -909,7 +934,11 @@ async fn next_invocation(f: &Arc<Function>, index: usize, incarnation: u64) -> R
                     Some(pending) => {
                         let timeout = Duration::from_millis(f.spec.timeout_ms);
                         let watchdog = tokio::spawn(time_out(Arc::clone(f), index, incarnation, pending.request_id.clone(), timeout)).abort_handle();
-                        state.phase = Phase::Busy(InFlight { request_id: pending.request_id.clone(), reply: pending.reply, watchdog });
+                        let started = InFlight { request_id: pending.request_id.clone(), reply: pending.reply, watchdog };
+                        match &mut state.phase {
+                            Phase::Busy(in_flight) => in_flight.push(started),
+                            _ => state.phase = Phase::Busy(vec![started]),
+                        }
                         Some(Some(event_response(&f.spec.name, &pending.request_id, pending.payload, timeout)))
                     }
                     None => Some(None),
@@ -951,11 +980,18 @@ async fn time_out(f: Arc<Function>, index: usize, incarnation: u64, request_id: 
     tokio::time::sleep(timeout).await;
     let (in_flight, pid, kill) = {
         let mut state = lock(&f.slots[index].state);
-        if state.incarnation != incarnation || !matches!(&state.phase, Phase::Busy(i) if i.request_id == request_id) {
+        if state.incarnation != incarnation || !matches!(&state.phase, Phase::Busy(i) if i.iter().any(|i| i.request_id == request_id)) {
             return;
         }
-        let Phase::Busy(in_flight) = std::mem::replace(&mut state.phase, Phase::Stopping) else { return };
-        (in_flight, state.pid, Arc::clone(&state.kill))
+        // The process is killed: every invocation it has in flight ends.
+        let Phase::Busy(mut in_flight) = std::mem::replace(&mut state.phase, Phase::Stopping) else { return };
+        let at = in_flight.iter().position(|i| i.request_id == request_id).expect("checked above");
+        let timed_out = in_flight.swap_remove(at);
+        for other in in_flight {
+            let why = format!("{}: the function process was killed: request {request_id} beside it timed out", f.spec.name);
+            other.finish(Err(InvokeError::Crashed(why)));
+        }
+        (timed_out, state.pid, Arc::clone(&state.kill))
     };
     tracing::warn!(function = %f.spec.name, instance = index, pid, request_id, timeout_ms = timeout.as_millis() as u64, "invocation timed out: killing the function process");
     // Not `finish`: that would abort this very task before the kill.

@@ -25,8 +25,14 @@ mod common;
 
 const TIMEOUT_MS: u64 = 15_000;
 
+/// The lease of an unanswered Idempotency-Key claim in these tests (the
+/// default is longer than pay's timeout); a retry waits up to
+/// `IDEMPOTENCY_WAIT_MS` (2 s) for it to run out.
+const LEASE_MS: &str = "500";
+
 async fn host(config: &Config, function: &str, failpoint: Option<&str>) -> Arc<Host> {
-    common::host(function, common::binary_with_failpoints(function), common::function_env(config, &[], failpoint), TIMEOUT_MS).await
+    let env = common::function_env(config, &[("IDEMPOTENCY_LEASE_MS", LEASE_MS.to_owned())], failpoint);
+    common::host(function, common::binary_with_failpoints(function), env, TIMEOUT_MS).await
 }
 
 struct World {
@@ -86,17 +92,20 @@ async fn pay_killed_between_publish_and_commit_then_retried_is_one_payment() {
     let crashing = host(w.config(), "pay", Some("pay.after_publish")).await;
     crashes(&crashing, "pay", w.payment_request("retry-me")).await;
     crashing.shutdown().await;
-    // The event was acknowledged, the commit never happened.
+    // The event was acknowledged, the record never written: the key's claim
+    // is left unanswered.
     assert_eq!(w.count("SELECT count(*) FROM payments").await, 0);
-    assert_eq!(w.count("SELECT count(*) FROM idempotency_keys").await, 0);
+    assert_eq!(w.count("SELECT count(*) FROM idempotency_keys WHERE status_code IS NULL").await, 1);
 
-    // The client retries with the same key and body.
+    // The client retries with the same key and body: once the dead claim's
+    // lease has run out, the retry takes it over.
     let healthy = host(w.config(), "pay", None).await;
     let (status, body) = answer(&healthy.invoke("pay", w.payment_request("retry-me")).await.unwrap());
     assert_eq!(status, 202, "{body}");
     let (ids, batch) = w.payment_batch(2).await;
     assert_eq!(ids, vec![body["payment_id"].as_str().unwrap(); 2], "the retry published the same payment id");
     healthy.shutdown().await;
+    assert_eq!(w.count("SELECT count(*) FROM idempotency_keys WHERE status_code = 202").await, 1, "the retry's answer is stored");
 
     // FDS sees the payment twice and decides it once.
     let fds = host(w.config(), "fds-consumer", None).await;
@@ -125,12 +134,13 @@ async fn pay_killed_between_publish_and_commit_without_retry_is_recorded_from_it
 }
 
 #[tokio::test]
-async fn pay_killed_after_claiming_the_key_leaves_nothing_and_the_retry_pays_once() {
+async fn pay_killed_after_claiming_the_key_publishes_nothing_and_the_retry_pays_once() {
     let w = world().await;
     let crashing = host(w.config(), "pay", Some("pay.after_claim")).await;
     crashes(&crashing, "pay", w.payment_request("claimed")).await;
     crashing.shutdown().await;
-    assert_eq!(w.count("SELECT count(*) FROM idempotency_keys").await, 0, "the claim died with its transaction");
+    assert_eq!(w.count("SELECT count(*) FROM idempotency_keys WHERE status_code IS NULL").await, 1, "an unanswered claim");
+    assert_eq!(w.count("SELECT count(*) FROM payments").await, 0);
 
     let healthy = host(w.config(), "pay", None).await;
     let (status, _) = answer(&healthy.invoke("pay", w.payment_request("claimed")).await.unwrap());
@@ -138,6 +148,7 @@ async fn pay_killed_after_claiming_the_key_leaves_nothing_and_the_retry_pays_onc
     healthy.shutdown().await;
     let (_, _) = w.payment_batch(1).await;
     assert_eq!(w.count("SELECT count(*) FROM payments").await, 1);
+    assert_eq!(w.count("SELECT count(*) FROM idempotency_keys WHERE status_code = 202").await, 1);
 }
 
 #[tokio::test]

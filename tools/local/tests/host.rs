@@ -16,6 +16,7 @@ fn hello(instances: usize, timeout_ms: u64) -> FunctionSpec {
         binary: env!("CARGO_BIN_EXE_hello").into(),
         env: vec![("LOG_LEVEL".into(), "warn".into())],
         instances,
+        concurrency: 1,
         timeout_ms,
     }
 }
@@ -108,6 +109,38 @@ async fn two_instances_run_two_slow_invocations_at_once() {
     assert!(b.await.unwrap().is_ok());
     let took = started.elapsed();
     assert!(took < Duration::from_millis(1_800), "two 1 s invocations took {took:?}: not concurrent");
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_process_with_managed_concurrency_runs_four_slow_invocations_at_once_and_a_crash_fails_them_all() {
+    let spec = FunctionSpec { concurrency: 4, ..hello(1, 30_000) };
+    let host = Host::start(vec![spec]).await.unwrap();
+    let pids = host.pids("hello");
+    assert_eq!(pids.len(), 1, "one execution environment");
+    let call = |payload: serde_json::Value| {
+        let host = Arc::clone(&host);
+        tokio::spawn(async move { host.invoke("hello", json(payload)).await })
+    };
+    let started = Instant::now();
+    let slow: Vec<_> = (0..4).map(|n| call(serde_json::json!({"sleep_ms": 1_000, "n": n}))).collect();
+    for (n, task) in slow.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap().unwrap(), json(serde_json::json!({"sleep_ms": 1_000, "n": n})), "each answer goes to its own caller");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1_800), "four 1 s invocations in one process took {took:?}: not concurrent");
+
+    // Four more: one of them aborts the process, which fails the others too.
+    let slow: Vec<_> = (0..3).map(|_| call(serde_json::json!({"sleep_ms": 20_000}))).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let aborting = call(serde_json::json!({"abort": true}));
+    assert!(matches!(aborting.await.unwrap(), Err(InvokeError::Crashed(_))));
+    for task in slow {
+        assert!(matches!(task.await.unwrap(), Err(InvokeError::Crashed(_))), "in flight in the dead process");
+    }
+    let after = live(&host, 1).await;
+    assert_ne!(pids, after, "the process was replaced");
+    assert_eq!(host.invoke("hello", json(serde_json::json!({"n": 9}))).await.unwrap(), json(serde_json::json!({"n": 9})));
     host.shutdown().await;
 }
 

@@ -24,5 +24,7 @@ async fn handle(event: LambdaEvent<serde_json::Value>) -> Result<serde_json::Val
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::run(service_fn(handle)).await
+    // Sequential unless AWS_LAMBDA_MAX_CONCURRENCY says otherwise, like the
+    // platform's functions.
+    lambda_runtime::run_concurrent(service_fn(handle)).await
 }

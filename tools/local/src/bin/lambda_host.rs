@@ -6,7 +6,10 @@
 //!
 //! - binaries: `$CARGO_TARGET_DIR/<PAYSTREAM_PROFILE>/<binary>` (profile
 //!   `debug` (default) or `release`; target dir default `target`);
-//! - `PAYSTREAM_INSTANCES` processes per function (default 1);
+//! - `PAYSTREAM_INSTANCES` processes per function (default 1), each
+//!   handling `PAYSTREAM_CONCURRENCY` invocations at once (default 1, as
+//!   classic Lambda; more, as Lambda Managed Instances: the process gets
+//!   `AWS_LAMBDA_MAX_CONCURRENCY`);
 //! - each function's `Timeout` and `MemorySize` from the template;
 //! - the host's bounds: `HostConfig::from_env` (`PAYSTREAM_LAMBDA_*`).
 //!
@@ -32,6 +35,10 @@ async fn main() {
         Err(_) => 1,
         Ok(v) => v.parse().ok().filter(|n| *n > 0).unwrap_or_else(|| fail(&format!("PAYSTREAM_INSTANCES must be a positive number, not {v:?}"))),
     };
+    let concurrency: usize = match std::env::var("PAYSTREAM_CONCURRENCY") {
+        Err(_) => 1,
+        Ok(v) => v.parse().ok().filter(|n| *n > 0).unwrap_or_else(|| fail(&format!("PAYSTREAM_CONCURRENCY must be a positive number, not {v:?}"))),
+    };
     let port: u16 = match std::env::var("PAYSTREAM_LAMBDA_PORT") {
         Err(_) => 9000,
         Ok(v) => v.parse().unwrap_or_else(|_| fail(&format!("PAYSTREAM_LAMBDA_PORT must be a port number, not {v:?}"))),
@@ -48,6 +55,7 @@ async fn main() {
             binary,
             env: vec![("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), function.memory_mb.to_string())],
             instances,
+            concurrency,
             timeout_ms: function.timeout_s * 1000,
         });
     }
@@ -67,7 +75,7 @@ async fn main() {
             fail(&format!("bind {addr}: {e}"));
         }
     };
-    tracing::info!(%addr, functions = ?names, instances, %profile, "lambda host listening");
+    tracing::info!(%addr, functions = ?names, instances, concurrency, %profile, "lambda host listening");
     tokio::select! {
         _ = std::sync::Arc::clone(&host).serve_invoke_api(listener) => {}
         _ = paystream_local::shutdown_signal() => {}

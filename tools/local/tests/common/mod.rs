@@ -56,7 +56,7 @@ pub fn function_env(config: &Config, extra: &[(&str, String)], failpoint: Option
 
 /// One instance of `function` (its process runs `binary`) under a new host.
 pub async fn host(function: &str, binary: PathBuf, env: Vec<(String, String)>, timeout_ms: u64) -> Arc<Host> {
-    let spec = FunctionSpec { name: function.to_owned(), binary, env, instances: 1, timeout_ms };
+    let spec = FunctionSpec { name: function.to_owned(), binary, env, instances: 1, concurrency: 1, timeout_ms };
     Host::start(vec![spec]).await.expect("host starts the function")
 }
 

@@ -232,42 +232,6 @@ fn payment_batch(events: &[PaymentEvent], partition: i32, first_offset: i64) -> 
     batch_of("payment-stream", partition, first_offset, &records)
 }
 
-/// While it lives, this process's stdout goes to /dev/null: the handlers'
-/// JSON logs and EMF lines are written as in Lambda, but not shown.
-struct QuietStdout {
-    saved_fd: i32,
-}
-
-impl QuietStdout {
-    fn new() -> Self {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        // SAFETY: plain descriptor calls on fds this process owns; stdout is
-        // restored in Drop.
-        unsafe {
-            let saved_fd = libc::dup(1);
-            assert!(saved_fd >= 0, "dup(stdout)");
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
-            assert!(null >= 0, "open /dev/null");
-            assert!(libc::dup2(null, 1) >= 0, "dup2 onto stdout");
-            libc::close(null);
-            Self { saved_fd }
-        }
-    }
-}
-
-impl Drop for QuietStdout {
-    fn drop(&mut self) {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        // SAFETY: restores the descriptor saved in new().
-        unsafe {
-            libc::dup2(self.saved_fd, 1);
-            libc::close(self.saved_fd);
-        }
-    }
-}
-
 /// One invocation, as `msk::run` does it: parse, handle, flush metrics.
 async fn invoke<C: BatchConsumer>(consumer: &C, batch: &Batch, request_id: &str) {
     let event: KafkaEvent = serde_json::from_slice(&batch.event_json).expect("MSK event");
@@ -416,7 +380,7 @@ pub async fn run(batches: usize) {
     let template = paystream_local::template::Template::from_env().expect("template.yaml (run from the repository root)");
     let memory_mb = |binary: &str| template.functions.iter().find(|f| f.binary == binary).map_or(128, |f| f.memory_mb);
     // The handlers' logs and metrics are written as in Lambda, unseen.
-    let quiet = QuietStdout::new();
+    let quiet = crate::stats::QuietStdout::new();
     eprintln!("bench consumers: setting up (users, cards, {HISTORY_ORDERS} orders of history)");
 
     let (config, suffix) = crate::stats::isolated_config().await;

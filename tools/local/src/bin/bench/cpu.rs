@@ -6,8 +6,9 @@
 
 use std::collections::HashMap;
 
-/// The processes a benchmark's work lands on, by their `comm`.
-pub const SERVERS: [&str; 3] = ["postgres", "redis-server", "nisshi"];
+/// The processes a benchmark's work lands on, by their `comm`: the servers,
+/// and the function binaries a benchmark runs under the local Lambda host.
+pub const SERVERS: [&str; 5] = ["postgres", "redis-server", "nisshi", "pay", "order"];
 
 /// CPU seconds (user + system) so far: this process, and each of
 /// [`SERVERS`] summed over its processes.

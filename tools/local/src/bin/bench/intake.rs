@@ -1,48 +1,122 @@
-//! Payment intake: `POST /payments` through the pay function's handler, in
-//! process (the same code Lambda runs, minus the Runtime API hop), with many
-//! requests in flight as many concurrent Lambda environments would send.
-//! Each answer is a 202 only after PostgreSQL committed the payment and
-//! idempotency key and the broker acknowledged the event.
+//! Payment intake: `POST /payments` as the pay function handles it, every
+//! request with its own `Idempotency-Key`, 1,000 payers with their own
+//! cards, each answer a 202 only after the broker acknowledged the event
+//! (and the payment row and the key's answer were written right after).
+//! Logging and EMF metrics are initialised as in Lambda and written to
+//! /dev/null; each invocation flushes its metrics as the runner does.
 //!
-//! Baseline, same run: publishing the same events straight to the broker
-//! with the same producer settings (acks=all, idempotent) and concurrency,
-//! the floor of a broker-acknowledged intake.
+//! Three execution models, same requests:
+//! - Lambda Managed Instances: one execution environment (one pool, one
+//!   producer) with `concurrency` invocations at once (`run_concurrent`);
+//! - classic Lambda: `concurrency` environments, each with its own pool and
+//!   producer, one invocation at a time each;
+//! - classic Lambda through the Runtime API: the release `pay` binary under
+//!   the local Lambda host, `environments` processes, each invocation a
+//!   Runtime API round trip as on Lambda.
+//!
+//! Baseline, same run: publishing same-sized events straight to the broker
+//! with the same producer settings (acks=all, idempotent) and concurrency.
+//! Cost: CPU µs per payment of this process (the in-process handlers), the
+//! function processes (Runtime API variant), PostgreSQL, Redis and the
+//! broker; Lambda GB-s per million payments from the mean duration at the
+//! template's MemorySize (classic Lambda bills each invocation).
 //!
 //! The events go to a topic of their own, so no consumer group of the local
 //! stack ever sees them.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
-use paystream::apigw::v2_request;
+use bytes::Bytes;
+use paystream::apigw::{v2_event, v2_request};
 use paystream::kafka::{create_topics, EventProducer, OutgoingRecord};
 use paystream::Platform;
+use paystream_local::host::{FunctionOutput, FunctionSpec, Host, HostConfig};
 
 use crate::consumers::{create_users, payment_requests};
-use crate::stats::{drive, print, summarise};
+use crate::stats::{costed, print_costed, QuietStdout};
 
-pub async fn run(payments: usize, concurrency: usize) {
-    assert!(payments > 0 && concurrency > 0, "payments and concurrency must be positive");
+/// A request: its bearer token and body (one per payer, reused).
+type Requests = Arc<Vec<(String, String)>>;
+
+/// One `POST /payments` through `api`, as `paystream::http::run` serves it.
+async fn pay_in_process(api: &pay::PayApi, requests: &Requests, i: usize, key: &str) {
+    let (auth, body) = &requests[i % requests.len()];
+    let headers = [("content-type", "application/json"), ("authorization", auth.as_str()), ("idempotency-key", key)];
+    paystream::metrics::invocation_started(key);
+    let answer = paystream::http::respond(api, v2_request("POST", "/payments", &headers, Some(body))).await;
+    paystream::metrics::flush();
+    assert_eq!(answer.status(), 202, "payment accepted");
+}
+
+pub async fn run(payments: usize, concurrency: usize, environments: usize) {
+    assert!(payments > 0 && concurrency > 0 && environments > 0, "payments, concurrency and environments must be positive");
+    paystream::telemetry::init("info");
+    paystream::metrics::install("bench-intake", Instant::now());
+    let template = paystream_local::template::Template::from_env().expect("template.yaml (run from the repository root)");
+    let memory_mb = template.functions.iter().find(|f| f.binary == "pay").map_or(128, |f| f.memory_mb);
     let (mut config, suffix) = crate::stats::isolated_config().await;
     config.kafka.payment_topic = format!("bench-payments-{suffix}");
     create_topics(&config.kafka, &[(config.kafka.payment_topic.as_str(), 3)]).await.expect("bench topic");
-    let platform = Platform::from_config("pay", config.clone()).expect("platform");
-    let users = create_users(&platform.pg, &suffix).await;
-    let requests = Arc::new(payment_requests(&platform.tokens, &users, 10_000));
-    let api = Arc::new(pay::PayApi::new(platform));
-    let pay = move |i: usize| {
-        let (api, requests) = (Arc::clone(&api), Arc::clone(&requests));
+    let setup = Platform::from_config("pay", config.clone()).expect("platform");
+    let users = create_users(&setup.pg, &suffix).await;
+    let requests: Requests = Arc::new(payment_requests(&setup.tokens, &users, 10_000));
+    println!("payment intake: {payments} payments per model by {} payers, each with its own Idempotency-Key, {concurrency} in flight", users.len());
+
+    let quiet = QuietStdout::new();
+    // Managed Instances: one environment serves every invocation at once.
+    let one = Arc::new(pay::PayApi::new(Platform::from_config("pay", config.clone()).expect("platform")));
+    let (api, reqs, sfx) = (Arc::clone(&one), Arc::clone(&requests), suffix.clone());
+    pay_in_process(&api, &reqs, 0, &format!("{sfx}-m-warm")).await;
+    let managed = costed(format!("pay: 1 environment x {concurrency} at once (Managed Instances)"), payments, concurrency, move |i| {
+        let (api, reqs, key) = (Arc::clone(&api), Arc::clone(&reqs), format!("{sfx}-m-{i}"));
+        async move { pay_in_process(&api, &reqs, i, &key).await }
+    })
+    .await;
+
+    // Classic: one environment per request in flight, each one at a time
+    // (`drive` gives task t the requests t, t + concurrency, ...).
+    let mut envs = Vec::with_capacity(concurrency);
+    for e in 0..concurrency {
+        let api = pay::PayApi::new(Platform::from_config("pay", config.clone()).expect("platform"));
+        pay_in_process(&api, &requests, e, &format!("{suffix}-c-warm-{e}")).await;
+        envs.push(Arc::new(api));
+    }
+    let envs = Arc::new(envs);
+    let (reqs, sfx) = (Arc::clone(&requests), suffix.clone());
+    let classic = costed(format!("pay: {concurrency} environments x 1 (classic Lambda)"), payments, concurrency, move |i| {
+        let (envs, reqs, key) = (Arc::clone(&envs), Arc::clone(&reqs), format!("{sfx}-c-{i}"));
+        async move { pay_in_process(&envs[i % envs.len()], &reqs, i, &key).await }
+    })
+    .await;
+
+    // Classic through the Runtime API: the real binary under the local host.
+    let host = pay_host(&config, environments).await;
+    let (h, reqs, sfx) = (Arc::clone(&host), Arc::clone(&requests), suffix.clone());
+    let via_host = move |i: usize| {
+        let (h, reqs, key) = (Arc::clone(&h), Arc::clone(&reqs), format!("{sfx}-h-{i}"));
         async move {
-            let (auth, body) = &requests[i % requests.len()];
-            let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
-            let answer = paystream::http::respond(api.as_ref(), v2_request("POST", "/payments", &headers, Some(body))).await;
-            assert_eq!(answer.status(), 202, "payment accepted");
+            let (auth, body) = &reqs[i % reqs.len()];
+            let headers = [("content-type", "application/json"), ("authorization", auth.as_str()), ("idempotency-key", key.as_str())];
+            let event = v2_event("POST", "/payments", Some("POST /payments"), &headers, Some(body));
+            let answer = h.invoke("pay", Bytes::from(event.to_string())).await.expect("pay answers");
+            let answer: serde_json::Value = serde_json::from_slice(&answer).expect("API Gateway response");
+            assert_eq!(answer["statusCode"], 202, "payment accepted: {answer}");
         }
     };
-    // Opens the pool and the producer before the clock starts.
-    pay(0).await;
-
-    println!("payment intake: {payments} payments by {} users, {concurrency} in flight", users.len());
-    let intake = summarise("paystream POST /payments (202)", drive(payments, concurrency, pay).await);
+    for e in 0..environments {
+        via_host(payments + e).await; // every process opens its pool and producer
+    }
+    let hosted = costed(
+        format!("pay binary: {environments} processes x 1, Runtime API (classic)"),
+        payments,
+        concurrency,
+        via_host,
+    )
+    .await;
+    host.shutdown().await;
+    drop(quiet);
 
     // Baseline: the same number of same-sized events, published directly.
     let producer = Arc::new(EventProducer::new(&config.kafka, "bench").expect("producer"));
@@ -55,6 +129,25 @@ pub async fn run(payments: usize, concurrency: usize) {
             producer.publish(OutgoingRecord { topic: &topic, key: key.as_bytes(), payload: &payload, headers: &[] }).await.expect("publish");
         }
     };
-    let publish = summarise("baseline: broker publish only", drive(payments, concurrency, publish).await);
-    print("payments/s", &[&intake, &publish], &publish);
+    let publish = costed("baseline: broker publish only", payments, concurrency, publish).await;
+    print_costed("payments/s", &[&managed, &classic, &hosted, &publish], &publish, memory_mb);
+}
+
+/// The release `pay` binary under the local Lambda host, `environments`
+/// processes, configured like the in-process platform (bench database, key
+/// prefix, topic), logging as on Lambda (its output discarded).
+async fn pay_host(config: &paystream::config::Config, environments: usize) -> Arc<Host> {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let binary = PathBuf::from(target).join("release").join("pay");
+    assert!(binary.exists(), "{} missing: cargo build --release -p pay first", binary.display());
+    let env = vec![
+        ("DATABASE_URL".to_owned(), config.database.url.expose().to_owned()),
+        ("REDIS_KEY_PREFIX".to_owned(), config.redis.key_prefix.clone()),
+        ("PAYMENT_TOPIC".to_owned(), config.kafka.payment_topic.clone()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".to_owned(), "256".to_owned()),
+        ("LOG_LEVEL".to_owned(), "info".to_owned()),
+    ];
+    let spec = FunctionSpec { name: "pay".to_owned(), binary, env, instances: environments, concurrency: 1, timeout_ms: 10_000 };
+    let host_config = HostConfig { function_output: FunctionOutput::Null, ..HostConfig::default() };
+    Host::start_with(vec![spec], host_config).await.expect("pay starts under the host")
 }

@@ -31,6 +31,7 @@ async fn host(binary: &Path, function: &str) -> std::sync::Arc<Host> {
         binary: binary.to_owned(),
         env: vec![("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), "256".into()), ("LOG_LEVEL".into(), "warn".into())],
         instances: 1,
+        concurrency: 1,
         timeout_ms: EVENT_TIMEOUT_MS,
     };
     let config = HostConfig { function_output: FunctionOutput::Null, ..HostConfig::default() };

@@ -4,8 +4,9 @@
 //!   bench flash [attempts] [concurrency]   flash-sale decisions on a hot product (defaults 20000 64)
 //!   bench lambda [runs] [rounds]           cold start and peak memory of every function (defaults 20 20)
 //!   bench consumers [batches]              MSK consumers on 1,000-record batches (default 10)
-//!   bench intake [payments] [concurrency]  POST /payments, broker-acknowledged (defaults 20000 64)
+//!   bench intake [payments] [concurrency] [processes]  POST /payments, broker-acknowledged, three execution models (defaults 20000 64 8)
 //!   bench orders [orders] [concurrency]    POST /orders, durable accepted orders (defaults 20000 64)
+//!   bench gateway [seconds] [concurrency]  payments and flash-sale decisions through scripts/run.sh's gateway (defaults 10 64)
 //!   bench latency [idle] [rate] [seconds]  202 -> FDS decision through scripts/run.sh's runtime (defaults 50 500 10)
 //!
 //! Run from the repository root with the stack up, in release:
@@ -14,6 +15,7 @@
 mod consumers;
 mod cpu;
 mod flash;
+mod gateway;
 mod intake;
 mod lambda;
 mod latency;
@@ -32,7 +34,7 @@ async fn main() {
         Some("consumers") => consumers::run(numbers(1).first().copied().unwrap_or(10)).await,
         Some("intake") => {
             let n = numbers(1);
-            intake::run(n.first().copied().unwrap_or(20_000), n.get(1).copied().unwrap_or(64)).await;
+            intake::run(n.first().copied().unwrap_or(20_000), n.get(1).copied().unwrap_or(64), n.get(2).copied().unwrap_or(8)).await;
         }
         Some("orders") => {
             let n = numbers(1);
@@ -42,12 +44,16 @@ async fn main() {
             let n = numbers(1);
             latency::run(n.first().copied().unwrap_or(50), n.get(1).copied().unwrap_or(500), n.get(2).copied().unwrap_or(10)).await;
         }
+        Some("gateway") => {
+            let n = numbers(1);
+            gateway::run(n.first().copied().unwrap_or(10) as u64, n.get(1).copied().unwrap_or(64)).await;
+        }
         Some("flash") => {
             let n = numbers(1);
             flash::run(n.first().copied().unwrap_or(20_000), n.get(1).copied().unwrap_or(64)).await;
         }
         _ => {
-            eprintln!("usage: bench flash [attempts] [concurrency] | lambda [runs] [rounds] | consumers [batches] | intake [payments] [concurrency] | orders [orders] [concurrency] | latency [idle] [rate] [seconds]");
+            eprintln!("usage: bench flash [attempts] [concurrency] | lambda [runs] [rounds] | consumers [batches] | intake [payments] [concurrency] [processes] | orders [orders] [concurrency] | gateway [seconds] [concurrency] | latency [idle] [rate] [seconds]");
             std::process::exit(2);
         }
     }

@@ -4,8 +4,13 @@
 //! PostgreSQL committed the order and its outbox row (the order event then
 //! goes to the broker, or to the relay if the broker is slow).
 //!
-//! Baseline, same run: the gate alone (`flash::reserve`) for as many
-//! buyers on another product, the ceiling of the order path.
+//! Baselines, same run: a raw single-row INSERT of the same order rows
+//! (another product, same table and indexes), committed on its own at the
+//! same concurrency through a pool of the same size, the floor of a durable
+//! order; and the gate alone (`flash::reserve`) for as many buyers on
+//! another product, the ceiling of the order path. Logging and metrics are
+//! initialised as in Lambda (written to /dev/null). Cost: CPU µs per order
+//! by process, and Lambda GB-s per million orders.
 
 use std::sync::Arc;
 
@@ -17,9 +22,10 @@ use paystream::kafka::create_topics;
 use paystream::Platform;
 use uuid::Uuid;
 
-use crate::stats::{drive, print, summarise};
+use crate::stats::{costed, print_costed, QuietStdout};
 
-async fn create_product(pg: &PgPool, stock: usize) -> Uuid {
+/// A flash-sale product on sale now (for an hour) with `stock` units.
+pub(crate) async fn create_product(pg: &PgPool, stock: usize) -> Uuid {
     let id = Uuid::new_v4();
     let stock = i32::try_from(stock).expect("stock fits the column");
     pg.get()
@@ -37,6 +43,10 @@ async fn create_product(pg: &PgPool, stock: usize) -> Uuid {
 
 pub async fn run(orders: usize, concurrency: usize) {
     assert!(orders > 1 && concurrency > 0, "orders and concurrency must be positive");
+    paystream::telemetry::init("info");
+    paystream::metrics::install("bench-orders", std::time::Instant::now());
+    let template = paystream_local::template::Template::from_env().expect("template.yaml (run from the repository root)");
+    let memory_mb = template.functions.iter().find(|f| f.binary == "order").map_or(128, |f| f.memory_mb);
     let (mut config, suffix) = crate::stats::isolated_config().await;
     config.kafka.order_topic = format!("bench-orders-{suffix}");
     create_topics(&config.kafka, &[(config.kafka.order_topic.as_str(), 3)]).await.expect("bench topic");
@@ -46,27 +56,46 @@ pub async fn run(orders: usize, concurrency: usize) {
     let tokens: Arc<Vec<String>> =
         Arc::new(buyers.iter().map(|b| format!("Bearer {}", platform.tokens.issue(UserId(*b), Role::User).expect("token").access_token)).collect());
     let redis = Arc::new(paystream::cache::Redis::new(&config.redis).expect("redis"));
+    let raw_pool = paystream::db::pool(&config.database, "bench-raw").expect("pool");
+    let raw_product = create_product(&platform.pg, orders).await;
     let api = Arc::new(order::OrderApi::new(platform));
     let body = Arc::new(serde_json::json!({ "product_id": product }).to_string());
     let order = move |i: usize| {
         let (api, tokens, body) = (Arc::clone(&api), Arc::clone(&tokens), Arc::clone(&body));
         async move {
             let headers = [("content-type", "application/json"), ("authorization", tokens[i].as_str())];
+            paystream::metrics::invocation_started("bench");
             let answer = paystream::http::respond(api.as_ref(), v2_request("POST", "/orders", &headers, Some(&body))).await;
+            paystream::metrics::flush();
             assert_eq!(answer.status(), 202, "order accepted");
         }
     };
+    println!("durable accepted orders: {} buyers, one order each, stock {orders}, {concurrency} in flight", orders - 1);
+    let quiet = QuietStdout::new();
     // The first order loads the gate and opens the pool and the producer.
     order(0).await;
+    let accepted = costed("paystream POST /orders (202, durable)", orders - 1, concurrency, move |i| order(i + 1)).await;
+    drop(quiet);
 
-    println!("durable accepted orders: {} buyers, one order each, stock {orders}, {concurrency} in flight", orders - 1);
-    let accepted = summarise("paystream POST /orders (202, durable)", drive(orders - 1, concurrency, move |i| order(i + 1)).await);
+    let buyers = Arc::new(buyers);
+    let (pool, raw_buyers) = (raw_pool.clone(), Arc::clone(&buyers));
+    let insert = move |i: usize| {
+        let (pool, buyers) = (pool.clone(), Arc::clone(&raw_buyers));
+        async move {
+            let db = pool.get().await.expect("database");
+            let statement = db
+                .prepare_cached("INSERT INTO orders (id, user_id, product_id, amount, currency) VALUES ($1, $2, $3, 129000, 'KRW')")
+                .await
+                .expect("prepare");
+            db.execute(&statement, &[&Uuid::new_v4(), &buyers[i], &raw_product]).await.expect("raw insert");
+        }
+    };
+    let raw = costed("baseline: raw single-row INSERT, committed", orders - 1, concurrency, insert).await;
 
     let gate_product = Uuid::new_v4();
     let now = time::OffsetDateTime::now_utc();
     let state = SaleState { start_time: now - time::Duration::hours(1), end_time: now + time::Duration::hours(1), remaining: orders as i64, buyers: Vec::new() };
     flash::load(&redis, gate_product, &state).await.expect("load gate");
-    let buyers = Arc::new(buyers);
     let reserve = move |i: usize| {
         let (redis, buyers) = (Arc::clone(&redis), Arc::clone(&buyers));
         async move {
@@ -74,6 +103,6 @@ pub async fn run(orders: usize, concurrency: usize) {
             assert!(matches!(reserved, flash::Reservation::Reserved(_)), "stock covers every buyer");
         }
     };
-    let gate = summarise("baseline: the gate alone (Lua reserve)", drive(orders - 1, concurrency, reserve).await);
-    print("orders/s", &[&accepted, &gate], &gate);
+    let gate = costed("baseline: the gate alone (Lua reserve)", orders - 1, concurrency, reserve).await;
+    print_costed("orders/s", &[&accepted, &raw, &gate], &raw, memory_mb);
 }

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub struct Run {
-    pub name: &'static str,
+    pub name: String,
     pub per_s: f64,
     pub p50: Duration,
     pub p99: Duration,
@@ -40,10 +40,58 @@ where
     (latencies, started.elapsed())
 }
 
-pub fn summarise(name: &'static str, (mut latencies, elapsed): (Vec<Duration>, Duration)) -> Run {
+pub fn summarise(name: impl Into<String>, (mut latencies, elapsed): (Vec<Duration>, Duration)) -> Run {
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
-    Run { name, per_s: latencies.len() as f64 / elapsed.as_secs_f64(), p50: pick(0.50), p99: pick(0.99) }
+    Run { name: name.into(), per_s: latencies.len() as f64 / elapsed.as_secs_f64(), p50: pick(0.50), p99: pick(0.99) }
+}
+
+/// A run with its cost: CPU µs per operation of each process involved, and
+/// the mean latency (what one Lambda invocation is billed for).
+pub struct Costed {
+    pub run: Run,
+    pub cpu_us: Vec<(&'static str, f64)>,
+    pub mean: Duration,
+}
+
+/// [`drive`] and [`summarise`], with the CPU every process spent meanwhile.
+pub async fn costed<F, Fut>(name: impl Into<String>, total: usize, concurrency: usize, step: F) -> Costed
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let before = crate::cpu::sample();
+    let (latencies, elapsed) = drive(total, concurrency, step).await;
+    let after = crate::cpu::sample();
+    let mean = latencies.iter().sum::<Duration>() / latencies.len() as u32;
+    Costed { run: summarise(name, (latencies, elapsed)), cpu_us: crate::cpu::per_op_us(&before, &after, total), mean }
+}
+
+/// One table of costed runs: rate, p50, p99, ratio to `baseline`, CPU µs
+/// per operation by process, and the Lambda GB-s per million operations
+/// at `memory_mb` if each operation is one invocation of its mean latency.
+pub fn print_costed(unit: &str, runs: &[&Costed], baseline: &Costed, memory_mb: u64) {
+    let processes: Vec<&str> = runs[0].cpu_us.iter().map(|(p, _)| *p).collect();
+    print!("{:<58} {:>10} {:>8} {:>8} {:>8} |", "path", unit, "p50 ms", "p99 ms", "vs base");
+    for p in &processes {
+        print!(" {:>12}", p);
+    }
+    println!(" | {:>8}", "GB-s/1M");
+    for c in runs {
+        print!(
+            "{:<58} {:>10.0} {:>8.2} {:>8.2} {:>7.3}x |",
+            c.run.name,
+            c.run.per_s,
+            c.run.p50.as_secs_f64() * 1e3,
+            c.run.p99.as_secs_f64() * 1e3,
+            c.run.per_s / baseline.run.per_s
+        );
+        for (_, us) in &c.cpu_us {
+            print!(" {:>12.1}", us);
+        }
+        println!(" | {:>8.1}", c.mean.as_secs_f64() * (memory_mb as f64 / 1024.0) * 1e6);
+    }
+    println!("CPU: µs per operation by process (`this process` runs the in-process handlers and the load); GB-s/1M: mean duration x {memory_mb} MB x 1,000,000");
 }
 
 /// One table: each run's rate, p50 and p99, and its ratio to `baseline`.
@@ -100,4 +148,40 @@ pub async fn create_buyers(pg: &paystream::db::PgPool, n: usize, suffix: &str) -
         .await
         .expect("bench users");
     rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// While it lives, this process's stdout goes to /dev/null: the handlers'
+/// JSON logs and EMF lines are written as in Lambda, but not shown.
+pub struct QuietStdout {
+    saved_fd: i32,
+}
+
+impl QuietStdout {
+    pub fn new() -> Self {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // SAFETY: plain descriptor calls on fds this process owns; stdout is
+        // restored in Drop.
+        unsafe {
+            let saved_fd = libc::dup(1);
+            assert!(saved_fd >= 0, "dup(stdout)");
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+            assert!(null >= 0, "open /dev/null");
+            assert!(libc::dup2(null, 1) >= 0, "dup2 onto stdout");
+            libc::close(null);
+            Self { saved_fd }
+        }
+    }
+}
+
+impl Drop for QuietStdout {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // SAFETY: restores the descriptor saved in new().
+        unsafe {
+            libc::dup2(self.saved_fd, 1);
+            libc::close(self.saved_fd);
+        }
+    }
 }
