@@ -51,7 +51,7 @@ async fn pay_in_process(api: &pay::PayApi, requests: &Requests, i: usize, key: &
 }
 
 pub async fn run(payments: usize, concurrency: usize, environments: usize) {
-    assert!(payments > 0 && concurrency > 0 && environments > 0, "payments, concurrency and environments must be positive");
+    assert!(payments > 0 && concurrency > 0, "payments and concurrency must be positive");
     paystream::telemetry::init("info");
     paystream::metrics::install("bench-intake", Instant::now());
     let template = paystream_local::template::Template::from_env().expect("template.yaml (run from the repository root)");
@@ -91,9 +91,34 @@ pub async fn run(payments: usize, concurrency: usize, environments: usize) {
     })
     .await;
 
-    // Classic through the Runtime API: the real binary under the local host.
-    let host = pay_host(&config, environments).await;
-    let (h, reqs, sfx) = (Arc::clone(&host), Arc::clone(&requests), suffix.clone());
+    // Classic through the Runtime API: the real binary under the local host
+    // (skipped with 0 processes).
+    let hosted = if environments == 0 { None } else { Some(hosted_run(&config, &requests, &suffix, payments, concurrency, environments).await) };
+    drop(quiet);
+
+    // Baseline: the same number of same-sized events, published directly.
+    let producer = Arc::new(EventProducer::new(&config.kafka, "bench").expect("producer"));
+    let topic: Arc<str> = config.kafka.payment_topic.clone().into();
+    let publish = move |i: usize| {
+        let (producer, topic) = (Arc::clone(&producer), Arc::clone(&topic));
+        async move {
+            let key = i.to_string();
+            let payload = [b'x'; 420];
+            producer.publish(OutgoingRecord { topic: &topic, key: key.as_bytes(), payload: &payload, headers: &[] }).await.expect("publish");
+        }
+    };
+    let publish = costed("baseline: broker publish only", payments, concurrency, publish).await;
+    let mut runs = vec![&managed, &classic];
+    runs.extend(hosted.as_ref());
+    runs.push(&publish);
+    print_costed("payments/s", &runs, &publish, memory_mb);
+}
+
+/// `payments` through the release `pay` binary under the local host,
+/// `environments` processes, `concurrency` in flight.
+async fn hosted_run(config: &paystream::config::Config, requests: &Requests, suffix: &str, payments: usize, concurrency: usize, environments: usize) -> crate::stats::Costed {
+    let host = pay_host(config, environments).await;
+    let (h, reqs, sfx) = (Arc::clone(&host), Arc::clone(requests), suffix.to_owned());
     let via_host = move |i: usize| {
         let (h, reqs, key) = (Arc::clone(&h), Arc::clone(&reqs), format!("{sfx}-h-{i}"));
         async move {
@@ -116,21 +141,7 @@ pub async fn run(payments: usize, concurrency: usize, environments: usize) {
     )
     .await;
     host.shutdown().await;
-    drop(quiet);
-
-    // Baseline: the same number of same-sized events, published directly.
-    let producer = Arc::new(EventProducer::new(&config.kafka, "bench").expect("producer"));
-    let topic: Arc<str> = config.kafka.payment_topic.clone().into();
-    let publish = move |i: usize| {
-        let (producer, topic) = (Arc::clone(&producer), Arc::clone(&topic));
-        async move {
-            let key = i.to_string();
-            let payload = [b'x'; 420];
-            producer.publish(OutgoingRecord { topic: &topic, key: key.as_bytes(), payload: &payload, headers: &[] }).await.expect("publish");
-        }
-    };
-    let publish = costed("baseline: broker publish only", payments, concurrency, publish).await;
-    print_costed("payments/s", &[&managed, &classic, &hosted, &publish], &publish, memory_mb);
+    hosted
 }
 
 /// The release `pay` binary under the local Lambda host, `environments`

@@ -4,7 +4,7 @@
 //!   bench flash [attempts] [concurrency]   flash-sale decisions on a hot product (defaults 20000 64)
 //!   bench lambda [runs] [rounds]           cold start and peak memory of every function (defaults 20 20)
 //!   bench consumers [batches]              MSK consumers on 1,000-record batches (default 10)
-//!   bench intake [payments] [concurrency] [processes]  POST /payments, broker-acknowledged, three execution models (defaults 20000 64 8)
+//!   bench intake [payments] [concurrency] [processes]  POST /payments, broker-acknowledged, three execution models (defaults 20000 64 8; 0 processes skips the Runtime API one)
 //!   bench orders [orders] [concurrency]    POST /orders, durable accepted orders (defaults 20000 64)
 //!   bench gateway [seconds] [concurrency]  payments and flash-sale decisions through scripts/run.sh's gateway (defaults 10 64)
 //!   bench latency [idle] [rate] [seconds]  202 -> FDS decision through scripts/run.sh's runtime (defaults 50 500 10)
