@@ -25,6 +25,21 @@ fn payment(who: &TestUser, merchant: impl ToString, amount: i64) -> Value {
     json!({"card_id": who.cards[0], "merchant_id": merchant.to_string(), "amount": amount, "currency": "KRW"})
 }
 
+/// A first request "still publishing": its claim of `key` for `body` is
+/// committed and its lease has not run out. Returns the claim's scope and
+/// request hash.
+async fn live_claim(db: &paystream::db::PgConn, who: &TestUser, key: &str, body: &Value) -> (String, Vec<u8>) {
+    let hash = paystream::idempotency::request_hash("POST /payments", body);
+    let scope = format!("pay:{}", who.id);
+    db.execute(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, lease_until) VALUES ($1, $2, $3, now() + interval '1 hour')",
+        &[&scope, &key, &hash],
+    )
+    .await
+    .unwrap();
+    (scope, hash)
+}
+
 async fn count(api: &PayApi, sql: &str) -> i64 {
     api.platform.pg.get().await.unwrap().query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -132,15 +147,8 @@ async fn a_twin_of_a_request_still_in_progress_gets_409_in_progress_not_a_server
     let body = payment(&alice, SEOUL_CAFE, 4_200);
     // The first request is "still publishing": its claim is committed and
     // its lease has not run out.
-    let hash = paystream::idempotency::request_hash("POST /payments", &body);
-    let scope = format!("pay:{}", alice.id);
     let db = api.platform.pg.get().await.unwrap();
-    db.execute(
-        "INSERT INTO idempotency_keys (scope, key, request_hash, lease_until) VALUES ($1, 'slow-key', $2, now() + interval '1 hour')",
-        &[&scope, &hash],
-    )
-    .await
-    .unwrap();
+    live_claim(&db, &alice, "slow-key", &body).await;
 
     let started = Instant::now();
     let (status, answer) = call(&api, "POST", "/payments", &alice, Some("slow-key"), Some(body.clone())).await;
@@ -169,15 +177,8 @@ async fn a_claim_released_by_a_failed_first_request_lets_the_twin_do_the_work() 
     let api = api().await;
     let alice = user(&api.platform, "alice").await;
     let body = payment(&alice, SEOUL_CAFE, 4_300);
-    let hash = paystream::idempotency::request_hash("POST /payments", &body);
-    let scope = format!("pay:{}", alice.id);
     let db = api.platform.pg.get().await.unwrap();
-    db.execute(
-        "INSERT INTO idempotency_keys (scope, key, request_hash, lease_until) VALUES ($1, 'released', $2, now() + interval '1 hour')",
-        &[&scope, &hash],
-    )
-    .await
-    .unwrap();
+    let (scope, hash) = live_claim(&db, &alice, "released", &body).await;
     // The first request fails (its publish did) and releases its claim while
     // the twin waits.
     let release = async {
