@@ -45,6 +45,12 @@ pub struct Config {
     pub public_base_url: String,
     /// tracing `EnvFilter` directive, e.g. `info` or `account=debug,info`.
     pub log_filter: String,
+    /// Invocations this execution environment runs at once
+    /// (`AWS_LAMBDA_MAX_CONCURRENCY`, set by Lambda Managed Instances; 1, a
+    /// classic environment, when unset). An environment that runs one at a
+    /// time is frozen between invocations, so work after the answer waits
+    /// for the next one; one that runs several keeps going.
+    pub invocations_per_environment: u32,
 }
 
 /// How connections to PostgreSQL are protected (`DATABASE_TLS`).
@@ -241,11 +247,14 @@ pub struct FlashConfig {
     /// Most products and most stale reservations one reconciliation run
     /// looks at (`RECONCILE_BATCH_MAX`).
     pub reconcile_batch_max: u32,
-    /// How long an accepted order waits for the broker before leaving its
-    /// event to the relay (`ORDER_INLINE_PUBLISH_MS`).
+    /// In an environment that runs one invocation at a time, how long an
+    /// accepted order waits for its event's batch to be published before
+    /// answering (`ORDER_INLINE_PUBLISH_MS`); the batch goes on after that,
+    /// and the relay publishes what it could not.
     pub inline_publish_ms: u64,
-    /// The relay leaves outbox rows younger than this to the request that
-    /// wrote them (`RELAY_GRACE_MS`; above `ORDER_INLINE_PUBLISH_MS`).
+    /// The relay leaves outbox rows younger than this to the environment
+    /// that wrote them, which is publishing them (`RELAY_GRACE_MS`; above
+    /// `ORDER_INLINE_PUBLISH_MS`).
     pub relay_grace_ms: u64,
     /// Most outbox rows one relay run takes (`RELAY_BATCH_MAX`).
     pub relay_batch_max: u32,
@@ -384,6 +393,7 @@ impl Config {
             cache_ttl_s: env.number("CACHE_TTL_S", 3_600)?,
             public_base_url: env.string("PUBLIC_BASE_URL", "http://127.0.0.1:3000").trim_end_matches('/').to_owned(),
             log_filter: env.string("LOG_LEVEL", "info"),
+            invocations_per_environment: env.number("AWS_LAMBDA_MAX_CONCURRENCY", 1)?,
         };
         config.check()?;
         Ok(config)
@@ -425,6 +435,7 @@ impl Config {
             ("RELAY_BATCH_MAX", u64::from(self.flash.relay_batch_max)),
             ("RELAY_CONCURRENCY", u64::from(self.flash.relay_concurrency)),
             ("RELAY_DEADLINE_MS", self.flash.relay_deadline_ms),
+            ("AWS_LAMBDA_MAX_CONCURRENCY", u64::from(self.invocations_per_environment)),
             ("LOGIN_USER_FAILURES_MAX", u64::from(self.auth.login.user_failures_max)),
             ("LOGIN_USER_WINDOW_S", self.auth.login.user_window_s),
             ("LOGIN_IP_FAILURES_MAX", u64::from(self.auth.login.ip_failures_max)),

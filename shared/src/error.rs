@@ -185,6 +185,13 @@ impl AppError {
         Self::new(ErrorCode::Validation, detail)
     }
 
+    /// The same answer for another request that shared the failed work (a
+    /// batch: `crate::batch`); the source stays with the original, which
+    /// the batch logs once.
+    pub fn for_each_request(&self) -> Self {
+        Self { code: self.code, detail: self.detail.clone(), source: None, retry_after_s: self.retry_after_s }
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::new(ErrorCode::NotFound, format!("{what} not found"))
     }

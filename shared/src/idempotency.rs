@@ -8,13 +8,15 @@
 //!   guards (`order`: the order row). A twin blocks on the unique key until
 //!   the first commits (then it replays) or rolls back (then it does the
 //!   work), but only for `wait_ms`.
-//! - [`claim_leased`] commits the claim on its own, with a lease, before a
+//! - [`claim_new`] commits the claim on its own, with a lease, before a
 //!   side effect that no transaction can hold (`pay`: the broker's
-//!   acknowledgement), so no connection is held across it. A twin polls for
-//!   the answer for `wait_ms`; [`complete`] stores the answer and ends the
-//!   lease, [`release`] removes the claim of a request that failed. A claim
-//!   whose lease ran out (its invocation died) is taken over by the next
-//!   request with the same key and request.
+//!   acknowledgement), so no connection is held across it; the claims of
+//!   concurrent requests share one statement. A key found taken goes to
+//!   [`await_claim`]: a twin polls for the answer for `wait_ms`. The answer
+//!   is stored with the work's record (`pay`: `payments::record_accepted`),
+//!   which ends the lease; [`release`] removes the claim of a request that
+//!   failed. A claim whose lease ran out (its invocation died) is taken
+//!   over by the next request with the same key and request.
 //!
 //! Either way, a first request still working after `wait_ms` makes the twin
 //! answer 409 `IDEMPOTENCY_KEY_IN_PROGRESS` with `Retry-After` (never a
@@ -122,7 +124,7 @@ pub async fn claim(tx: &impl GenericClient, scope: &str, key: &str, hash: &[u8],
 }
 
 /// Stores the response for a claimed key (same transaction as [`claim`];
-/// after the work for [`claim_leased`]), which ends its lease.
+/// after the work for a leased claim), which ends its lease.
 pub async fn complete(tx: &impl GenericClient, scope: &str, key: &str, status: u16, body: &serde_json::Value) -> Result<(), AppError> {
     tx.execute(
         "UPDATE idempotency_keys SET status_code = $3, response_body = $4, lease_until = NULL WHERE scope = $1 AND key = $2",
@@ -132,48 +134,66 @@ pub async fn complete(tx: &impl GenericClient, scope: &str, key: &str, status: u
     Ok(())
 }
 
+/// A key to claim with [`claim_new`].
+pub struct NewClaim {
+    pub scope: String,
+    pub key: String,
+    pub hash: Vec<u8>,
+}
+
+/// Claims new keys, each leased for `lease_ms` (at least the function's
+/// timeout), in one committed statement for all of them (the concurrent
+/// requests of one environment share it: `paystream::batch`). Returns, per
+/// claim, whether it was new; a key seen before (or twice in `claims`:
+/// only its first claim is tried) goes on with [`await_claim`].
+pub async fn claim_new(db: &impl deadpool_postgres::GenericClient, claims: &[NewClaim], lease_ms: u64) -> Result<Vec<bool>, AppError> {
+    assert!(lease_ms > 0, "a claim needs a lease");
+    let mut seen = std::collections::HashSet::with_capacity(claims.len());
+    let first: Vec<bool> = claims.iter().map(|c| seen.insert((c.scope.as_str(), c.key.as_str()))).collect();
+    let tried = || claims.iter().zip(&first).filter(|(_, first)| **first).map(|(c, _)| c);
+    let scopes: Vec<&str> = tried().map(|c| c.scope.as_str()).collect();
+    let keys: Vec<&str> = tried().map(|c| c.key.as_str()).collect();
+    let hashes: Vec<&[u8]> = tried().map(|c| c.hash.as_slice()).collect();
+    let statement = db
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, lease_until)
+             SELECT scope, key, hash, now() + make_interval(secs => $4::float8 / 1000)
+             FROM unnest($1::text[], $2::text[], $3::bytea[]) AS t(scope, key, hash)
+             ON CONFLICT (scope, key) DO NOTHING
+             RETURNING scope, key",
+        )
+        .await?;
+    let rows = db.query(&statement, &[&scopes, &keys, &hashes, &(lease_ms as f64)]).await?;
+    let claimed: std::collections::HashSet<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(claims.iter().zip(first).map(|(c, first)| first && claimed.contains(&(c.scope.clone(), c.key.clone()))).collect())
+}
+
 /// How long a twin sleeps between looks at a leased claim, first and at most.
 const POLL_FIRST_MS: u64 = 5;
 const POLL_MAX_MS: u64 = 100;
 
-/// Claims `key` in `scope` in its own committed statement, leased for
-/// `lease_ms` (at least the function's timeout). A twin polls for the first
-/// request's answer for at most `wait_ms`. The common case (a new key) is
-/// one round trip.
-pub async fn claim_leased(db: &impl deadpool_postgres::GenericClient, scope: &str, key: &str, hash: &[u8], lease_ms: u64, wait_ms: u64) -> Result<Claim, AppError> {
+/// For a key [`claim_new`] found taken: replays its answer, refuses another
+/// request, takes over a claim whose lease ran out (same request only), or
+/// polls for the first request's answer for at most `wait_ms` and then
+/// answers 409 in progress. Takes a connection for each look only, so a
+/// waiting twin holds none while it sleeps.
+pub async fn await_claim(pool: &crate::db::PgPool, scope: &str, key: &str, hash: &[u8], lease_ms: u64, wait_ms: u64) -> Result<Claim, AppError> {
     assert!(lease_ms > 0 && wait_ms > 0, "a claim needs a lease and a bounded wait");
     let lease_ms = lease_ms as f64;
-    let insert = db
-        .prepare_cached(
-            "INSERT INTO idempotency_keys (scope, key, request_hash, lease_until)
-             VALUES ($1, $2, $3, now() + make_interval(secs => $4::float8 / 1000))
-             ON CONFLICT (scope, key) DO NOTHING",
-        )
-        .await?;
-    if db.execute(&insert, &[&scope, &key, &hash, &lease_ms]).await? == 1 {
-        return Ok(Claim::New);
-    }
-    let look = db
-        .prepare_cached("SELECT request_hash, status_code, response_body, lease_until < now() FROM idempotency_keys WHERE scope = $1 AND key = $2")
-        .await?;
-    // A dead claim is taken over only by the same request (same hash): the
-    // work it does has the same derived id as the dead one's.
-    let take_over = db
-        .prepare_cached(
-            "UPDATE idempotency_keys SET lease_until = now() + make_interval(secs => $4::float8 / 1000)
-             WHERE scope = $1 AND key = $2 AND request_hash = $3 AND status_code IS NULL AND lease_until < now()",
-        )
-        .await?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
     let mut pause_ms = POLL_FIRST_MS;
     loop {
-        let now = std::time::Instant::now();
-        if now >= deadline {
+        if std::time::Instant::now() >= deadline {
             return Err(in_progress());
         }
+        let db = pool.get().await?;
+        let look = db
+            .prepare_cached("SELECT request_hash, status_code, response_body, lease_until < now() FROM idempotency_keys WHERE scope = $1 AND key = $2")
+            .await?;
         let Some(row) = db.query_opt(&look, &[&scope, &key]).await? else {
             // Released (the first request failed) or purged: claim it now.
-            if db.execute(&insert, &[&scope, &key, &hash, &lease_ms]).await? == 1 {
+            let claim = NewClaim { scope: scope.to_owned(), key: key.to_owned(), hash: hash.to_vec() };
+            if claim_new(&db, std::slice::from_ref(&claim), lease_ms as u64).await?[0] {
                 return Ok(Claim::New);
             }
             continue;
@@ -187,11 +207,22 @@ pub async fn claim_leased(db: &impl deadpool_postgres::GenericClient, scope: &st
         if let (Some(status), Some(body)) = (status, body) {
             return Ok(Claim::Replay { status: status as u16, body });
         }
+        // A dead claim is taken over only by the same request (same hash):
+        // the work it does has the same derived id as the dead one's.
         let expired: Option<bool> = row.get(3);
-        if expired == Some(true) && db.execute(&take_over, &[&scope, &key, &hash, &lease_ms]).await? == 1 {
-            tracing::warn!(scope, "idempotency claim taken over from a request that did not finish");
-            return Ok(Claim::New);
+        if expired == Some(true) {
+            let take_over = db
+                .prepare_cached(
+                    "UPDATE idempotency_keys SET lease_until = now() + make_interval(secs => $4::float8 / 1000)
+                     WHERE scope = $1 AND key = $2 AND request_hash = $3 AND status_code IS NULL AND lease_until < now()",
+                )
+                .await?;
+            if db.execute(&take_over, &[&scope, &key, &hash, &lease_ms]).await? == 1 {
+                tracing::warn!(scope, "idempotency claim taken over from a request that did not finish");
+                return Ok(Claim::New);
+            }
         }
+        drop(db);
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         tokio::time::sleep(std::time::Duration::from_millis(pause_ms).min(left)).await;
         pause_ms = (pause_ms * 2).min(POLL_MAX_MS);

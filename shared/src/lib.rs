@@ -10,6 +10,7 @@ pub mod api;
 pub mod apigw;
 pub mod aws_secrets;
 pub mod auth;
+pub mod batch;
 pub mod cache;
 pub mod config;
 pub mod db;

@@ -3,14 +3,17 @@
 //! An order is decided by one atomic Redis script (window, one per user,
 //! stock); a reservation becomes an order only once PostgreSQL holds it
 //! together with its outbox row, and only then is 202 answered. The event
-//! is published to `order-stream` right away when the broker answers within
-//! a short bound; otherwise the outbox keeps it and the scheduled relay
-//! publishes it when the broker is back. So an accepted order is never lost,
+//! is published to `order-stream` right away, in a batch with the other
+//! invocations' events ([`publisher`]); if the broker does not take it, the
+//! outbox keeps it and the scheduled relay publishes it when the broker is
+//! back. So an accepted order is never lost,
 //! and a broker outage does not stop sales. The same schedule returns
 //! reservations whose request died before its order was committed.
 
 mod orders;
 mod products;
+pub mod publisher;
+mod recorder;
 pub mod relay;
 
 pub use relay::RelayReport;
@@ -31,13 +34,22 @@ const PRODUCT_CACHE_MAX: usize = 10_000;
 type ProductCell = Arc<OnceCell<Arc<Product>>>;
 
 pub struct OrderApi {
-    pub platform: Platform,
+    pub platform: Arc<Platform>,
     products: Mutex<HashMap<uuid::Uuid, ProductCell>>,
+    recorder: paystream::batch::Batcher<recorder::RecordOrders>,
+    publisher: publisher::Publisher,
 }
 
 impl OrderApi {
     pub fn new(platform: Platform) -> Self {
-        Self { platform, products: Mutex::new(HashMap::new()) }
+        let platform = Arc::new(platform);
+        let recorder = recorder::RecordOrders { platform: Arc::clone(&platform) };
+        Self {
+            recorder: paystream::batch::Batcher::new(recorder, recorder::limits(platform.config.database.pool_max_size)),
+            publisher: publisher::Publisher::new(Arc::clone(&platform)),
+            platform,
+            products: Mutex::new(HashMap::new()),
+        }
     }
 
     /// A product, from the in-process cache or PostgreSQL. Concurrent misses

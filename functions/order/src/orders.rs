@@ -7,16 +7,16 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use paystream::domain::{Role, UserId};
-use paystream::events::{OrderEvent, EVENT_VERSION, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
+use paystream::events::{OrderEvent, EVENT_VERSION};
 use paystream::flash::{self, Held, Reservation};
 use paystream::http::{json, parse_json, Request, Response};
 use paystream::idempotency::{self, Claim};
-use paystream::kafka::OutgoingRecord;
 use paystream::metrics::{self, Unit};
 use paystream::store::orders;
 use paystream::{AppError, ErrorCode, Platform};
 
 use crate::products::load_gate;
+use crate::recorder::{Recorded, Unrecorded};
 use crate::OrderApi;
 
 /// A missing gate is rebuilt once per request; a second miss is an outage.
@@ -41,10 +41,7 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
     // Past the deadline the reservation may soon be returned by the
     // reconciliation (RESERVATION_TTL_MS exceeds this deadline plus the
     // statement timeout): committing then could sell a unit twice.
-    let too_late = |reserved_at: Instant| {
-        (reserved_at.elapsed() > commit_deadline)
-            .then(|| AppError::new(ErrorCode::DependencyUnavailable, "the order could not be recorded in time; nothing was ordered; retry"))
-    };
+    let too_late = |reserved_at: Instant| (reserved_at.elapsed() > commit_deadline).then(too_late_error);
     let event_for = |product: &paystream::store::products::Product| OrderEvent {
         v: EVENT_VERSION,
         order_id,
@@ -73,7 +70,9 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
             paystream::crash_point!("order.after_reserve");
             let event = event_for(&product);
             let prepared = async {
-                orders::insert_with_outbox(&tx, &event).await?;
+                if orders::insert_with_outbox(&tx, &[&event]).await?.is_empty() {
+                    return Err(already_purchased());
+                }
                 idempotency::complete(&*tx, &scope, key, StatusCode::ACCEPTED.as_u16(), &answer).await?;
                 paystream::crash_point!("order.before_commit");
                 too_late(reserved_at).map_or(Ok(()), Err)
@@ -93,31 +92,37 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
             (event, held)
         }
         // Without one, a refused order never touches PostgreSQL, and an
-        // accepted one is one statement (order and outbox row, one commit).
+        // accepted one is one row of a statement shared with the other
+        // invocations in flight (order and outbox row, one commit).
         None => {
             let product = api.product(body.product_id).await?;
             let (held, reserved_at) = reserve(p, &product, caller.user_id, now).await?;
             paystream::crash_point!("order.after_reserve");
             let event = event_for(&product);
-            let db = match p.pg.get().await {
-                Ok(db) => db,
-                Err(e) => return Err(give_back(p, &held, e.into()).await),
-            };
             paystream::crash_point!("order.before_commit");
-            if let Some(e) = too_late(reserved_at) {
-                return Err(give_back(p, &held, e).await);
-            }
-            match orders::insert_with_outbox(&db, &event).await {
-                Ok(()) => {}
+            let pending = match api.recorder.submit(Unrecorded { event: event.clone(), commit_by: reserved_at + commit_deadline }) {
+                Ok(pending) => pending,
+                Err(e) => return Err(give_back(p, &held, e).await),
+            };
+            match pending.await {
+                Ok(Recorded::Yes) => {}
+                Ok(Recorded::AlreadyPurchased) => return Err(give_back(p, &held, already_purchased()).await),
+                Ok(Recorded::TooLate) => return Err(give_back(p, &held, too_late_error()).await),
+                Ok(Recorded::NotSent(e)) => return Err(give_back(p, &held, e).await),
                 // The connection was lost while the statement ran, so it may
                 // have committed: as for a failed COMMIT, the reservation
                 // stays recorded, and reconciliation returns it only if
                 // PostgreSQL has no order.
-                Err(e) if e.code == ErrorCode::DependencyUnavailable => {
+                Ok(Recorded::Failed(e)) if e.code == ErrorCode::DependencyUnavailable => {
                     tracing::warn!(error = %e, product_id = %product.id, "order statement failed; the reservation is left to reconciliation");
                     return Err(e);
                 }
-                Err(e) => return Err(give_back(p, &held, e).await),
+                Ok(Recorded::Failed(e)) => return Err(give_back(p, &held, e).await),
+                // The batch's task died: whether it committed is unknown.
+                Err(_) => {
+                    tracing::error!(product_id = %product.id, "order batch ended without an answer; the reservation is left to reconciliation");
+                    return Err(AppError::new(ErrorCode::DependencyUnavailable, "the order's outcome is unknown; retry"));
+                }
             }
             (event, held)
         }
@@ -128,10 +133,19 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
     // order and forgets it) and the event in the outbox (the relay sends it).
     paystream::crash_point!("order.before_publish");
     forget_quietly(p, &held).await;
-    publish_now(p, &event).await;
-    tracing::info!(order_id = %event.order_id, product_id = %product_id, adopted = held.adopted, "order accepted");
+    let order_id = event.order_id;
+    api.publisher.publish(event).await;
+    tracing::info!(order_id = %order_id, product_id = %product_id, adopted = held.adopted, "order accepted");
     metrics::emit(p.function, &[("OrdersAccepted", 1.0, Unit::Count)]);
     Ok(json(StatusCode::ACCEPTED, &answer))
+}
+
+fn too_late_error() -> AppError {
+    AppError::new(ErrorCode::DependencyUnavailable, "the order could not be recorded in time; nothing was ordered; retry")
+}
+
+fn already_purchased() -> AppError {
+    AppError::new(ErrorCode::AlreadyPurchased, "you already ordered this product")
 }
 
 /// One unit for `user` through the gate, rebuilding the gate once if Redis
@@ -186,36 +200,6 @@ async fn release_quietly(p: &Platform, held: &Held) {
 async fn forget_quietly(p: &Platform, held: &Held) {
     if let Err(e) = flash::forget(&p.redis, held).await {
         tracing::warn!(error = %e, product_id = %held.product, "reservation record kept; reconciliation will drop it");
-    }
-}
-
-/// Publishes an accepted order's event if the broker answers quickly; the
-/// relay publishes it otherwise (the outbox row stays unpublished).
-async fn publish_now(p: &Platform, event: &OrderEvent) {
-    let payload = match serde_json::to_vec(event) {
-        Ok(payload) => payload,
-        Err(e) => return tracing::error!(error = %e, "order event not serialisable; left to the relay"),
-    };
-    let id = event.order_id.to_string();
-    let published = async {
-        let producer = p.producer().await?;
-        let record = OutgoingRecord {
-            topic: &p.config.kafka.order_topic,
-            key: id.as_bytes(),
-            payload: &payload,
-            headers: &[(HEADER_EVENT_TYPE, OrderEvent::TYPE.as_bytes()), (HEADER_EVENT_ID, id.as_bytes())],
-        };
-        let bound = Duration::from_millis(p.config.flash.inline_publish_ms);
-        match tokio::time::timeout(bound, producer.publish(record)).await {
-            Ok(result) => result.map_err(AppError::from),
-            Err(_) => Err(AppError::new(ErrorCode::BrokerUnavailable, "broker slow; left to the relay")),
-        }?;
-        // Never waits for a relay run holding the row (it skips it instead).
-        orders::mark_published_now(&p.pg.get().await?, &[event.order_id]).await
-    }
-    .await;
-    if let Err(e) = published {
-        tracing::warn!(order_id = %event.order_id, error = %e, "order event left in the outbox for the relay");
     }
 }
 

@@ -19,11 +19,11 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use paystream::events::{OrderEvent, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
 use paystream::flash::{self, Recorded, Verdict};
-use paystream::kafka::{EventProducer, OutgoingRecord};
 use paystream::store::orders;
 use paystream::{AppError, Platform};
+
+use crate::publisher::publish_one;
 
 /// What one run did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -153,21 +153,6 @@ pub async fn publish_outbox(p: &Platform, deadline: Instant) -> Result<usize, Ap
     orders::mark_published(&tx, &acknowledged).await?;
     tx.commit().await?;
     Ok(acknowledged.len())
-}
-
-async fn publish_one(producer: Arc<EventProducer>, topic: Arc<str>, event: OrderEvent) -> (Uuid, Result<(), String>) {
-    let id = event.order_id.to_string();
-    let payload = match serde_json::to_vec(&event) {
-        Ok(payload) => payload,
-        Err(e) => return (event.order_id, Err(e.to_string())),
-    };
-    let record = OutgoingRecord {
-        topic: &topic,
-        key: id.as_bytes(),
-        payload: &payload,
-        headers: &[(HEADER_EVENT_TYPE, OrderEvent::TYPE.as_bytes()), (HEADER_EVENT_ID, id.as_bytes())],
-    };
-    (event.order_id, producer.publish(record).await.map(|_| ()).map_err(|e| e.to_string()))
 }
 
 #[cfg(test)]

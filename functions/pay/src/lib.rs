@@ -3,25 +3,38 @@
 
 mod payments;
 
+use std::sync::Arc;
+
+use paystream::batch::Batcher;
 use paystream::http::{self, method_not_allowed, no_route, HttpApi, Request, Response};
 use paystream::{AppError, Platform};
 
 pub struct PayApi {
-    pub platform: Platform,
+    pub platform: Arc<Platform>,
+    /// The Idempotency-Key claims of the invocations in flight, one
+    /// statement per batch.
+    claims: Batcher<payments::ClaimKeys>,
+    /// Their accepted payments and keys' answers, one statement per batch.
+    records: Batcher<payments::RecordPayments>,
 }
 
 impl PayApi {
     pub fn new(platform: Platform) -> Self {
-        Self { platform }
+        let platform = Arc::new(platform);
+        let limits = payments::batch_limits(platform.config.database.pool_max_size);
+        Self {
+            claims: Batcher::new(payments::ClaimKeys { platform: Arc::clone(&platform) }, limits),
+            records: Batcher::new(payments::RecordPayments { platform: Arc::clone(&platform) }, limits),
+            platform,
+        }
     }
 }
 
 impl HttpApi for PayApi {
     async fn route(&self, req: Request) -> Result<Response, AppError> {
-        let p = &self.platform;
         match (http::segments(&req).as_slice(), req.method().as_str()) {
-            (["payments"], "POST") => payments::create(p, &req).await,
-            (["payments", id], "GET") => payments::get(p, &req, id).await,
+            (["payments"], "POST") => payments::create(self, &req).await,
+            (["payments", id], "GET") => payments::get(&self.platform, &req, id).await,
             (["payments"] | ["payments", _], _) => Err(method_not_allowed()),
             _ => Err(no_route()),
         }

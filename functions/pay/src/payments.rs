@@ -3,12 +3,14 @@
 //! held while the broker answers, so the pool serves other requests then:
 //!
 //! 1. with an Idempotency-Key, the key is claimed in its own committed
-//!    statement (`idempotency::claim_leased`): a replay answers here, a twin
-//!    waits for the first answer;
+//!    statement (`idempotency::claim_new`, shared by the claims of the
+//!    invocations in flight: `paystream::batch`): a replay answers here, a
+//!    twin waits for the first answer (`idempotency::await_claim`);
 //! 2. the caller's card and the merchant's facts are read (one statement);
 //! 3. the event is published and acknowledged; if that fails, the claim is
 //!    released and nothing was recorded (503, nothing left behind);
-//! 4. the payment row and the key's answer are written in one statement.
+//! 4. the payment row and the key's answer are written in one statement
+//!    (shared likewise by the invocations in flight).
 //!
 //! The window after the acknowledgement and before step 4 (the statement
 //! fails, the function dies or times out) leaves the event without its row
@@ -22,6 +24,8 @@
 //!   acknowledged payment always ends with exactly one record and one
 //!   ledger row.
 
+use std::sync::Arc;
+
 use lambda_http::http::StatusCode;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -31,11 +35,14 @@ use paystream::api::CreatePaymentRequest;
 use paystream::domain::{Amount, CardId, Currency, MerchantId, Role};
 use paystream::events::{PaymentEvent, EVENT_VERSION, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
 use paystream::http::{json, parse_json, Request, Response};
-use paystream::idempotency::{self, Claim};
+use paystream::batch::{Limits, Step};
+use paystream::idempotency::{self, Claim, NewClaim};
 use paystream::kafka::OutgoingRecord;
 use paystream::metrics::{self, Unit};
-use paystream::store::payments;
+use paystream::store::payments::{self, Accepted, KeyAnswer};
 use paystream::{AppError, Platform};
+
+use crate::PayApi;
 
 /// A claimed Idempotency-Key of this request.
 struct Keyed<'a> {
@@ -44,7 +51,8 @@ struct Keyed<'a> {
     hash: &'a [u8],
 }
 
-pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
+pub async fn create(api: &PayApi, req: &Request) -> Result<Response, AppError> {
+    let p = &api.platform;
     let started = std::time::Instant::now();
     let caller = p.tokens.authenticate(req.headers())?;
     caller.require_role(&[Role::User])?;
@@ -57,9 +65,14 @@ pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
     let keyed = key.as_deref().map(|key| Keyed { scope: &scope, key, hash: &request_hash });
 
     if let Some(k) = &keyed {
-        let db = p.pg.get().await?;
         let http = &p.config.http;
-        if let Claim::Replay { status, body } = idempotency::claim_leased(&db, k.scope, k.key, k.hash, http.idempotency_lease_ms, http.idempotency_wait_ms).await? {
+        let claim = NewClaim { scope: k.scope.to_owned(), key: k.key.to_owned(), hash: k.hash.to_vec() };
+        let claimed = if api.claims.run(claim).await?? {
+            Claim::New
+        } else {
+            idempotency::await_claim(&p.pg, k.scope, k.key, k.hash, http.idempotency_lease_ms, http.idempotency_wait_ms).await?
+        };
+        if let Claim::Replay { status, body } = claimed {
             tracing::info!(user_id = %caller.user_id, "idempotent replay");
             return Ok(json(StatusCode::from_u16(status).map_err(AppError::internal)?, &body));
         }
@@ -88,8 +101,8 @@ pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
     // window the module comment describes.
     paystream::crash_point!("pay.after_publish");
     let answer = serde_json::to_value(PaymentAccepted::new(payment_id)).map_err(AppError::internal)?;
-    let key_answer = keyed.as_ref().map(|k| payments::KeyAnswer { scope: k.scope, key: k.key, status: StatusCode::ACCEPTED.as_u16(), body: &answer });
-    let recorded = async { payments::record_accepted(&p.pg.get().await?, &payment, key_answer.as_ref()).await }.await;
+    let key = keyed.as_ref().map(|k| KeyAnswer { scope: k.scope.to_owned(), key: k.key.to_owned(), status: StatusCode::ACCEPTED.as_u16(), body: answer.clone() });
+    let recorded = api.records.run(Accepted { payment, key }).await.and_then(|r| r);
     if let Err(e) = recorded {
         // The broker has acknowledged: the payment exists (FDS records it
         // from its event), so the honest answer is still 202. Failing here
@@ -136,6 +149,59 @@ async fn publish(p: &Platform, payment: &payments::NewPayment) -> Result<(), App
         })
         .await?;
     Ok(())
+}
+
+/// The claims' and the records' batch bounds: at most a third of the pool
+/// each at once, so reads (the intake facts) always find a connection.
+pub fn batch_limits(pool_max_size: usize) -> Limits {
+    Limits { queue_max: 4_096, batch_max: 256, in_flight_max: (pool_max_size / 3).max(1) }
+}
+
+/// Claims the keys of the invocations in flight (`idempotency::claim_new`).
+pub struct ClaimKeys {
+    pub platform: Arc<Platform>,
+}
+
+impl Step for ClaimKeys {
+    type Row = NewClaim;
+    /// Whether the key was new; or the statement's error.
+    type Answer = Result<bool, AppError>;
+
+    async fn run(&self, claims: Vec<NewClaim>) -> Vec<Self::Answer> {
+        let p = &self.platform;
+        let claimed = async { idempotency::claim_new(&p.pg.get().await?, &claims, p.config.http.idempotency_lease_ms).await }.await;
+        match claimed {
+            Ok(new) => new.into_iter().map(Ok).collect(),
+            Err(e) => {
+                // If it committed after all, the claims' leases run out and
+                // the clients' retries take them over.
+                tracing::warn!(claims = claims.len(), error = ?e, "claiming a batch of idempotency keys failed");
+                claims.iter().map(|_| Err(e.for_each_request())).collect()
+            }
+        }
+    }
+}
+
+/// Records the acknowledged payments of the invocations in flight
+/// (`payments::record_accepted`).
+pub struct RecordPayments {
+    pub platform: Arc<Platform>,
+}
+
+impl Step for RecordPayments {
+    type Row = Accepted;
+    type Answer = Result<(), AppError>;
+
+    async fn run(&self, accepted: Vec<Accepted>) -> Vec<Self::Answer> {
+        let recorded = async { payments::record_accepted(&self.platform.pg.get().await?, &accepted).await }.await;
+        match recorded {
+            Ok(()) => accepted.iter().map(|_| Ok(())).collect(),
+            Err(e) => {
+                tracing::warn!(payments = accepted.len(), error = ?e, "recording a batch of accepted payments failed");
+                accepted.iter().map(|_| Err(e.for_each_request())).collect()
+            }
+        }
+    }
 }
 
 /// Removes the claim of a failed request. If that fails too, the claim's

@@ -200,3 +200,41 @@ async fn a_keyed_payment_id_is_derived_from_user_key_and_request() {
     let expected = paystream::idempotency::derived_id(&format!("pay:{}", alice.id), "derived", &hash);
     assert_eq!(answer["payment_id"], expected.to_string(), "a retry after a lost commit publishes the same payment again");
 }
+
+/// Many requests in flight at once (as in a Managed Instances environment)
+/// share the claim and record statements; each payment is still published
+/// and recorded exactly once, every key gets its own answer, and a twin in
+/// the same batch as its first request replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_statements_and_each_pays_once() {
+    const PAYMENTS: usize = 120;
+    const TWINS: usize = 30;
+    let api = std::sync::Arc::new(api().await);
+    let alice = std::sync::Arc::new(user(&api.platform, "alice").await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..PAYMENTS + TWINS {
+        let (api, alice) = (std::sync::Arc::clone(&api), std::sync::Arc::clone(&alice));
+        // Requests PAYMENTS.. repeat the first TWINS requests (key and body).
+        let n = if i < PAYMENTS { i } else { i - PAYMENTS };
+        tasks.spawn(async move {
+            let key = format!("batch-{n}");
+            let (status, body) = call(&api, "POST", "/payments", &alice, Some(&key), Some(payment(&alice, SEOUL_CAFE, 1_000 + n as i64))).await;
+            (n, status, body)
+        });
+    }
+    let mut answers: std::collections::HashMap<usize, Vec<Value>> = std::collections::HashMap::new();
+    while let Some(done) = tasks.join_next().await {
+        let (n, status, body) = done.unwrap();
+        assert_eq!(status, 202, "request {n}: {body}");
+        answers.entry(n).or_default().push(body);
+    }
+    assert_eq!(answers.len(), PAYMENTS);
+    for (n, bodies) in &answers {
+        assert!(bodies.windows(2).all(|w| w[0] == w[1]), "twins of {n} got the same answer: {bodies:?}");
+    }
+    assert_eq!(count(&api, "SELECT count(*) FROM payments").await, PAYMENTS as i64);
+    assert_eq!(count(&api, "SELECT count(*) FROM idempotency_keys WHERE status_code = 202 AND lease_until IS NULL").await, PAYMENTS as i64);
+    let records = read_topic(&api.platform.config, &api.platform.config.kafka.payment_topic, PAYMENTS, Duration::from_secs(2)).await;
+    let ids: std::collections::HashSet<_> = records.iter().map(|r| decode_payment(&r.value).unwrap().payment_id).collect();
+    assert_eq!((records.len(), ids.len()), (PAYMENTS, PAYMENTS), "one event per payment, none for a replay");
+}

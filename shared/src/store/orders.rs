@@ -8,35 +8,42 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::rfc3339;
-use crate::db::unique_violation;
-use crate::error::{AppError, ErrorCode};
+use crate::error::AppError;
 use crate::events::OrderEvent;
 
-/// Inserts a PENDING order and its outbox row in one statement (prepared
-/// once per connection): on its own it is one round trip and one commit;
-/// inside the caller's transaction (an Idempotency-Key's claim) it commits
-/// with it. The outbox row is stamped when written, not when the
-/// transaction began (which can be much earlier with an Idempotency-Key):
-/// the relay's grace period counts from here.
-pub async fn insert_with_outbox(db: &impl deadpool_postgres::GenericClient, event: &OrderEvent) -> Result<(), AppError> {
-    let payload = serde_json::to_value(event).map_err(AppError::internal)?;
+/// Inserts PENDING orders and their outbox rows in one statement (prepared
+/// once per connection): on its own it is one round trip and one commit for
+/// the whole batch; inside the caller's transaction (an Idempotency-Key's
+/// claim) it commits with it. A buyer who already has an order for the
+/// product is skipped, not an error, so one such row does not fail the
+/// others: returns the ids recorded. The outbox rows are stamped when
+/// written, not when the transaction began (which can be much earlier with
+/// an Idempotency-Key): the relay's grace period counts from here.
+pub async fn insert_with_outbox(db: &impl deadpool_postgres::GenericClient, events: &[&OrderEvent]) -> Result<HashSet<Uuid>, AppError> {
     let statement = db
         .prepare_cached(
-            "WITH ordered AS (
-                 INSERT INTO orders (id, user_id, product_id, amount, currency, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::timestamptz[], $7::jsonb[])
+                     AS t(id, user_id, product_id, amount, currency, created_at, payload)),
+             ordered AS (
+                 INSERT INTO orders (id, user_id, product_id, amount, currency, created_at)
+                 SELECT id, user_id, product_id, amount, currency, created_at FROM input
+                 ON CONFLICT (user_id, product_id) DO NOTHING
                  RETURNING id)
-             INSERT INTO order_outbox (order_id, payload, created_at) SELECT id, $7, clock_timestamp() FROM ordered",
+             INSERT INTO order_outbox (order_id, payload, created_at)
+             SELECT input.id, input.payload, clock_timestamp() FROM input JOIN ordered USING (id)
+             RETURNING order_id",
         )
         .await?;
-    let inserted =
-        db.execute(&statement, &[&event.order_id, &event.user_id, &event.product_id, &event.amount, &event.currency, &event.ordered_at, &payload]).await;
-    match inserted {
-        Ok(_) => Ok(()),
-        Err(e) => Err(match unique_violation(&e) {
-            Some("orders_user_product_key") => AppError::new(ErrorCode::AlreadyPurchased, "you already ordered this product"),
-            _ => e.into(),
-        }),
-    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.order_id).collect();
+    let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
+    let products: Vec<Uuid> = events.iter().map(|e| e.product_id).collect();
+    let amounts: Vec<i64> = events.iter().map(|e| e.amount).collect();
+    let currencies: Vec<&str> = events.iter().map(|e| e.currency.as_str()).collect();
+    let times: Vec<OffsetDateTime> = events.iter().map(|e| e.ordered_at).collect();
+    let payloads = events.iter().map(|e| serde_json::to_value(e)).collect::<Result<Vec<_>, _>>().map_err(AppError::internal)?;
+    let rows = db.query(&statement, &[&ids, &users, &products, &amounts, &currencies, &times, &payloads]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Marks outbox rows published inside the caller's transaction, which holds

@@ -46,32 +46,50 @@ pub struct NewPayment {
 }
 
 /// The answer stored for an Idempotency-Key (see `idempotency::complete`).
-pub struct KeyAnswer<'a> {
-    pub scope: &'a str,
-    pub key: &'a str,
+pub struct KeyAnswer {
+    pub scope: String,
+    pub key: String,
     pub status: u16,
-    pub body: &'a serde_json::Value,
+    pub body: serde_json::Value,
 }
 
-/// Records an accepted (broker-acknowledged) payment and, with a key, its
-/// answer, in one statement: one round trip and one commit. DO NOTHING: FDS
-/// may already have recorded this payment from its event (a retry after a
-/// crash between the acknowledgement and this statement).
-pub async fn record_accepted(db: &impl deadpool_postgres::GenericClient, p: &NewPayment, key: Option<&KeyAnswer<'_>>) -> Result<(), AppError> {
+/// A broker-acknowledged payment to record, with its key's answer if keyed.
+pub struct Accepted {
+    pub payment: NewPayment,
+    pub key: Option<KeyAnswer>,
+}
+
+/// Records accepted (broker-acknowledged) payments and the answers of
+/// their keys, in one statement: one round trip and one commit for the
+/// whole batch (the concurrent requests of one environment share it:
+/// `paystream::batch`). DO NOTHING: FDS may already have recorded a payment
+/// from its event (a retry after a crash between the acknowledgement and
+/// this statement).
+pub async fn record_accepted(db: &impl deadpool_postgres::GenericClient, accepted: &[Accepted]) -> Result<(), AppError> {
     let statement = db
         .prepare_cached(
             "WITH recorded AS (
-                 INSERT INTO payments (id, user_id, card_id, merchant_id, amount, currency) VALUES ($1, $2, $3, $4, $5, $6)
+                 INSERT INTO payments (id, user_id, card_id, merchant_id, amount, currency)
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[])
                  ON CONFLICT (id) DO NOTHING)
-             UPDATE idempotency_keys SET status_code = $9, response_body = $10, lease_until = NULL
-             WHERE scope = $7 AND key = $8",
+             UPDATE idempotency_keys k SET status_code = a.status, response_body = a.body, lease_until = NULL
+             FROM unnest($7::text[], $8::text[], $9::int2[], $10::jsonb[]) AS a(scope, key, status, body)
+             WHERE k.scope = a.scope AND k.key = a.key",
         )
         .await?;
-    let (scope, key_text, status, body) = match key {
-        Some(k) => (Some(k.scope), Some(k.key), Some(k.status as i16), Some(k.body)),
-        None => (None, None, None, None),
-    };
-    db.execute(&statement, &[&p.id, &p.user_id, &p.card_id, &p.merchant_id, &p.amount, &p.currency, &scope, &key_text, &status, &body]).await?;
+    let payments = || accepted.iter().map(|a| &a.payment);
+    let ids: Vec<Uuid> = payments().map(|p| p.id).collect();
+    let users: Vec<Uuid> = payments().map(|p| p.user_id).collect();
+    let cards: Vec<Uuid> = payments().map(|p| p.card_id).collect();
+    let merchants: Vec<Uuid> = payments().map(|p| p.merchant_id).collect();
+    let amounts: Vec<i64> = payments().map(|p| p.amount).collect();
+    let currencies: Vec<&str> = payments().map(|p| p.currency).collect();
+    let keys = || accepted.iter().filter_map(|a| a.key.as_ref());
+    let scopes: Vec<&str> = keys().map(|k| k.scope.as_str()).collect();
+    let key_texts: Vec<&str> = keys().map(|k| k.key.as_str()).collect();
+    let statuses: Vec<i16> = keys().map(|k| k.status as i16).collect();
+    let bodies: Vec<&serde_json::Value> = keys().map(|k| &k.body).collect();
+    db.execute(&statement, &[&ids, &users, &cards, &merchants, &amounts, &currencies, &scopes, &key_texts, &statuses, &bodies]).await?;
     Ok(())
 }
 

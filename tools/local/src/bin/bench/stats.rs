@@ -60,8 +60,23 @@ where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
+    costed_then(name, total, concurrency, step, async {}).await
+}
+
+/// [`costed`] for work that goes on after the answers (an event published
+/// beside the request): `finish` waits until it is done, and its time and
+/// CPU count in the run's rate and cost (not in the latencies).
+pub async fn costed_then<F, Fut, D>(name: impl Into<String>, total: usize, concurrency: usize, step: F, finish: D) -> Costed
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+    D: Future<Output = ()>,
+{
     let before = crate::cpu::sample();
-    let (latencies, elapsed) = drive(total, concurrency, step).await;
+    let started = Instant::now();
+    let (latencies, _) = drive(total, concurrency, step).await;
+    finish.await;
+    let elapsed = started.elapsed();
     let after = crate::cpu::sample();
     let mean = latencies.iter().sum::<Duration>() / latencies.len() as u32;
     Costed { run: summarise(name, (latencies, elapsed)), cpu_us: crate::cpu::per_op_us(&before, &after, total), mean }
