@@ -150,7 +150,11 @@ pub async fn claim_new(db: &impl deadpool_postgres::GenericClient, claims: &[New
     assert!(lease_ms > 0, "a claim needs a lease");
     let mut seen = std::collections::HashSet::with_capacity(claims.len());
     let first: Vec<bool> = claims.iter().map(|c| seen.insert((c.scope.as_str(), c.key.as_str()))).collect();
-    let tried = || claims.iter().zip(&first).filter(|(_, first)| **first).map(|(c, _)| c);
+    // Inserted in one order (scope, key), so two batches claiming some of
+    // the same keys wait for each other at most one way, never in a cycle.
+    let mut sorted: Vec<&NewClaim> = claims.iter().zip(&first).filter(|(_, first)| **first).map(|(c, _)| c).collect();
+    sorted.sort_unstable_by(|a, b| (&a.scope, &a.key).cmp(&(&b.scope, &b.key)));
+    let tried = || sorted.iter();
     let scopes: Vec<&str> = tried().map(|c| c.scope.as_str()).collect();
     let keys: Vec<&str> = tried().map(|c| c.key.as_str()).collect();
     let hashes: Vec<&[u8]> = tried().map(|c| c.hash.as_slice()).collect();

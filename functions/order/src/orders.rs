@@ -132,10 +132,9 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
     // Dying here leaves the reservation recorded (reconciliation finds the
     // order and forgets it) and the event in the outbox (the relay sends it).
     paystream::crash_point!("order.before_publish");
-    forget_quietly(p, &held).await;
-    let order_id = event.order_id;
-    api.publisher.publish(event).await;
-    tracing::info!(order_id = %order_id, product_id = %product_id, adopted = held.adopted, "order accepted");
+    let (order_id, adopted) = (event.order_id, held.adopted);
+    api.publisher.publish(event, held).await;
+    tracing::info!(order_id = %order_id, product_id = %product_id, adopted, "order accepted");
     metrics::emit(p.function, &[("OrdersAccepted", 1.0, Unit::Count)]);
     Ok(json(StatusCode::ACCEPTED, &answer))
 }

@@ -1,4 +1,6 @@
-//! Publishes accepted orders' events in batches, beside the requests.
+//! What follows an accepted order, done in batches beside the requests:
+//! its reservation's record in the gate is dropped (the order is in
+//! PostgreSQL now), and its event is published.
 //!
 //! An order is durable once its row and its outbox row are committed; from
 //! then on its event only has to reach `order-stream` eventually, and the
@@ -8,6 +10,9 @@
 //! events of every invocation in flight in this environment go out
 //! together: what queued while earlier batches were being published is the
 //! next batch, its records share produce requests, and one UPDATE marks it.
+//! The batch's reservation records go first, one Redis script per product;
+//! a record left behind (Redis unreachable, a crash) is dropped by the
+//! relay schedule's reconciliation, which finds the order.
 //!
 //! Whether a request waits for its event: an environment that runs one
 //! invocation at a time (classic Lambda) is frozen once it has answered,
@@ -31,6 +36,7 @@ use uuid::Uuid;
 
 use paystream::batch::{Batcher, Limits, Step};
 use paystream::events::{OrderEvent, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
+use paystream::flash::{self, Held, Recorded, Verdict};
 use paystream::kafka::{EventProducer, OutgoingRecord};
 use paystream::store::orders;
 use paystream::{AppError, Platform};
@@ -48,12 +54,13 @@ impl Publisher {
         Self { batcher: Batcher::new(PublishOrders { platform: Arc::clone(&platform) }, LIMITS), platform }
     }
 
-    /// Hands an accepted (committed) order's event over for publishing and,
-    /// in an environment that runs one invocation at a time, waits for it.
-    pub async fn publish(&self, event: OrderEvent) {
+    /// Hands an accepted (committed) order over: its reservation `held`
+    /// and its event. In an environment that runs one invocation at a time,
+    /// waits until both are done.
+    pub async fn publish(&self, event: OrderEvent, held: Held) {
         let config = &self.platform.config;
         let order_id = event.order_id;
-        let published = match self.batcher.submit(event) {
+        let published = match self.batcher.submit(Committed { event, held }) {
             Ok(published) => published,
             Err(e) => return tracing::warn!(order_id = %order_id, error = %e, "order event left in the outbox for the relay"),
         };
@@ -66,19 +73,41 @@ impl Publisher {
     }
 }
 
+/// An order PostgreSQL holds, with the reservation that became it.
+struct Committed {
+    event: OrderEvent,
+    held: Held,
+}
+
 struct PublishOrders {
     platform: Arc<Platform>,
 }
 
 impl Step for PublishOrders {
-    type Row = OrderEvent;
+    type Row = Committed;
     type Answer = ();
-    async fn run(&self, events: Vec<OrderEvent>) -> Vec<()> {
-        let count = events.len();
+    async fn run(&self, committed: Vec<Committed>) -> Vec<()> {
+        let count = committed.len();
+        let (events, held): (Vec<OrderEvent>, Vec<Held>) = committed.into_iter().map(|c| (c.event, c.held)).unzip();
+        forget_reservations(&self.platform, &held).await;
         if let Err(e) = publish_batch(&self.platform, events).await {
             tracing::warn!(events = count, error = ?e, "order events left in the outbox for the relay");
         }
         vec![(); count]
+    }
+}
+
+/// Drops the gate's records of these reservations (their orders are
+/// committed), one script per product. What fails is left to reconciliation.
+async fn forget_reservations(p: &Platform, held: &[Held]) {
+    let mut by_product: std::collections::HashMap<Uuid, Vec<(Recorded, Verdict)>> = std::collections::HashMap::new();
+    for h in held {
+        by_product.entry(h.product).or_default().push((Recorded { user: h.user, stamp_ms: h.stamp_ms }, Verdict::Forget));
+    }
+    for (product, forget) in by_product {
+        if let Err(e) = flash::settle_stale(&p.redis, product, &forget).await {
+            tracing::warn!(product_id = %product, reservations = forget.len(), error = ?e, "reservation records kept; reconciliation will drop them");
+        }
     }
 }
 

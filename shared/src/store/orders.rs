@@ -35,6 +35,11 @@ pub async fn insert_with_outbox(db: &impl deadpool_postgres::GenericClient, even
              RETURNING order_id",
         )
         .await?;
+    // Rows in one order (buyer, product: the unique key), so two batches
+    // with the same buyer wait for each other at most one way, never in a
+    // cycle.
+    let mut events = events.to_vec();
+    events.sort_unstable_by_key(|e| (e.user_id, e.product_id));
     let ids: Vec<Uuid> = events.iter().map(|e| e.order_id).collect();
     let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
     let products: Vec<Uuid> = events.iter().map(|e| e.product_id).collect();

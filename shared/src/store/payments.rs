@@ -77,14 +77,21 @@ pub async fn record_accepted(db: &impl deadpool_postgres::GenericClient, accepte
              WHERE k.scope = a.scope AND k.key = a.key",
         )
         .await?;
-    let payments = || accepted.iter().map(|a| &a.payment);
+    // Rows in one order (by id, as FDS's reconcile_from_events inserts
+    // them, and keys by scope and key), so two statements inserting some of
+    // the same rows wait for each other at most one way, never in a cycle.
+    let mut by_id: Vec<&Accepted> = accepted.iter().collect();
+    by_id.sort_unstable_by_key(|a| a.payment.id);
+    let payments = || by_id.iter().map(|a| &a.payment);
     let ids: Vec<Uuid> = payments().map(|p| p.id).collect();
     let users: Vec<Uuid> = payments().map(|p| p.user_id).collect();
     let cards: Vec<Uuid> = payments().map(|p| p.card_id).collect();
     let merchants: Vec<Uuid> = payments().map(|p| p.merchant_id).collect();
     let amounts: Vec<i64> = payments().map(|p| p.amount).collect();
     let currencies: Vec<&str> = payments().map(|p| p.currency).collect();
-    let keys = || accepted.iter().filter_map(|a| a.key.as_ref());
+    let mut answers: Vec<&KeyAnswer> = accepted.iter().filter_map(|a| a.key.as_ref()).collect();
+    answers.sort_unstable_by(|a, b| (&a.scope, &a.key).cmp(&(&b.scope, &b.key)));
+    let keys = || answers.iter();
     let scopes: Vec<&str> = keys().map(|k| k.scope.as_str()).collect();
     let key_texts: Vec<&str> = keys().map(|k| k.key.as_str()).collect();
     let statuses: Vec<i16> = keys().map(|k| k.status as i16).collect();
@@ -101,6 +108,9 @@ pub async fn reconcile_from_events(db: &impl GenericClient, events: &[&crate::ev
     if events.is_empty() {
         return Ok(0);
     }
+    // By id, as intake's record_accepted inserts them (no lock cycle).
+    let mut events = events.to_vec();
+    events.sort_unstable_by_key(|e| e.payment_id);
     let ids: Vec<Uuid> = events.iter().map(|e| e.payment_id).collect();
     let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
     let cards: Vec<Uuid> = events.iter().map(|e| e.card_id).collect();
