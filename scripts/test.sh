@@ -24,10 +24,14 @@ psql -h 127.0.0.1 -U postgres -d postgres -tAc \
 log "openapi.json: a valid OpenAPI 3.1 document (the cargo tests check it matches the code)"
 "$VENV/bin/openapi-spec-validator" openapi.json
 
-log "template checks"
-"$VENV/bin/cfn-lint" template.yaml
-"$VENV/bin/sam" validate --lint --template-file template.yaml
-"$VENV/bin/sam" validate --region us-east-1 --template-file template.yaml
+log "template checks (template.yaml and its Managed Instances variant, which must be what the script derives)"
+"$VENV/bin/python" scripts/managed_instances_template.py template.yaml | diff -u template.managed-instances.yaml - ||
+  { log "template.managed-instances.yaml is stale: python3 scripts/managed_instances_template.py > template.managed-instances.yaml"; exit 1; }
+for template in template.yaml template.managed-instances.yaml; do
+  "$VENV/bin/cfn-lint" "$template"
+  "$VENV/bin/sam" validate --lint --template-file "$template"
+  "$VENV/bin/sam" validate --region us-east-1 --template-file "$template"
+done
 
 ensure_sam_build
 export PAYSTREAM_SAM_BUILT=1
