@@ -82,6 +82,14 @@ impl<S: Step> Batcher<S> {
     }
 }
 
+/// The answers of a batch whose shared work failed as a whole: the error is
+/// logged once (with its source, naming `what` and the batch's size) and
+/// every row gets the same answer without the source.
+pub fn each_failed<T>(rows: usize, what: &str, error: AppError) -> Vec<Result<T, AppError>> {
+    tracing::warn!(rows, error = ?error, "{what} failed for the whole batch");
+    (0..rows).map(|_| Err(error.for_each_request())).collect()
+}
+
 /// The environment's loop for one step: waits for a free slot, takes what
 /// has queued (up to `batch_max`) and runs it. Ends when the step's
 /// [`Batcher`] (the only sender) is dropped.

@@ -259,6 +259,9 @@ fn problem_code() -> utoipa::openapi::schema::Schema {
         .into()
 }
 
+/// The detail of a write PostgreSQL aborted in favour of a concurrent one.
+pub const WRITE_CONFLICT: &str = "a concurrent write conflicted with this one; nothing was done, retry";
+
 /// The detail of a text value the database refused (the value is not echoed).
 pub const TEXT_NOT_STORABLE: &str = "a text value contains a character that cannot be stored (U+0000)";
 
@@ -273,6 +276,13 @@ impl From<tokio_postgres::Error> for AppError {
         });
         if err.is_closed() || io_failure || server_unavailable {
             return AppError::new(ErrorCode::DependencyUnavailable, "database unavailable; retry later").with_source(err);
+        }
+        // A transaction PostgreSQL chose to abort so that another could go
+        // on (40P01 deadlock_detected, 40001 serialization_failure) did
+        // nothing: the same request succeeds when retried. Retryable, not a
+        // bug of the request.
+        if err.code().is_some_and(|c| *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED || *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) {
+            return AppError::new(ErrorCode::DependencyUnavailable, WRITE_CONFLICT).with_source(err);
         }
         // Text PostgreSQL cannot hold (U+0000 in text: 22021
         // character_not_in_repertoire; in jsonb: 22P05 untranslatable_character)

@@ -48,3 +48,35 @@ async fn redis_keys_are_prefixed_and_the_connection_survives_being_killed() {
     assert_ne!(new_id, id, "a new connection was made");
     let _: () = conn.del(&key).await.unwrap();
 }
+
+/// Two transactions that lock the same rows in opposite orders: PostgreSQL
+/// aborts one (40P01) after `deadlock_timeout`. That request did nothing and
+/// succeeds when retried, so it answers 503 (retry), never a 500.
+#[tokio::test]
+async fn a_deadlock_victim_answers_retry_not_internal_error() {
+    let config = fresh_config().await;
+    let connect = || async {
+        let (client, connection) = tokio_postgres::connect(config.database.url.expose(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    };
+    let (mut first, mut second) = (connect().await, connect().await);
+    first.batch_execute("CREATE TABLE deadlock_probe (id int PRIMARY KEY, n int); INSERT INTO deadlock_probe VALUES (1, 0), (2, 0)").await.unwrap();
+
+    let a = first.transaction().await.unwrap();
+    let b = second.transaction().await.unwrap();
+    a.execute("UPDATE deadlock_probe SET n = n + 1 WHERE id = 1", &[]).await.unwrap();
+    b.execute("UPDATE deadlock_probe SET n = n + 1 WHERE id = 2", &[]).await.unwrap();
+    // Each now waits for the row the other holds.
+    let (from_a, from_b) = tokio::join!(
+        a.execute("UPDATE deadlock_probe SET n = n + 1 WHERE id = 2", &[]),
+        b.execute("UPDATE deadlock_probe SET n = n + 1 WHERE id = 1", &[]),
+    );
+    let errors: Vec<tokio_postgres::Error> = [from_a, from_b].into_iter().filter_map(Result::err).collect();
+    assert_eq!(errors.len(), 1, "PostgreSQL aborts exactly one of the two");
+    assert_eq!(errors[0].code(), Some(&paystream::db::SqlState::T_R_DEADLOCK_DETECTED));
+
+    let answer = paystream::AppError::from(errors.into_iter().next().unwrap());
+    assert_eq!(answer.status(), 503, "a deadlock victim is retryable: {answer:?}");
+    assert_eq!(answer.code.as_str(), "DEPENDENCY_UNAVAILABLE");
+}

@@ -35,7 +35,7 @@ use paystream::api::CreatePaymentRequest;
 use paystream::domain::{Amount, CardId, Currency, MerchantId, Role};
 use paystream::events::{PaymentEvent, EVENT_VERSION, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
 use paystream::http::{json, parse_json, Request, Response};
-use paystream::batch::{Limits, Step};
+use paystream::batch::{self, Limits, Step};
 use paystream::idempotency::{self, Claim, NewClaim};
 use paystream::kafka::OutgoingRecord;
 use paystream::metrics::{self, Unit};
@@ -172,12 +172,9 @@ impl Step for ClaimKeys {
         let claimed = async { idempotency::claim_new(&p.pg.get().await?, &claims, p.config.http.idempotency_lease_ms).await }.await;
         match claimed {
             Ok(new) => new.into_iter().map(Ok).collect(),
-            Err(e) => {
-                // If it committed after all, the claims' leases run out and
-                // the clients' retries take them over.
-                tracing::warn!(claims = claims.len(), error = ?e, "claiming a batch of idempotency keys failed");
-                claims.iter().map(|_| Err(e.for_each_request())).collect()
-            }
+            // If it committed after all, the claims' leases run out and the
+            // clients' retries take them over.
+            Err(e) => batch::each_failed(claims.len(), "claiming idempotency keys", e),
         }
     }
 }
@@ -196,10 +193,7 @@ impl Step for RecordPayments {
         let recorded = async { payments::record_accepted(&self.platform.pg.get().await?, &accepted).await }.await;
         match recorded {
             Ok(()) => accepted.iter().map(|_| Ok(())).collect(),
-            Err(e) => {
-                tracing::warn!(payments = accepted.len(), error = ?e, "recording a batch of accepted payments failed");
-                accepted.iter().map(|_| Err(e.for_each_request())).collect()
-            }
+            Err(e) => batch::each_failed(accepted.len(), "recording accepted payments", e),
         }
     }
 }
