@@ -39,7 +39,8 @@ pub struct Config {
     /// Least extra benefit (minor units) another card must have earned before
     /// the payer is told (`BENEFIT_MIN_GAIN`).
     pub benefit_min_gain_minor: i64,
-    /// How long consumers keep cache-aside entries (rules, cards, thresholds).
+    /// How long consumers keep cache-aside entries (rules, cards, thresholds),
+    /// and `pay` its memo of cards and merchants.
     pub cache_ttl_s: u64,
     /// Base URL for links we send to people (the SMS verification link).
     pub public_base_url: String,
@@ -196,6 +197,12 @@ pub struct HttpConfig {
     /// once its invocation is surely dead; safety does not depend on it
     /// (the retry publishes the same payment id).
     pub idempotency_lease_ms: u64,
+    /// Cards and merchants `pay` keeps in memory per execution environment
+    /// (`INTAKE_FACTS_MEMO_MAX`, each; `paystream::memo`), each for at most
+    /// `CACHE_TTL_S`: the card's owner and product and the merchant's facts
+    /// are written once and never changed, so a payment with a known card
+    /// at a known merchant reads nothing from PostgreSQL before publishing.
+    pub intake_facts_memo_max: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -361,6 +368,7 @@ impl Config {
                 page_limit_max: env.number("HTTP_PAGE_LIMIT_MAX", crate::http::PAGE_LIMIT_MAX_DEFAULT)?,
                 idempotency_wait_ms: env.number("IDEMPOTENCY_WAIT_MS", 2_000)?,
                 idempotency_lease_ms: env.number("IDEMPOTENCY_LEASE_MS", 10_000)?,
+                intake_facts_memo_max: env.number("INTAKE_FACTS_MEMO_MAX", 50_000)?,
             },
             fds: FdsConfig {
                 max_speed_kmh: env.number("FDS_MAX_SPEED_KMH", 900.0)?,
@@ -428,6 +436,7 @@ impl Config {
             ("SMS_DELIVERY_BATCH_MAX", u64::from(self.sms.delivery_batch_max)),
             ("IDEMPOTENCY_WAIT_MS", self.http.idempotency_wait_ms),
             ("IDEMPOTENCY_LEASE_MS", self.http.idempotency_lease_ms),
+            ("INTAKE_FACTS_MEMO_MAX", self.http.intake_facts_memo_max as u64),
             ("CACHE_TTL_S", self.cache_ttl_s),
             ("ORDER_COMMIT_DEADLINE_MS", self.flash.commit_deadline_ms),
             ("RECONCILE_BATCH_MAX", u64::from(self.flash.reconcile_batch_max)),

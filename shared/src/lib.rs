@@ -28,6 +28,7 @@ pub mod verification;
 pub mod http;
 pub mod idempotency;
 pub mod kafka;
+pub mod memo;
 pub mod metrics;
 pub mod platform;
 pub mod secret;

@@ -4,8 +4,10 @@
 mod payments;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use paystream::batch::Batcher;
+use paystream::store::payments::IntakeMemo;
 use paystream::http::{self, method_not_allowed, no_route, HttpApi, Request, Response};
 use paystream::{AppError, Platform};
 
@@ -16,6 +18,8 @@ pub struct PayApi {
     claims: Batcher<payments::ClaimKeys>,
     /// Their accepted payments and keys' answers, one statement per batch.
     records: Batcher<payments::RecordPayments>,
+    /// Cards and merchants this environment has read (never changed rows).
+    facts: IntakeMemo,
 }
 
 impl PayApi {
@@ -25,6 +29,7 @@ impl PayApi {
         Self {
             claims: Batcher::new(payments::ClaimKeys { platform: Arc::clone(&platform) }, limits),
             records: Batcher::new(payments::RecordPayments { platform: Arc::clone(&platform) }, limits),
+            facts: IntakeMemo::new(platform.config.http.intake_facts_memo_max, Duration::from_secs(platform.config.cache_ttl_s)),
             platform,
         }
     }

@@ -6,7 +6,8 @@
 //!    statement (`idempotency::claim_new`, shared by the claims of the
 //!    invocations in flight: `paystream::batch`): a replay answers here, a
 //!    twin waits for the first answer (`idempotency::await_claim`);
-//! 2. the caller's card and the merchant's facts are read (one statement);
+//! 2. the caller's card and the merchant's facts are read (one statement,
+//!    or none when this environment has seen both: `IntakeMemo`);
 //! 3. the event is published and acknowledged; if that fails, the claim is
 //!    released and nothing was recorded (503, nothing left behind);
 //! 4. the payment row and the key's answer are written in one statement
@@ -90,7 +91,7 @@ pub async fn create(api: &PayApi, req: &Request) -> Result<Response, AppError> {
         amount: amount.minor(),
         currency: currency.code(),
     };
-    if let Err(e) = publish(p, &payment).await {
+    if let Err(e) = publish(api, &payment).await {
         // Nothing was recorded; a retry with the key must do the work.
         if let Some(k) = &keyed {
             release_quietly(p, k).await;
@@ -119,8 +120,9 @@ pub async fn create(api: &PayApi, req: &Request) -> Result<Response, AppError> {
 /// Reads the card's and the merchant's facts (the connection goes back to
 /// the pool before the broker is asked) and publishes the payment's event,
 /// returning once the broker acknowledged it.
-async fn publish(p: &Platform, payment: &payments::NewPayment) -> Result<(), AppError> {
-    let facts = payments::intake_facts(&p.pg.get().await?, paystream::domain::UserId(payment.user_id), CardId(payment.card_id), MerchantId(payment.merchant_id)).await?;
+async fn publish(api: &PayApi, payment: &payments::NewPayment) -> Result<(), AppError> {
+    let p = &api.platform;
+    let facts = api.facts.facts(&p.pg, paystream::domain::UserId(payment.user_id), CardId(payment.card_id), MerchantId(payment.merchant_id)).await?;
     let event = PaymentEvent {
         v: EVENT_VERSION,
         payment_id: payment.id,
@@ -128,12 +130,12 @@ async fn publish(p: &Platform, payment: &payments::NewPayment) -> Result<(), App
         card_id: payment.card_id,
         card_product_id: facts.card_product_id,
         merchant_id: payment.merchant_id,
-        merchant_category: facts.merchant_category,
+        merchant_category: facts.merchant.category,
         amount: payment.amount,
         currency: payment.currency.to_owned(),
-        country: facts.country,
-        lat: facts.lat,
-        lon: facts.lon,
+        country: facts.merchant.country,
+        lat: facts.merchant.lat,
+        lon: facts.merchant.lon,
         occurred_at: OffsetDateTime::now_utc(),
     };
     let payload = serde_json::to_vec(&event).map_err(AppError::internal)?;

@@ -86,6 +86,29 @@ async fn other_peoples_cards_and_payments_are_not_found() {
     assert_eq!(count(&api, "SELECT count(*) FROM payments").await, 1, "refused payments leave nothing");
 }
 
+/// The environment's memo of cards (`IntakeMemo`) keeps a card under its
+/// owner: once bob's card is remembered, alice paying with it is still
+/// asked of PostgreSQL, and refused.
+#[tokio::test]
+async fn a_remembered_card_is_still_not_found_for_anyone_but_its_owner() {
+    let api = api().await;
+    let alice = user(&api.platform, "alice").await;
+    let bob = user(&api.platform, "bob").await;
+    for _ in 0..2 {
+        assert_eq!(call(&api, "POST", "/payments", &bob, None, Some(payment(&bob, SEOUL_CAFE, 700))).await.0, 202, "bob's card and the cafe, remembered");
+    }
+    let stolen = json!({"card_id": bob.cards[0], "merchant_id": SEOUL_CAFE.to_string(), "amount": 1, "currency": "KRW"});
+    let (status, body) = call(&api, "POST", "/payments", &alice, None, Some(stolen)).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")), "{body}");
+    let (status, _) = call(&api, "POST", "/payments", &bob, None, Some(payment(&bob, PARIS_CAFE, 900))).await;
+    assert_eq!(status, 202, "a remembered card at a merchant not yet seen");
+    let records = read_topic(&api.platform.config, &api.platform.config.kafka.payment_topic, 3, Duration::from_secs(1)).await;
+    let countries: Vec<String> = records.iter().map(|r| decode_payment(&r.value).unwrap().country).collect();
+    assert_eq!(countries.iter().filter(|c| *c == "KR").count(), 2, "{countries:?}");
+    assert_eq!(countries.iter().filter(|c| *c == "FR").count(), 1, "each payment carries its own merchant's facts: {countries:?}");
+    assert_eq!(count(&api, &format!("SELECT count(*) FROM payments WHERE user_id = '{}'", alice.id)).await, 0, "nothing recorded for alice");
+}
+
 #[tokio::test]
 async fn idempotency_replays_refuses_reuse_and_survives_a_race() {
     let api = api().await;

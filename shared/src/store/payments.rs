@@ -1,16 +1,26 @@
 //! Payment intake records (`pay`) and the facts copied into each event.
 
+use std::time::Duration;
+
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::db::PgPool;
 use crate::domain::{CardId, MerchantId, UserId};
 use crate::error::AppError;
+use crate::memo::Memo;
 
 /// The card's product and the merchant's facts, for the payment event.
 pub struct IntakeFacts {
     pub card_product_id: Uuid,
-    pub merchant_category: String,
+    pub merchant: MerchantFacts,
+}
+
+/// What every payment event at a merchant copies in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MerchantFacts {
+    pub category: String,
     pub country: String,
     pub lat: f64,
     pub lon: f64,
@@ -32,8 +42,38 @@ pub async fn intake_facts(db: &impl deadpool_postgres::GenericClient, user: User
     let card_product_id: Option<Uuid> = row.get(0);
     let category: Option<String> = row.get(1);
     let card_product_id = card_product_id.ok_or_else(|| AppError::not_found("card"))?;
-    let merchant_category = category.ok_or_else(|| AppError::not_found("merchant"))?;
-    Ok(IntakeFacts { card_product_id, merchant_category, country: row.get(2), lat: row.get(3), lon: row.get(4) })
+    let category = category.ok_or_else(|| AppError::not_found("merchant"))?;
+    Ok(IntakeFacts { card_product_id, merchant: MerchantFacts { category, country: row.get(2), lat: row.get(3), lon: row.get(4) } })
+}
+
+/// [`intake_facts`] through one execution environment's memory. A card's
+/// owner and product and a merchant's facts are written once and never
+/// changed (no route updates or deletes either), so once read they are
+/// kept (bounded, for at most the TTL; `crate::memo`). The card is kept
+/// under (card, owner): another user's payment with it is a miss, goes to
+/// PostgreSQL and is "not found" there, so the ownership check is never
+/// skipped. Nothing that was not found is kept.
+pub struct IntakeMemo {
+    cards: Memo<(CardId, UserId), Uuid>,
+    merchants: Memo<MerchantId, MerchantFacts>,
+}
+
+impl IntakeMemo {
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        Self { cards: Memo::new(capacity, ttl), merchants: Memo::new(capacity, ttl) }
+    }
+
+    /// The facts, from memory when both are known, else from PostgreSQL
+    /// (one statement, and both remembered).
+    pub async fn facts(&self, pg: &PgPool, user: UserId, card: CardId, merchant: MerchantId) -> Result<IntakeFacts, AppError> {
+        if let (Some(card_product_id), Some(merchant)) = (self.cards.get(&(card, user)), self.merchants.get(&merchant)) {
+            return Ok(IntakeFacts { card_product_id, merchant });
+        }
+        let facts = intake_facts(&pg.get().await?, user, card, merchant).await?;
+        self.cards.insert((card, user), facts.card_product_id);
+        self.merchants.insert(merchant, facts.merchant.clone());
+        Ok(facts)
+    }
 }
 
 pub struct NewPayment {

@@ -10,11 +10,33 @@ use std::collections::HashMap;
 /// and the function binaries a benchmark runs under the local Lambda host.
 pub const SERVERS: [&str; 5] = ["postgres", "redis-server", "nisshi", "pay", "order"];
 
-/// CPU seconds (user + system) so far: this process, and each of
-/// [`SERVERS`] summed over its processes.
+/// Every process of the local runtime (`scripts/run.sh`), by `comm` (the
+/// kernel keeps 15 bytes of a name): the servers, the gateway, the Lambda
+/// host, the poller and each function.
+pub const RUNTIME: [&str; 15] = [
+    "postgres",
+    "redis-server",
+    "nisshi",
+    "gateway",
+    "lambda-host",
+    "poller",
+    "pay",
+    "fds-consumer",
+    "loyalty-consume",
+    "benefit-consume",
+    "order",
+    "settle",
+    "account",
+    "verify",
+    "report",
+];
+
+/// CPU seconds (user + system) so far: this process, and each of the
+/// watched names summed over its processes.
 #[derive(Clone, Debug, Default)]
 pub struct Sample {
     pub this_process_s: f64,
+    pub names: Vec<&'static str>,
     pub servers_s: HashMap<&'static str, f64>,
 }
 
@@ -35,20 +57,25 @@ fn process_ticks(stat: &str) -> Option<u64> {
 }
 
 pub fn sample() -> Sample {
+    sample_of(&SERVERS)
+}
+
+/// CPU seconds of this process and of every process named in `names`.
+pub fn sample_of(names: &[&'static str]) -> Sample {
     let per_s = ticks_per_s();
     let own = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| process_ticks(&s)).unwrap_or(0);
-    let mut servers_s: HashMap<&'static str, f64> = SERVERS.iter().map(|s| (*s, 0.0)).collect();
+    let mut servers_s: HashMap<&'static str, f64> = names.iter().map(|s| (*s, 0.0)).collect();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let Some(pid) = entry.file_name().to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).map(str::to_owned) else { continue };
             let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else { continue };
-            let Some(server) = SERVERS.iter().find(|s| comm.trim() == **s) else { continue };
+            let Some(server) = names.iter().find(|s| comm.trim() == **s) else { continue };
             if let Some(ticks) = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| process_ticks(&s)) {
                 *servers_s.get_mut(server).expect("every server has an entry") += ticks as f64 / per_s;
             }
         }
     }
-    Sample { this_process_s: own as f64 / per_s, servers_s }
+    Sample { this_process_s: own as f64 / per_s, names: names.to_vec(), servers_s }
 }
 
 /// CPU microseconds per operation between two samples, for this process
@@ -57,8 +84,8 @@ pub fn per_op_us(before: &Sample, after: &Sample, operations: usize) -> Vec<(&'s
     assert!(operations > 0, "cost per operation needs operations");
     let per = |s: f64| 1e6 * s.max(0.0) / operations as f64;
     let mut costs = vec![("this process", per(after.this_process_s - before.this_process_s))];
-    for server in SERVERS {
-        costs.push((server, per(after.servers_s[server] - before.servers_s[server])));
+    for server in &after.names {
+        costs.push((*server, per(after.servers_s[server] - before.servers_s.get(server).copied().unwrap_or(0.0))));
     }
     costs
 }

@@ -11,8 +11,8 @@
 //! 2. flash-sale decisions: `POST /orders` on one hot product (stock 1,000)
 //!    by distinct buyers, each answer a 202 (accepted) or a 409 SOLD_OUT.
 //!
-//! Prints requests/s of accepted answers, p50, p99 and the answers by
-//! status. Needs the runtime's environment (DATABASE_URL, JWT settings).
+//! Prints requests/s of accepted answers, p50, p99, the answers by status,
+//! and the CPU µs per answer of every process of the runtime (from /proc). Needs the runtime's environment (DATABASE_URL, JWT settings).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,15 +26,19 @@ use paystream_local::client::HttpClient;
 use uuid::Uuid;
 
 use crate::consumers::{create_users, payment_requests};
+use crate::cpu;
 
 /// How long every accepted payment's decision may take to appear.
 const DECISIONS_WAIT: Duration = Duration::from_secs(120);
 
-/// Every answer of a phase: status (0: no answer) and latency.
+/// Every answer of a phase: status (0: no answer) and latency; and the CPU
+/// every process of the runtime spent during it.
 struct Phase {
     name: String,
     elapsed: Duration,
     answers: Vec<(u16, Duration, Option<Uuid>)>,
+    cpu_before: cpu::Sample,
+    cpu_after: cpu::Sample,
 }
 
 impl Phase {
@@ -55,6 +59,13 @@ impl Phase {
             pick(0.99),
             statuses.join(", ")
         );
+        // What one good answer cost each process, while the phase ran
+        // (the consumers' work on the phase's events included, as far as
+        // it kept up; "this process" is the load generator).
+        let costs = cpu::per_op_us(&self.cpu_before, &self.cpu_after, ok.len().max(1));
+        let total: f64 = costs.iter().skip(1).map(|(_, us)| us).sum();
+        let shown: Vec<String> = costs.iter().filter(|(_, us)| *us >= 1.0).map(|(name, us)| format!("{name} {us:.0}")).collect();
+        println!("  CPU µs per answer: {} (runtime total {total:.0})", shown.join(", "));
     }
 }
 
@@ -65,6 +76,7 @@ where
 {
     let make = Arc::new(make);
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu::sample_of(&cpu::RUNTIME);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = tokio::task::JoinSet::new();
@@ -93,7 +105,7 @@ where
     while let Some(done) = tasks.join_next().await {
         answers.extend(done.expect("client task"));
     }
-    Phase { name, elapsed: started.elapsed(), answers }
+    Phase { name, elapsed: started.elapsed(), answers, cpu_before, cpu_after: cpu::sample_of(&cpu::RUNTIME) }
 }
 
 pub async fn run(seconds: u64, concurrency: usize) {

@@ -15,7 +15,8 @@
 //!   Runtime API round trip as on Lambda.
 //!
 //! Baseline, same run: publishing same-sized events straight to the broker
-//! with the same producer settings (acks=all, idempotent) and concurrency.
+//! with the same producer settings (acks=all, one request in flight per
+//! connection, not idempotent) and concurrency.
 //! Cost: CPU µs per payment of this process (the in-process handlers), the
 //! function processes (Runtime API variant), PostgreSQL, Redis and the
 //! broker; Lambda GB-s per million payments from the mean duration at the
