@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::domain::merchant::{Coordinates, CountryCode, MerchantCategory};
+use crate::domain::money::{Amount, Currency};
+
 pub const EVENT_VERSION: u8 = 1;
 
 /// Header names every producer sets.
@@ -58,9 +61,12 @@ pub fn decode_order(bytes: &[u8]) -> Result<OrderEvent, DecodeError> {
     if event.v != EVENT_VERSION {
         return Err(DecodeError::Version(event.v));
     }
-    if event.amount <= 0 {
-        return Err(DecodeError::Field("amount"));
-    }
+    // Every field a consumer stores is parsed as intake parses it, so a
+    // record that decodes can never fail the batch's statement later (a
+    // NUL byte, a four-letter currency: PostgreSQL would refuse the whole
+    // batch on every retry, and the partition would stall behind it).
+    Amount::parse(event.amount).map_err(|_| DecodeError::Field("amount"))?;
+    Currency::parse(&event.currency).map_err(|_| DecodeError::Field("currency"))?;
     Ok(event)
 }
 
@@ -80,15 +86,12 @@ pub fn decode_payment(bytes: &[u8]) -> Result<PaymentEvent, DecodeError> {
     if event.v != EVENT_VERSION {
         return Err(DecodeError::Version(event.v));
     }
-    if event.amount <= 0 {
-        return Err(DecodeError::Field("amount"));
-    }
-    if !(-90.0..=90.0).contains(&event.lat) || !(-180.0..=180.0).contains(&event.lon) {
-        return Err(DecodeError::Field("lat/lon"));
-    }
-    if event.country.len() != 2 || event.currency.len() != 3 {
-        return Err(DecodeError::Field("country/currency"));
-    }
+    // As for orders: parsed as intake and the merchants' routes parse them.
+    Amount::parse(event.amount).map_err(|_| DecodeError::Field("amount"))?;
+    Coordinates::parse(event.lat, event.lon).map_err(|_| DecodeError::Field("lat/lon"))?;
+    CountryCode::parse(&event.country).map_err(|_| DecodeError::Field("country"))?;
+    Currency::parse(&event.currency).map_err(|_| DecodeError::Field("currency"))?;
+    MerchantCategory::parse(&event.merchant_category).map_err(|_| DecodeError::Field("merchant_category"))?;
     Ok(event)
 }
 
@@ -127,5 +130,38 @@ mod tests {
         let mut bad = sample();
         bad.amount = 0;
         assert!(decode_payment(&serde_json::to_vec(&bad).unwrap()).is_err());
+    }
+
+    /// What PostgreSQL would refuse (and so fail the whole batch on every
+    /// retry) never decodes: it goes to the DLQ instead.
+    #[test]
+    fn fields_the_database_would_refuse_are_poison() {
+        let spoil: [(&str, fn(&mut PaymentEvent)); 6] = [
+            ("NUL in the currency", |e| e.currency = "KR\0".into()),
+            ("an unknown currency", |e| e.currency = "XYZ".into()),
+            ("NUL in the country", |e| e.country = "K\0".into()),
+            ("a lowercase country", |e| e.country = "kr".into()),
+            ("a two-byte single letter country", |e| e.country = "é".into()),
+            ("NUL in the category", |e| e.merchant_category = "ca\0fe".into()),
+        ];
+        for (what, spoil) in spoil {
+            let mut bad = sample();
+            spoil(&mut bad);
+            assert!(matches!(decode_payment(&serde_json::to_vec(&bad).unwrap()), Err(DecodeError::Field(_))), "{what}");
+        }
+        let order = OrderEvent {
+            v: 1,
+            order_id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            product_id: Uuid::new_v4(),
+            amount: 5_000,
+            currency: "KRW".into(),
+            ordered_at: time::macros::datetime!(2026-11-22 09:00 UTC),
+        };
+        assert!(decode_order(&serde_json::to_vec(&order).unwrap()).is_ok());
+        let bad = OrderEvent { currency: "KR\0".into(), ..order.clone() };
+        assert!(matches!(decode_order(&serde_json::to_vec(&bad).unwrap()), Err(DecodeError::Field("currency"))));
+        let bad = OrderEvent { amount: i64::MAX, ..order };
+        assert!(matches!(decode_order(&serde_json::to_vec(&bad).unwrap()), Err(DecodeError::Field("amount"))));
     }
 }
