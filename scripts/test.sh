@@ -26,7 +26,7 @@ log "openapi.json: a valid OpenAPI 3.1 document (the cargo tests check it matche
 
 log "template checks (template.yaml and its Managed Instances variant, which must be what the script derives)"
 "$VENV/bin/python" scripts/managed_instances_template.py template.yaml | diff -u template.managed-instances.yaml - ||
-  { log "template.managed-instances.yaml is stale: python3 scripts/managed_instances_template.py > template.managed-instances.yaml"; exit 1; }
+  { log "template.managed-instances.yaml is stale: $VENV/bin/python scripts/managed_instances_template.py template.yaml > template.managed-instances.yaml"; exit 1; }
 for template in template.yaml template.managed-instances.yaml; do
   "$VENV/bin/cfn-lint" "$template"
   "$VENV/bin/sam" validate --lint --template-file "$template"

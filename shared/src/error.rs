@@ -281,7 +281,7 @@ impl From<tokio_postgres::Error> for AppError {
         // on (40P01 deadlock_detected, 40001 serialization_failure) did
         // nothing: the same request succeeds when retried. Retryable, not a
         // bug of the request.
-        if err.code().is_some_and(|c| *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED || *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE) {
+        if err.code().is_some_and(|c| *c == crate::db::SqlState::T_R_DEADLOCK_DETECTED || *c == crate::db::SqlState::T_R_SERIALIZATION_FAILURE) {
             return AppError::new(ErrorCode::DependencyUnavailable, WRITE_CONFLICT).with_source(err);
         }
         // Text PostgreSQL cannot hold (U+0000 in text: 22021
