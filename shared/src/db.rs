@@ -79,6 +79,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "analytics", sql: include_str!("../../migrations/0004_analytics.sql") },
     Migration { version: 5, name: "consumer_write_paths", sql: include_str!("../../migrations/0005_consumer_write_paths.sql") },
     Migration { version: 6, name: "intake_write_paths", sql: include_str!("../../migrations/0006_intake_write_paths.sql") },
+    Migration { version: 7, name: "unread_indexes", sql: include_str!("../../migrations/0007_unread_indexes.sql") },
 ];
 
 /// Key for the advisory lock that serialises concurrent migrators.

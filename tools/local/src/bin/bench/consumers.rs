@@ -438,6 +438,7 @@ pub async fn run(batches: usize) {
         order_rounds_parallel.push(batches_of_round);
     }
 
+    crate::stats::vacuum(&setup.pg).await;
     let timed_payment_batches: Vec<Batch> = one_partition[1..].iter().flatten().cloned().collect();
     let timed_order_batches: Vec<Batch> = order_rounds_one[1..].iter().flatten().cloned().collect();
     let (decoded_payments, decode_payments_time) = time_decode(&timed_payment_batches, true);

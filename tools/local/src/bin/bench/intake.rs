@@ -63,6 +63,7 @@ pub async fn run(payments: usize, concurrency: usize, environments: usize) {
     let setup = Platform::from_config("pay", config.clone()).expect("platform");
     let users = create_users(&setup.pg, &suffix).await;
     let requests: Requests = Arc::new(payment_requests(&setup.tokens, &users, 10_000));
+    crate::stats::vacuum(&setup.pg).await;
     println!("payment intake: {payments} payments per model by {} payers, each with its own Idempotency-Key, {concurrency} in flight", users.len());
 
     let quiet = QuietStdout::new();

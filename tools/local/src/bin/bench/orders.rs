@@ -63,6 +63,7 @@ pub async fn run(orders: usize, concurrency: usize) {
     let redis = Arc::new(paystream::cache::Redis::new(&config.redis).expect("redis"));
     let raw_pool = paystream::db::pool(&config.database, "bench-raw").expect("pool");
     let raw_product = create_product(&platform.pg, orders).await;
+    crate::stats::vacuum(&platform.pg).await;
     let platform_pg = platform.pg.clone();
     let api = Arc::new(order::OrderApi::new(platform));
     let body = Arc::new(serde_json::json!({ "product_id": product }).to_string());

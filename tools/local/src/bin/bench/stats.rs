@@ -150,6 +150,16 @@ pub async fn isolated_config() -> (paystream::config::Config, String) {
     (config, suffix)
 }
 
+/// Vacuums and analyzes the benchmark database once its data is in place,
+/// before anything is timed. A production database has autovacuum keeping
+/// its statistics and visibility maps current; this machine's PostgreSQL
+/// runs with autovacuum off, so without this every run would plan against
+/// whatever statistics the previous runs left (or none) and scan the dead
+/// row versions they left behind.
+pub async fn vacuum(pg: &paystream::db::PgPool) {
+    pg.get().await.expect("database").batch_execute("VACUUM (ANALYZE)").await.expect("vacuum paystream_bench");
+}
+
 /// `n` new users without cards, named with `suffix` so runs never collide.
 pub async fn create_buyers(pg: &paystream::db::PgPool, n: usize, suffix: &str) -> Vec<uuid::Uuid> {
     let db = pg.get().await.expect("database");
