@@ -13,7 +13,8 @@
 //! - payments: every event's payment row exists (intake wrote it before
 //!   publishing); 1 in 20 payments is impossible travel (Paris moments after
 //!   Seoul: PENDING, a verification token and an SMS outbox row); 1 in 5 is
-//!   made with the card that earns less at a café (a benefit tip);
+//!   made with the card that earns less at a café (a benefit tip); each
+//!   holder pays at their own usual café, one of 100 in Seoul;
 //! - orders: one flash-sale product that already has [`HISTORY_ORDERS`]
 //!   settled orders; each batch is 1,000 new accepted (PENDING) orders.
 //!
@@ -48,6 +49,10 @@ const TRAVEL_EVERY: usize = 20;
 const TIP_EVERY: usize = 5;
 /// Settled orders the sale's product has before the timed batches.
 const HISTORY_ORDERS: usize = 100_000;
+/// Cafés in Seoul the card holders pay at: each holder always at the same
+/// one (so visits add up to VIP as at a regular's café), the holders spread
+/// evenly over them, as a real payment stream spreads over many merchants.
+const CAFES: usize = 100;
 /// Minutes between consecutive batches' payments (so Seoul → Seoul is
 /// plausible and Seoul → Paris is impossible).
 const SLOT_MINUTES: i64 = 1;
@@ -56,9 +61,12 @@ pub struct User {
     pub id: Uuid,
     pub everyday_card: Uuid,
     pub cafe_card: Uuid,
+    /// The Seoul café this holder pays at (one of [`CAFES`]).
+    pub cafe: Uuid,
 }
 
-/// 1,000 users, each with an Everyday and a Cafe Lover card.
+/// 1,000 users, each with an Everyday and a Cafe Lover card and a usual
+/// café.
 pub async fn create_users(pg: &PgPool, suffix: &str) -> Vec<User> {
     create_card_holders(pg, BATCH_RECORDS, suffix).await
 }
@@ -79,19 +87,34 @@ async fn create_card_holders(pg: &PgPool, n: usize, suffix: &str) -> Vec<User> {
             .expect("bench cards");
         cards.push(rows.iter().map(|r| (r.get(0), r.get(1))).collect());
     }
-    let users: Vec<User> = ids.iter().map(|id| User { id: *id, everyday_card: cards[0][id], cafe_card: cards[1][id] }).collect();
+    // The cafés belong to the first holder: the database only asks for an
+    // existing owner, and nobody signs in as it.
+    let cafes: Vec<Uuid> = db
+        .query(
+            "INSERT INTO merchants (id, owner_id, name, category, country, lat, lon)
+             SELECT gen_random_uuid(), $1, 'Bench Cafe ' || i, 'cafe', 'KR', 37.5665, 126.978 FROM generate_series(1, $2::int) AS i
+             RETURNING id",
+            &[&ids[0], &i32::try_from(CAFES).expect("fits")],
+        )
+        .await
+        .expect("bench cafes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let users: Vec<User> =
+        ids.iter().enumerate().map(|(i, id)| User { id: *id, everyday_card: cards[0][id], cafe_card: cards[1][id], cafe: cafes[i % CAFES] }).collect();
     assert_eq!(users.len(), n);
     users
 }
 
 /// Per user, the `Authorization` header and body of a `POST /payments` of
-/// `amount` KRW with their Everyday card at the demo's Seoul cafe.
+/// `amount` KRW with their Everyday card at their usual Seoul café.
 pub fn payment_requests(tokens: &paystream::auth::TokenIssuer, users: &[User], amount: i64) -> Vec<(String, String)> {
     users
         .iter()
         .map(|u| {
             let token = tokens.issue(paystream::domain::UserId(u.id), paystream::domain::Role::User).expect("token").access_token;
-            let body = serde_json::json!({"card_id": u.everyday_card, "merchant_id": demo::SEOUL_CAFE.0, "amount": amount, "currency": "KRW"});
+            let body = serde_json::json!({"card_id": u.everyday_card, "merchant_id": u.cafe, "amount": amount, "currency": "KRW"});
             (format!("Bearer {token}"), body.to_string())
         })
         .collect()
@@ -123,7 +146,7 @@ fn batch_of(topic: &str, partition: i32, first_offset: i64, records: &[(Uuid, Ve
     Batch { partition, event_json: serde_json::to_vec(&event).expect("event"), records: records.len() }
 }
 
-/// Each user's payment in time slot `slot`: at the Seoul café, except,
+/// Each user's payment in time slot `slot`: at their Seoul café, except,
 /// when `travel`, one in [`TRAVEL_EVERY`] in Paris (impossible after the
 /// last slot's Seoul, so never in a group's first slot); one in
 /// [`TIP_EVERY`] of the Seoul ones with the Everyday card.
@@ -140,7 +163,7 @@ fn payment_events(users: &[User], slot: usize, start: OffsetDateTime, travel: bo
             let (merchant, country, lat, lon, amount, currency) = if travels {
                 (demo::PARIS_CAFE.0, "FR", 48.8566, 2.3522, 1_250, "EUR")
             } else {
-                (demo::SEOUL_CAFE.0, "KR", 37.5665, 126.978, 10_000, "KRW")
+                (user.cafe, "KR", 37.5665, 126.978, 10_000, "KRW")
             };
             PaymentEvent {
                 v: 1,

@@ -5,7 +5,7 @@
 //! 127.0.0.1:`PAYSTREAM_HTTP_PORT`.
 //!
 //! 1. `POST /payments`, each with its own Idempotency-Key, by 1,000 payers
-//!    with cards; afterwards every accepted payment must get its fraud
+//!    with cards at 100 merchants; afterwards every accepted payment must get its fraud
 //!    decision (the ledger row), through the broker, the poller and
 //!    fds-consumer;
 //! 2. flash-sale decisions: `POST /orders` on one hot product (stock 1,000)

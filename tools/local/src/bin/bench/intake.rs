@@ -1,6 +1,6 @@
 //! Payment intake: `POST /payments` as the pay function handles it, every
 //! request with its own `Idempotency-Key`, 1,000 payers with their own
-//! cards, each answer a 202 only after the broker acknowledged the event
+//! cards, spread over 100 merchants (each payer at their usual café), each answer a 202 only after the broker acknowledged the event
 //! (and the payment row and the key's answer were written right after).
 //! Logging and EMF metrics are initialised as in Lambda and written to
 //! /dev/null; each invocation flushes its metrics as the runner does.

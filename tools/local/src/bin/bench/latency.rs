@@ -17,7 +17,7 @@
 //!
 //! Needs the runtime up (`bash scripts/run.sh`) and the same environment
 //! (DATABASE_URL, JWT settings) as it; payments are made by 1,000 users of
-//! their own with cards, at the demo's Seoul cafe (no impossible travel).
+//! their own with cards, each at their usual one of 100 Seoul cafés (no impossible travel).
 
 use std::collections::HashMap;
 use std::io::{BufRead, Seek};
