@@ -6,7 +6,7 @@
 //! payment is never counted twice; counts per pair); Redis mirrors the
 //! counts after each commit, so Redis losing them costs nothing. Merchant
 //! thresholds are read cache-aside. Per batch: one Redis MGET (+ one query
-//! and one pipeline on misses), one transaction of up to four statements,
+//! and one pipeline on misses), one transaction of up to three statements,
 //! one Redis pipeline.
 
 use std::collections::HashSet;

@@ -29,7 +29,11 @@ pub struct CountChange {
 }
 
 /// Records visits (a payment already recorded is ignored) and adds the new
-/// ones to the pair counts: two statements, inside the caller's transaction.
+/// ones to the pair counts, inside the caller's transaction: one statement
+/// (one round trip) whatever the batch's size. Only the visits this
+/// statement inserted are counted, so a redelivered payment adds nothing.
+/// Pairs are counted in (merchant, customer) order, so two batches bumping
+/// some of the same pairs wait for each other at most one way.
 pub async fn record_visits(db: &impl GenericClient, visits: &[Visit]) -> Result<Vec<CountChange>, AppError> {
     if visits.is_empty() {
         return Ok(Vec::new());
@@ -38,44 +42,25 @@ pub async fn record_visits(db: &impl GenericClient, visits: &[Visit]) -> Result<
     let users: Vec<Uuid> = visits.iter().map(|v| v.user_id).collect();
     let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect();
     let times: Vec<OffsetDateTime> = visits.iter().map(|v| v.at).collect();
-    let new_rows = db
+    let totals = db
         .query(
-            "INSERT INTO loyalty_visits (payment_id, user_id, merchant_id, visited_at)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[])
-             ON CONFLICT (payment_id) DO NOTHING RETURNING merchant_id, user_id",
+            "WITH new_visits AS (
+                 INSERT INTO loyalty_visits (payment_id, user_id, merchant_id, visited_at)
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[])
+                 ON CONFLICT (payment_id) DO NOTHING
+                 RETURNING merchant_id, user_id),
+             added AS (
+                 SELECT merchant_id, user_id, count(*)::int AS visits FROM new_visits GROUP BY merchant_id, user_id),
+             counted AS (
+                 INSERT INTO loyalty_counts (merchant_id, user_id, visits)
+                 SELECT merchant_id, user_id, visits FROM added ORDER BY merchant_id, user_id
+                 ON CONFLICT (merchant_id, user_id) DO UPDATE SET visits = loyalty_counts.visits + excluded.visits
+                 RETURNING merchant_id, user_id, visits)
+             SELECT c.merchant_id, c.user_id, c.visits - a.visits, c.visits FROM counted c JOIN added a USING (merchant_id, user_id)",
             &[&payments, &users, &merchants, &times],
         )
         .await?;
-    let mut added: HashMap<(Uuid, Uuid), i32> = HashMap::new();
-    for row in &new_rows {
-        *added.entry((row.get(0), row.get(1))).or_default() += 1;
-    }
-    if added.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (pair_merchants, pair_users, increments): (Vec<Uuid>, Vec<Uuid>, Vec<i32>) =
-        added.iter().map(|((m, u), n)| (*m, *u, *n)).fold((Vec::new(), Vec::new(), Vec::new()), |mut acc, (m, u, n)| {
-            acc.0.push(m);
-            acc.1.push(u);
-            acc.2.push(n);
-            acc
-        });
-    let totals = db
-        .query(
-            "INSERT INTO loyalty_counts (merchant_id, user_id, visits)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[])
-             ON CONFLICT (merchant_id, user_id) DO UPDATE SET visits = loyalty_counts.visits + excluded.visits
-             RETURNING merchant_id, user_id, visits",
-            &[&pair_merchants, &pair_users, &increments],
-        )
-        .await?;
-    Ok(totals
-        .iter()
-        .map(|r| {
-            let (merchant_id, user_id, after): (Uuid, Uuid, i32) = (r.get(0), r.get(1), r.get(2));
-            CountChange { merchant_id, user_id, before: after - added[&(merchant_id, user_id)], after }
-        })
-        .collect())
+    Ok(totals.iter().map(|r| CountChange { merchant_id: r.get(0), user_id: r.get(1), before: r.get(2), after: r.get(3) }).collect())
 }
 
 /// Inserts VIPs; returns the (merchant, user) pairs that are new.
