@@ -268,7 +268,7 @@ pub struct FlashConfig {
     /// Publishes one relay run has in flight at once (`RELAY_CONCURRENCY`).
     pub relay_concurrency: u32,
     /// Total time one relay run (reconciliation and publishing) may take
-    /// before it marks what was acknowledged and stops (`RELAY_DEADLINE_MS`);
+    /// before it clears what was acknowledged and stops (`RELAY_DEADLINE_MS`);
     /// keep it plus `PG_STATEMENT_TIMEOUT_MS` below the order function's timeout.
     pub relay_deadline_ms: u64,
 }

@@ -80,6 +80,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 5, name: "consumer_write_paths", sql: include_str!("../../migrations/0005_consumer_write_paths.sql") },
     Migration { version: 6, name: "intake_write_paths", sql: include_str!("../../migrations/0006_intake_write_paths.sql") },
     Migration { version: 7, name: "unread_indexes", sql: include_str!("../../migrations/0007_unread_indexes.sql") },
+    Migration { version: 8, name: "outbox_delete_on_publish", sql: include_str!("../../migrations/0008_outbox_delete_on_publish.sql") },
 ];
 
 /// Key for the advisory lock that serialises concurrent migrators.

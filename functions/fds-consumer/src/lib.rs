@@ -90,8 +90,8 @@ impl Fds {
         // read for nothing, which is rare and harmless.
         let users: Vec<Uuid> = unique.iter().map(|e| e.user_id).collect::<HashSet<_>>().into_iter().collect();
         let (known, profiles, mut last) = tokio::try_join!(
-            ledger::known(&**db, &ids),
-            holders::profiles(&**db, &users),
+            ledger::known(&db, &ids),
+            holders::profiles(&db, &users),
             holders::last_locations(&p.redis, &**db, &users),
         )?;
         let fresh: Vec<&PaymentEvent> = unique.iter().copied().filter(|e| !known.decided.contains(&e.payment_id)).collect();
@@ -179,12 +179,13 @@ impl Fds {
         // cache miss (read from PostgreSQL) once the hold lapses, never a
         // stale location.
         holders::hold(&p.redis, &moved_users).await?;
-        let tx = paystream::db::begin(&mut db).await?;
+        // deadpool's transaction: its statements are prepared once per connection.
+        let tx = db.transaction().await?;
         // Before the ledger: an event whose intake never committed becomes
         // a payment record here (only those; usually none).
         let unrecorded: Vec<&PaymentEvent> = fresh.iter().copied().filter(|e| known.unrecorded.contains(&e.payment_id)).collect();
         if !unrecorded.is_empty() {
-            let recovered = paystream::store::payments::reconcile_from_events(&tx, &unrecorded).await?;
+            let recovered = paystream::store::payments::reconcile_from_events(&*tx, &unrecorded).await?;
             tracing::warn!(recovered, "payments recorded from their events (intake did not commit after publishing)");
         }
         // Fails as a whole (retryable) if another invocation decided one of
@@ -192,8 +193,8 @@ impl Fds {
         let inserted = ledger::insert_many(&tx, &rows).await?;
         assert_eq!(inserted as usize, rows.len(), "a plain INSERT writes every row or fails");
         holders::save_locations(&tx, &moved).await?;
-        verifications::insert_many(&tx, &pending).await?;
-        sms::enqueue(&tx, &messages).await?;
+        verifications::insert_many(&*tx, &pending).await?;
+        sms::enqueue(&*tx, &messages).await?;
         tx.commit().await?;
         let decided_at = time::OffsetDateTime::now_utc();
         paystream::crash_point!("fds.after_commit");

@@ -43,7 +43,8 @@ impl BatchConsumer for Loyalty {
         let mut db = p.pg.get().await?;
         let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect::<HashSet<_>>().into_iter().collect();
         let facts = loyalty::merchant_facts(&p.redis, &**db, &merchants, p.config.cache_ttl_s).await?;
-        let tx = paystream::db::begin(&mut db).await?;
+        // deadpool's transaction: its statements are prepared once per connection.
+        let tx = db.transaction().await?;
         let changes = loyalty::record_visits(&tx, &visits).await?;
         // Became VIP at the threshold-th visit (the batch may have gone past it).
         let crossing: Vec<CountChange> = changes
@@ -53,7 +54,7 @@ impl BatchConsumer for Loyalty {
                 (c.before < threshold && c.after >= threshold).then_some(CountChange { after: threshold, ..*c })
             })
             .collect();
-        let new_vips = loyalty::insert_vips(&tx, &crossing).await?;
+        let new_vips = loyalty::insert_vips(&*tx, &crossing).await?;
         let notes: Vec<NewNotification> = new_vips
             .iter()
             .map(|(merchant, user)| NewNotification {
@@ -67,7 +68,7 @@ impl BatchConsumer for Loyalty {
                 dedupe_key: format!("vip:{merchant}:{user}"),
             })
             .collect();
-        notifications::insert_many_once(&tx, &notes).await?;
+        notifications::insert_many_once(&*tx, &notes).await?;
         tx.commit().await?;
         let committed_at = time::OffsetDateTime::now_utc();
         for visit in &visits {

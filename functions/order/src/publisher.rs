@@ -5,11 +5,11 @@
 //! An order is durable once its row and its outbox row are committed; from
 //! then on its event only has to reach `order-stream` eventually, and the
 //! relay schedule publishes whatever the outbox still holds. Published one
-//! by one, each event cost a produce request and an outbox-marking commit
+//! by one, each event cost a produce request and an outbox-deleting commit
 //! of its own, most of an order's cost (README, `bench orders`). Here the
 //! events of every invocation in flight in this environment go out
 //! together: what queued while earlier batches were being published is the
-//! next batch, its records share produce requests, and one UPDATE marks it.
+//! next batch, its records share produce requests, and one DELETE clears it.
 //! The batch's reservation records go first, one Redis script per product;
 //! a record left behind (Redis unreachable, a crash) is dropped by the
 //! relay schedule's reconciliation, which finds the order.
@@ -112,8 +112,8 @@ async fn forget_reservations(p: &Platform, held: &[Held]) {
 }
 
 /// Publishes one batch (every record at once on the shared producer) and
-/// marks in one statement those the broker acknowledged. What fails stays
-/// unpublished in the outbox for the relay.
+/// deletes in one statement the outbox rows of those the broker
+/// acknowledged. What fails stays in the outbox for the relay.
 async fn publish_batch(p: &Platform, events: Vec<OrderEvent>) -> Result<(), AppError> {
     let producer = p.producer().await?;
     let topic: Arc<str> = Arc::from(p.config.kafka.order_topic.as_str());
@@ -131,7 +131,7 @@ async fn publish_batch(p: &Platform, events: Vec<OrderEvent>) -> Result<(), AppE
     }
     if !acknowledged.is_empty() {
         // Never waits for a relay run holding a row (it skips it).
-        orders::mark_published_now(&p.pg.get().await?, &acknowledged).await?;
+        orders::delete_published_now(&p.pg.get().await?, &acknowledged).await?;
     }
     Ok(())
 }

@@ -7,8 +7,8 @@
 //! reservations, at most `RELAY_BATCH_MAX` outbox rows with
 //! `RELAY_CONCURRENCY` publishes in flight, and all of it within
 //! `RELAY_DEADLINE_MS` (below the function's timeout), after which what the
-//! broker acknowledged is marked and the rest waits for the next run. The
-//! relay takes only outbox rows older than `RELAY_GRACE_MS`, skips rows
+//! broker acknowledged leaves the outbox and the rest waits for the next
+//! run. The relay takes only outbox rows older than `RELAY_GRACE_MS`, skips rows
 //! another run holds, and the request path skips rows the relay holds, so
 //! neither ever waits for the other.
 
@@ -28,7 +28,7 @@ use crate::publisher::publish_one;
 /// What one run did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RelayReport {
-    /// Outbox events the broker acknowledged (and now marked published).
+    /// Outbox events the broker acknowledged (their outbox rows now deleted).
     pub published: usize,
     /// Reservations without an order given back (buyer removed, unit returned).
     pub reservations_returned: u64,
@@ -97,8 +97,8 @@ pub fn verdicts(stale: &[Recorded], has_order: impl Fn(Uuid) -> bool) -> Vec<(Re
 }
 
 /// Publishes up to `RELAY_BATCH_MAX` unpublished order events older than
-/// the grace period, concurrently, until `deadline`; marks those the broker
-/// acknowledged. Stops taking new ones at the first broker failure.
+/// the grace period, concurrently, until `deadline`; deletes the outbox rows
+/// of those the broker acknowledged. Stops taking new ones at the first broker failure.
 pub async fn publish_outbox(p: &Platform, deadline: Instant) -> Result<usize, AppError> {
     let limits = &p.config.flash;
     let mut db = p.pg.get().await?;
@@ -139,7 +139,7 @@ pub async fn publish_outbox(p: &Platform, deadline: Instant) -> Result<usize, Ap
             Err(e) => return Err(AppError::internal(e)),
         }
     }
-    // Whatever is still in flight at the deadline is dropped unmarked: the
+    // Whatever is still in flight at the deadline is left in the outbox: the
     // next run publishes it again (settlement deduplicates).
     if !in_flight.is_empty() {
         // Abandoned before their own timeout: without this the same stuck
@@ -150,7 +150,7 @@ pub async fn publish_outbox(p: &Platform, deadline: Instant) -> Result<usize, Ap
     if timed_out {
         tracing::warn!(acknowledged = acknowledged.len(), "relay deadline reached; the rest waits for the next run");
     }
-    orders::mark_published(&tx, &acknowledged).await?;
+    orders::delete_published(&tx, &acknowledged).await?;
     tx.commit().await?;
     Ok(acknowledged.len())
 }

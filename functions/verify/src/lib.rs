@@ -102,15 +102,15 @@ impl VerifyApi {
         let token = parse_token(raw_token)?;
         let decision = parse_decision(req, p.config.http.max_body_bytes)?;
         let mut db = p.pg.get().await?;
-        let tx = paystream::db::begin(&mut db).await?;
-        let view = verifications::find(&tx, &hash_token(&token), true).await?.ok_or_else(|| AppError::not_found("verification"))?;
+        let tx = db.transaction().await?;
+        let view = verifications::find(&*tx, &hash_token(&token), true).await?.ok_or_else(|| AppError::not_found("verification"))?;
         check_open(&view, OffsetDateTime::now_utc())?;
         let (status, why, verification_status, kind) = match decision {
             Decision::Approve => (LedgerStatus::Completed, reason::APPROVED_BY_HOLDER, "APPROVED", notifications::kind::VERIFICATION_APPROVED),
             Decision::Deny => (LedgerStatus::Denied, reason::DENIED_BY_HOLDER, "DENIED", notifications::kind::VERIFICATION_DENIED),
         };
-        verifications::decide(&tx, view.id, verification_status).await?;
-        ledger::settle_pending(&tx, view.payment_id, status, why).await?;
+        verifications::decide(&*tx, view.id, verification_status).await?;
+        ledger::settle_pending(&*tx, view.payment_id, status, why).await?;
         let location = LastLocation { payment_id: view.payment_id, country: view.country.clone(), lat: view.lat, lon: view.lon, at: view.occurred_at };
         match decision {
             Decision::Approve => {
@@ -120,10 +120,10 @@ impl VerifyApi {
                 holders::hold(&p.redis, &[view.user_id]).await?;
                 holders::save_locations(&tx, &[(view.user_id, location)]).await?;
             }
-            Decision::Deny => holders::lock(&tx, view.user_id).await?,
+            Decision::Deny => holders::lock(&*tx, view.user_id).await?,
         }
         let note = serde_json::json!({"payment_id": view.payment_id, "merchant": view.merchant_name, "amount": view.amount, "currency": view.currency});
-        notifications::insert_once(&tx, paystream::domain::UserId(view.user_id), kind, &note, &format!("verify:{}", view.payment_id)).await?;
+        notifications::insert_once(&*tx, paystream::domain::UserId(view.user_id), kind, &note, &format!("verify:{}", view.payment_id)).await?;
         tx.commit().await?;
         tracing::info!(payment_id = %view.payment_id, decision = verification_status, "holder decided");
         let answer = paystream::api::responses::VerificationResult { payment_id: view.payment_id, status: status.as_str() };

@@ -40,8 +40,9 @@ pub struct HolderProfile {
 }
 
 /// Profiles of `users`, one query.
-pub async fn profiles(db: &impl GenericClient, users: &[Uuid]) -> Result<HashMap<Uuid, HolderProfile>, AppError> {
-    let rows = db.query("SELECT id, status = 'LOCKED', phone FROM users WHERE id = ANY($1)", &[&users]).await?;
+pub async fn profiles(db: &impl deadpool_postgres::GenericClient, users: &[Uuid]) -> Result<HashMap<Uuid, HolderProfile>, AppError> {
+    let statement = db.prepare_cached("SELECT id, status = 'LOCKED', phone FROM users WHERE id = ANY($1)").await?;
+    let rows = db.query(&statement, &[&users]).await?;
     Ok(rows.iter().map(|r| (r.get(0), HolderProfile { locked: r.get(1), phone: r.get(2) })).collect())
 }
 
@@ -75,8 +76,17 @@ pub async fn last_locations(redis: &Redis, db: &impl GenericClient, users: &[Uui
 }
 
 /// Writes locations to PostgreSQL (inside the caller's transaction). A
-/// location only ever moves forward in time.
-pub async fn save_locations(db: &impl GenericClient, locations: &[(Uuid, LastLocation)]) -> Result<(), AppError> {
+/// location only ever moves forward in time. `locations` holds each holder
+/// once.
+///
+/// An UPDATE of the holders who have a row and a plain INSERT of those who
+/// have none, rather than an upsert: `ON CONFLICT DO UPDATE` locks each
+/// existing row (a WAL record) before updating it. The update stays on
+/// the page (HOT). Only a concurrent writer of a holder's first location
+/// can make the INSERT fail; the partition key is the holder, so that is
+/// an overlapping redelivery, which fails and is retried. Prepared once
+/// per connection.
+pub async fn save_locations(db: &impl deadpool_postgres::GenericClient, locations: &[(Uuid, LastLocation)]) -> Result<(), AppError> {
     if locations.is_empty() {
         return Ok(());
     }
@@ -86,15 +96,19 @@ pub async fn save_locations(db: &impl GenericClient, locations: &[(Uuid, LastLoc
     let lats: Vec<f64> = locations.iter().map(|(_, l)| l.lat).collect();
     let lons: Vec<f64> = locations.iter().map(|(_, l)| l.lon).collect();
     let times: Vec<OffsetDateTime> = locations.iter().map(|(_, l)| l.at).collect();
-    db.execute(
-        "INSERT INTO holder_locations (user_id, payment_id, country, lat, lon, occurred_at)
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::float8[], $6::timestamptz[])
-         ON CONFLICT (user_id) DO UPDATE SET payment_id = excluded.payment_id, country = excluded.country,
-             lat = excluded.lat, lon = excluded.lon, occurred_at = excluded.occurred_at
-         WHERE holder_locations.occurred_at <= excluded.occurred_at",
-        &[&users, &payments, &countries, &lats, &lons, &times],
-    )
-    .await?;
+    let statement = db
+        .prepare_cached(
+            "WITH input AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::float8[], $6::timestamptz[])
+                     AS t(user_id, payment_id, country, lat, lon, occurred_at)),
+             moved AS (
+                 UPDATE holder_locations h SET payment_id = i.payment_id, country = i.country, lat = i.lat, lon = i.lon, occurred_at = i.occurred_at
+                 FROM input i WHERE h.user_id = i.user_id AND h.occurred_at <= i.occurred_at)
+             INSERT INTO holder_locations (user_id, payment_id, country, lat, lon, occurred_at)
+             SELECT * FROM input WHERE user_id NOT IN (SELECT user_id FROM holder_locations WHERE user_id = ANY($1))",
+        )
+        .await?;
+    db.execute(&statement, &[&users, &payments, &countries, &lats, &lons, &times]).await?;
     Ok(())
 }
 

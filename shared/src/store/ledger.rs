@@ -62,12 +62,12 @@ pub struct Known {
 /// Which of `ids` are decided and which have no payment record: two
 /// index probes per id (`= ANY`, which PostgreSQL always runs as index
 /// scans; joins against `unnest` were planned as hash joins over whole
-/// tables), sent together.
-pub async fn known(db: &impl GenericClient, ids: &[Uuid]) -> Result<Known, AppError> {
+/// tables), sent together, each prepared once per connection.
+pub async fn known(db: &impl deadpool_postgres::GenericClient, ids: &[Uuid]) -> Result<Known, AppError> {
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
     let (decided, recorded) = tokio::try_join!(
-        db.query("SELECT payment_id FROM transactions WHERE payment_id = ANY($1)", &params),
-        db.query("SELECT id FROM payments WHERE id = ANY($1)", &params),
+        async { db.query(&db.prepare_cached("SELECT payment_id FROM transactions WHERE payment_id = ANY($1)").await?, &params).await },
+        async { db.query(&db.prepare_cached("SELECT id FROM payments WHERE id = ANY($1)").await?, &params).await },
     )?;
     let recorded: HashSet<Uuid> = recorded.iter().map(|r| r.get(0)).collect();
     Ok(Known {
@@ -79,8 +79,9 @@ pub async fn known(db: &impl GenericClient, ids: &[Uuid]) -> Result<Known, AppEr
 /// Inserts rows in one plain multi-row INSERT (no speculative insertion:
 /// the caller has checked they are new). A row another invocation inserted
 /// meanwhile fails the whole statement with a unique violation, reported as
-/// a retryable error: the batch is retried and then skips it.
-pub async fn insert_many(db: &impl GenericClient, rows: &[LedgerRow]) -> Result<u64, AppError> {
+/// a retryable error: the batch is retried and then skips it. Prepared
+/// once per connection.
+pub async fn insert_many(db: &impl deadpool_postgres::GenericClient, rows: &[LedgerRow]) -> Result<u64, AppError> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -94,11 +95,16 @@ pub async fn insert_many(db: &impl GenericClient, rows: &[LedgerRow]) -> Result<
     let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
     let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason).collect();
     let times: Vec<OffsetDateTime> = rows.iter().map(|r| r.occurred_at).collect();
-    let inserted = db
-        .execute(
+    let statement = db
+        .prepare_cached(
             "INSERT INTO transactions (payment_id, user_id, card_id, merchant_id, amount, currency, country, lat, lon, status, reason, occurred_at)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[], $7::text[],
                                   $8::float8[], $9::float8[], $10::text[], $11::text[], $12::timestamptz[])",
+        )
+        .await?;
+    let inserted = db
+        .execute(
+            &statement,
             &[&ids, &users, &cards, &merchants, &amounts, &currencies, &countries, &lats, &lons, &statuses, &reasons, &times],
         )
         .await

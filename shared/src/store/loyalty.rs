@@ -30,36 +30,51 @@ pub struct CountChange {
 
 /// Records visits (a payment already recorded is ignored) and adds the new
 /// ones to the pair counts, inside the caller's transaction: one statement
-/// (one round trip) whatever the batch's size. Only the visits this
-/// statement inserted are counted, so a redelivered payment adds nothing.
-/// Pairs are counted in (merchant, customer) order, so two batches bumping
-/// some of the same pairs wait for each other at most one way.
-pub async fn record_visits(db: &impl GenericClient, visits: &[Visit]) -> Result<Vec<CountChange>, AppError> {
+/// (one round trip, prepared once per connection) whatever the batch's
+/// size. Only the visits this statement inserted are counted, so a
+/// redelivered payment adds nothing.
+///
+/// Plain INSERTs and an UPDATE rather than `ON CONFLICT`: a speculative
+/// insert writes a second WAL record per row (its confirmation) and an
+/// upsert locks each existing row (another record) before updating it.
+/// What exists is read first (payments by `= ANY` on the primary key; the
+/// pairs are those the UPDATE found), so only a concurrent writer of the
+/// same payment or pair can make an INSERT fail. The partition key is the
+/// customer, so that is only an overlapping redelivery of the same batch:
+/// the statement fails, the batch is retried and finds them recorded.
+/// `visits` holds each payment once (the batch decoder drops repeats).
+pub async fn record_visits(db: &impl deadpool_postgres::GenericClient, visits: &[Visit]) -> Result<Vec<CountChange>, AppError> {
     if visits.is_empty() {
         return Ok(Vec::new());
     }
     let payments: Vec<Uuid> = visits.iter().map(|v| v.payment_id).collect();
+    assert_eq!(payments.iter().collect::<std::collections::HashSet<_>>().len(), payments.len(), "a payment twice in one batch");
     let users: Vec<Uuid> = visits.iter().map(|v| v.user_id).collect();
     let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect();
     let times: Vec<OffsetDateTime> = visits.iter().map(|v| v.at).collect();
-    let totals = db
-        .query(
+    let statement = db
+        .prepare_cached(
             "WITH new_visits AS (
                  INSERT INTO loyalty_visits (payment_id, user_id, merchant_id, visited_at)
-                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[])
-                 ON CONFLICT (payment_id) DO NOTHING
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[]) AS t(payment_id, user_id, merchant_id, visited_at)
+                 WHERE payment_id NOT IN (SELECT payment_id FROM loyalty_visits WHERE payment_id = ANY($1))
                  RETURNING merchant_id, user_id),
              added AS (
                  SELECT merchant_id, user_id, count(*)::int AS visits FROM new_visits GROUP BY merchant_id, user_id),
-             counted AS (
+             bumped AS (
+                 UPDATE loyalty_counts c SET visits = c.visits + a.visits FROM added a
+                 WHERE c.merchant_id = a.merchant_id AND c.user_id = a.user_id
+                 RETURNING c.merchant_id, c.user_id, c.visits),
+             created AS (
                  INSERT INTO loyalty_counts (merchant_id, user_id, visits)
-                 SELECT merchant_id, user_id, visits FROM added ORDER BY merchant_id, user_id
-                 ON CONFLICT (merchant_id, user_id) DO UPDATE SET visits = loyalty_counts.visits + excluded.visits
+                 SELECT a.merchant_id, a.user_id, a.visits FROM added a LEFT JOIN bumped b USING (merchant_id, user_id)
+                 WHERE b.user_id IS NULL
                  RETURNING merchant_id, user_id, visits)
-             SELECT c.merchant_id, c.user_id, c.visits - a.visits, c.visits FROM counted c JOIN added a USING (merchant_id, user_id)",
-            &[&payments, &users, &merchants, &times],
+             SELECT c.merchant_id, c.user_id, c.visits - a.visits, c.visits
+             FROM (SELECT * FROM bumped UNION ALL SELECT * FROM created) c JOIN added a USING (merchant_id, user_id)",
         )
         .await?;
+    let totals = db.query(&statement, &[&payments, &users, &merchants, &times]).await?;
     Ok(totals.iter().map(|r| CountChange { merchant_id: r.get(0), user_id: r.get(1), before: r.get(2), after: r.get(3) }).collect())
 }
 

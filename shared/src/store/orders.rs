@@ -51,21 +51,23 @@ pub async fn insert_with_outbox(db: &impl deadpool_postgres::GenericClient, even
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Marks outbox rows published inside the caller's transaction, which holds
-/// their locks (the relay).
-pub async fn mark_published(db: &impl GenericClient, ids: &[Uuid]) -> Result<(), AppError> {
-    db.execute("UPDATE order_outbox SET published_at = now() WHERE order_id = ANY($1) AND published_at IS NULL", &[&ids]).await?;
+/// Deletes the outbox rows of events the broker acknowledged, inside the
+/// caller's transaction, which holds their locks (the relay). The topic is
+/// the record of what was published.
+pub async fn delete_published(db: &impl GenericClient, ids: &[Uuid]) -> Result<(), AppError> {
+    db.execute("DELETE FROM order_outbox WHERE order_id = ANY($1)", &[&ids]).await?;
     Ok(())
 }
 
-/// Marks outbox rows published from the request path, skipping any row a
-/// relay run holds: the request never waits behind the relay (which then
-/// publishes that event again; settlement is idempotent per order).
-pub async fn mark_published_now(db: &impl deadpool_postgres::GenericClient, ids: &[Uuid]) -> Result<u64, AppError> {
+/// Deletes the outbox rows of events the broker acknowledged, from the
+/// request path, skipping any row a relay run holds: the request never
+/// waits behind the relay (which then publishes that event again;
+/// settlement is idempotent per order). Returns the rows deleted.
+pub async fn delete_published_now(db: &impl deadpool_postgres::GenericClient, ids: &[Uuid]) -> Result<u64, AppError> {
     let statement = db
         .prepare_cached(
-            "UPDATE order_outbox SET published_at = now() WHERE order_id IN (
-                 SELECT order_id FROM order_outbox WHERE order_id = ANY($1) AND published_at IS NULL FOR UPDATE SKIP LOCKED)",
+            "DELETE FROM order_outbox WHERE order_id IN (
+                 SELECT order_id FROM order_outbox WHERE order_id = ANY($1) FOR UPDATE SKIP LOCKED)",
         )
         .await?;
     Ok(db.execute(&statement, &[&ids]).await?)
@@ -79,7 +81,7 @@ pub async fn claim_unpublished(db: &impl GenericClient, grace_ms: u64, limit: i6
     let rows = db
         .query(
             "SELECT payload FROM order_outbox
-             WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1::float8 / 1000)
+             WHERE created_at < now() - make_interval(secs => $1::float8 / 1000)
              ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             &[&grace_ms, &limit],
         )

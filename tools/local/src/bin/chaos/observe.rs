@@ -77,7 +77,7 @@ async fn snapshot(ctx: &Ctx, kafka: &KafkaConfig, groups: &[(String, Vec<String>
                     (SELECT count(*) FROM payments p WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.payment_id = p.id)),
                     (SELECT count(*) FROM transactions WHERE status = 'PENDING'),
                     (SELECT count(*) FROM orders WHERE status = 'PENDING'),
-                    (SELECT count(*) FROM order_outbox WHERE published_at IS NULL),
+                    (SELECT count(*) FROM order_outbox),
                     (SELECT count(*) FROM loyalty_visits),
                     (SELECT count(*) FROM benefit_tips),
                     (SELECT count(*) FROM settlements)",
