@@ -125,9 +125,17 @@ pub fn print(unit: &str, runs: &[&Run], baseline: &Run) {
 }
 
 /// Configuration for the benchmarks that write data: their own database
-/// (`paystream_bench` beside the configured one; created, migrated and
-/// seeded when missing) and a fresh Redis key prefix, so the demo database
-/// and keys are left alone. Returns it with a suffix for unique names.
+/// (`paystream_bench` beside the configured one, created new for every run,
+/// then migrated and seeded) and a fresh Redis key prefix, so the demo
+/// database and keys are left alone. Returns it with a suffix for unique
+/// names.
+///
+/// A new database per run, because the runs' rows otherwise pile up: their
+/// keys are random UUIDs, so every index they enlarge stays hot as a whole,
+/// and once the benchmark database outgrew this machine's 128 MB of shared
+/// buffers (about ten runs, 0.9 GB) every consumer ran slower run after run
+/// (settle 28k to 17k records/s, loyalty 81k to 32k, same code). A run
+/// that needs history builds it itself (settle's 100,000 orders).
 pub async fn isolated_config() -> (paystream::config::Config, String) {
     use paystream::secret::Secret;
     let mut config = paystream::config::Config::from_env().expect("configuration");
@@ -137,10 +145,9 @@ pub async fn isolated_config() -> (paystream::config::Config, String) {
     let server = &url[..url.rfind('/').expect("DATABASE_URL names a database")];
     let admin = paystream::config::DatabaseConfig { url: Secret::new(format!("{server}/postgres")), ..config.database.clone() };
     let admin = paystream::db::pool(&admin, "bench").expect("admin pool").get().await.expect("PostgreSQL");
-    let exists = admin.query_opt("SELECT 1 FROM pg_database WHERE datname = 'paystream_bench'", &[]).await.expect("pg_database");
-    if exists.is_none() {
-        admin.batch_execute("CREATE DATABASE paystream_bench").await.expect("create paystream_bench");
-    }
+    // Two statements: neither may run inside a (multi-statement) transaction.
+    admin.batch_execute("DROP DATABASE IF EXISTS paystream_bench WITH (FORCE)").await.expect("drop paystream_bench");
+    admin.batch_execute("CREATE DATABASE paystream_bench").await.expect("create paystream_bench");
     config.database.url = Secret::new(format!("{server}/paystream_bench"));
     let pool = paystream::db::pool(&config.database, "bench").expect("bench pool");
     let mut conn = pool.get().await.expect("paystream_bench");
