@@ -1,7 +1,9 @@
 //! Payment intake: `POST /payments` as the pay function handles it, every
 //! request with its own `Idempotency-Key`, 1,000 payers with their own
-//! cards, spread over 100 merchants (each payer at their usual café), each answer a 202 only after the broker acknowledged the event
-//! (and the payment row and the key's answer were written right after).
+//! cards, spread over 100 merchants (each payer at their usual café), each
+//! answer a 202 only after the broker acknowledged the event (and the
+//! payment row and the key's answer were written right after). The
+//! database already holds 100,000 earlier payments with answered keys.
 //! Logging and EMF metrics are initialised as in Lambda and written to
 //! /dev/null; each invocation flushes its metrics as the runner does.
 //!
@@ -51,6 +53,36 @@ async fn pay_in_process(api: &pay::PayApi, requests: &Requests, i: usize, key: &
     assert_eq!(answer.status(), 202, "payment accepted");
 }
 
+/// Payments accepted before the run, with their keys answered.
+const HISTORY_PAYMENTS: i32 = 100_000;
+
+/// What a live system has before this run: [`HISTORY_PAYMENTS`] earlier
+/// payments by the same payers, their keys answered. The database is new
+/// for every run, and statistics taken on empty tables would plan the
+/// run's key lookups as scans of the whole table.
+async fn record_history(pg: &paystream::db::PgPool, users: &[crate::consumers::User]) {
+    let ids: Vec<uuid::Uuid> = users.iter().map(|u| u.id).collect();
+    let cards: Vec<uuid::Uuid> = users.iter().map(|u| u.everyday_card).collect();
+    let cafes: Vec<uuid::Uuid> = users.iter().map(|u| u.cafe).collect();
+    let db = pg.get().await.expect("database");
+    db.execute(
+        "WITH payer AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) WITH ORDINALITY AS p(user_id, card_id, cafe, n)),
+              history AS (
+                  SELECT gen_random_uuid() AS id, p.user_id, p.card_id, p.cafe, i
+                  FROM generate_series(1, $4::int) AS i JOIN payer p ON p.n = 1 + i % cardinality($1::uuid[])),
+              paid AS (
+                  INSERT INTO payments (id, user_id, card_id, merchant_id, amount, currency, created_at)
+                  SELECT id, user_id, card_id, cafe, 10000, 'KRW', now() - interval '1 hour' FROM history)
+         INSERT INTO idempotency_keys (scope, key, request_hash, status_code, response_body, created_at)
+         SELECT 'pay:' || user_id, 'history-' || i, sha256(id::text::bytea), 202,
+                jsonb_build_object('payment_id', id, 'status', 'RECEIVED'), now() - interval '1 hour'
+         FROM history",
+        &[&ids, &cards, &cafes, &HISTORY_PAYMENTS],
+    )
+    .await
+    .expect("intake history");
+}
+
 pub async fn run(payments: usize, concurrency: usize, environments: usize) {
     assert!(payments > 0 && concurrency > 0, "payments and concurrency must be positive");
     paystream::telemetry::init("info");
@@ -63,6 +95,7 @@ pub async fn run(payments: usize, concurrency: usize, environments: usize) {
     let setup = Platform::from_config("pay", config.clone()).expect("platform");
     let users = create_users(&setup.pg, &suffix).await;
     let requests: Requests = Arc::new(payment_requests(&setup.tokens, &users, 10_000));
+    record_history(&setup.pg, &users).await;
     crate::stats::vacuum(&setup.pg).await;
     println!("payment intake: {payments} payments per model by {} payers, each with its own Idempotency-Key, {concurrency} in flight", users.len());
 
