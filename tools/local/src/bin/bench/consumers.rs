@@ -49,6 +49,8 @@ const TRAVEL_EVERY: usize = 20;
 const TIP_EVERY: usize = 5;
 /// Settled orders the sale's product has before the timed batches.
 const HISTORY_ORDERS: usize = 100_000;
+/// Where the bench cafés are (latitude, longitude): Seoul, as the demo's café.
+const SEOUL: (f64, f64) = (37.5665, 126.978);
 /// Cafés in Seoul the card holders pay at: each holder always at the same
 /// one (so visits add up to VIP as at a regular's café), the holders spread
 /// evenly over them, as a real payment stream spreads over many merchants.
@@ -92,9 +94,9 @@ async fn create_card_holders(pg: &PgPool, n: usize, suffix: &str) -> Vec<User> {
     let cafes: Vec<Uuid> = db
         .query(
             "INSERT INTO merchants (id, owner_id, name, category, country, lat, lon)
-             SELECT gen_random_uuid(), $1, 'Bench Cafe ' || i, 'cafe', 'KR', 37.5665, 126.978 FROM generate_series(1, $2::int) AS i
+             SELECT gen_random_uuid(), $1, 'Bench Cafe ' || i, 'cafe', 'KR', $3, $4 FROM generate_series(1, $2::int) AS i
              RETURNING id",
-            &[&ids[0], &i32::try_from(CAFES).expect("fits")],
+            &[&ids[0], &i32::try_from(CAFES).expect("fits"), &SEOUL.0, &SEOUL.1],
         )
         .await
         .expect("bench cafes")
@@ -163,7 +165,7 @@ fn payment_events(users: &[User], slot: usize, start: OffsetDateTime, travel: bo
             let (merchant, country, lat, lon, amount, currency) = if travels {
                 (demo::PARIS_CAFE.0, "FR", 48.8566, 2.3522, 1_250, "EUR")
             } else {
-                (user.cafe, "KR", 37.5665, 126.978, 10_000, "KRW")
+                (user.cafe, "KR", SEOUL.0, SEOUL.1, 10_000, "KRW")
             };
             PaymentEvent {
                 v: 1,

@@ -12,7 +12,8 @@
 //!    by distinct buyers, each answer a 202 (accepted) or a 409 SOLD_OUT.
 //!
 //! Prints requests/s of accepted answers, p50, p99, the answers by status,
-//! and the CPU µs per answer of every process of the runtime (from /proc). Needs the runtime's environment (DATABASE_URL, JWT settings).
+//! and the CPU µs per answer of every process of the runtime (from /proc).
+//! Needs the runtime's environment (DATABASE_URL, JWT settings).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
