@@ -59,10 +59,12 @@ pub fn pool(config: &DatabaseConfig, application_name: &str) -> Result<PgPool, C
 /// A pooled connection.
 pub type PgConn = deadpool_postgres::Object;
 
-/// Starts a transaction on a pooled connection. Returns tokio-postgres's own
-/// transaction type, which every `store` function accepts.
-pub async fn begin(conn: &mut PgConn) -> Result<tokio_postgres::Transaction<'_>, tokio_postgres::Error> {
-    tokio_postgres::Client::transaction(conn).await
+/// Starts a transaction on a pooled connection: deadpool's, so `store`
+/// functions on hot paths can keep their statements prepared once per
+/// connection (`prepare_cached`). Those that take tokio-postgres's
+/// `GenericClient` are given `&*tx`.
+pub async fn begin(conn: &mut PgConn) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    conn.transaction().await
 }
 
 /// One schema change. Never edit a migration that has shipped; add a new one.

@@ -179,8 +179,7 @@ impl Fds {
         // cache miss (read from PostgreSQL) once the hold lapses, never a
         // stale location.
         holders::hold(&p.redis, &moved_users).await?;
-        // deadpool's transaction: its statements are prepared once per connection.
-        let tx = db.transaction().await?;
+        let tx = paystream::db::begin(&mut db).await?;
         // Before the ledger: an event whose intake never committed becomes
         // a payment record here (only those; usually none).
         let unrecorded: Vec<&PaymentEvent> = fresh.iter().copied().filter(|e| known.unrecorded.contains(&e.payment_id)).collect();

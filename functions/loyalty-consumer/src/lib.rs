@@ -43,8 +43,7 @@ impl BatchConsumer for Loyalty {
         let mut db = p.pg.get().await?;
         let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect::<HashSet<_>>().into_iter().collect();
         let facts = loyalty::merchant_facts(&p.redis, &**db, &merchants, p.config.cache_ttl_s).await?;
-        // deadpool's transaction: its statements are prepared once per connection.
-        let tx = db.transaction().await?;
+        let tx = paystream::db::begin(&mut db).await?;
         let changes = loyalty::record_visits(&tx, &visits).await?;
         // Became VIP at the threshold-th visit (the batch may have gone past it).
         let crossing: Vec<CountChange> = changes

@@ -103,7 +103,7 @@ pub async fn publish_outbox(p: &Platform, deadline: Instant) -> Result<usize, Ap
     let limits = &p.config.flash;
     let mut db = p.pg.get().await?;
     let tx = paystream::db::begin(&mut db).await?;
-    let pending = orders::claim_unpublished(&tx, limits.relay_grace_ms, i64::from(limits.relay_batch_max)).await?;
+    let pending = orders::claim_unpublished(&*tx, limits.relay_grace_ms, i64::from(limits.relay_batch_max)).await?;
     if pending.is_empty() {
         return Ok(0);
     }
@@ -150,7 +150,7 @@ pub async fn publish_outbox(p: &Platform, deadline: Instant) -> Result<usize, Ap
     if timed_out {
         tracing::warn!(acknowledged = acknowledged.len(), "relay deadline reached; the rest waits for the next run");
     }
-    orders::delete_published(&tx, &acknowledged).await?;
+    orders::delete_published(&*tx, &acknowledged).await?;
     tx.commit().await?;
     Ok(acknowledged.len())
 }

@@ -102,7 +102,7 @@ impl VerifyApi {
         let token = parse_token(raw_token)?;
         let decision = parse_decision(req, p.config.http.max_body_bytes)?;
         let mut db = p.pg.get().await?;
-        let tx = db.transaction().await?;
+        let tx = paystream::db::begin(&mut db).await?;
         let view = verifications::find(&*tx, &hash_token(&token), true).await?.ok_or_else(|| AppError::not_found("verification"))?;
         check_open(&view, OffsetDateTime::now_utc())?;
         let (status, why, verification_status, kind) = match decision {

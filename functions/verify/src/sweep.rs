@@ -14,9 +14,9 @@ const PURGE_BATCH_MAX: i64 = 10_000;
 pub async fn run(p: &Platform, sms: &SmsSender) -> Result<serde_json::Value, AppError> {
     let mut db = p.pg.get().await?;
     let tx = paystream::db::begin(&mut db).await?;
-    let expired = verifications::expire_due(&tx, i64::from(p.config.fds.sweep_batch_max)).await?;
+    let expired = verifications::expire_due(&*tx, i64::from(p.config.fds.sweep_batch_max)).await?;
     let ids: Vec<uuid::Uuid> = expired.iter().map(|(payment, _)| *payment).collect();
-    let denied = ledger::settle_many_pending(&tx, &ids, LedgerStatus::Denied, reason::VERIFICATION_EXPIRED).await?;
+    let denied = ledger::settle_many_pending(&*tx, &ids, LedgerStatus::Denied, reason::VERIFICATION_EXPIRED).await?;
     tx.commit().await?;
     let purged = idempotency::purge_expired(&**db, PURGE_BATCH_MAX).await?;
     let delivered = sms.deliver_pending(&p.pg).await?;
