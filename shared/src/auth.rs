@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn issued_tokens_verify() {
         let issuer = issuer();
-        let user = UserId::new_random();
+        let user = UserId::generate();
         let token = issuer.issue(user, Role::Merchant).unwrap();
         assert_eq!(token.token_type, "Bearer");
         let caller = issuer.verify(&token.access_token).unwrap();
@@ -354,7 +354,7 @@ mod tests {
     fn expired_tokens_are_refused() {
         let issuer = issuer();
         let long_ago = OffsetDateTime::now_utc() - time::Duration::hours(2);
-        let token = issuer.issue_at(UserId::new_random(), Role::User, long_ago).unwrap();
+        let token = issuer.issue_at(UserId::generate(), Role::User, long_ago).unwrap();
         assert_eq!(issuer.verify(&token.access_token).unwrap_err().code, ErrorCode::Unauthorized);
     }
 
@@ -378,13 +378,13 @@ mod tests {
         let mut vars = std::collections::HashMap::new();
         vars.insert("JWT_SECRET".to_string(), "another-secret-that-is-long-enough-000000".to_string());
         let theirs = TokenIssuer::new(&Config::from_vars(vars).unwrap().auth);
-        let forged = theirs.issue(UserId::new_random(), Role::Admin).unwrap();
+        let forged = theirs.issue(UserId::generate(), Role::Admin).unwrap();
         assert!(ours.verify(&forged.access_token).is_err());
 
         let mut vars = std::collections::HashMap::new();
         vars.insert("JWT_AUDIENCE".to_string(), "someone-else".to_string());
         let other_aud = TokenIssuer::new(&Config::from_vars(vars).unwrap().auth);
-        let token = other_aud.issue(UserId::new_random(), Role::User).unwrap();
+        let token = other_aud.issue(UserId::generate(), Role::User).unwrap();
         assert!(ours.verify(&token.access_token).is_err());
     }
 
@@ -410,10 +410,10 @@ mod tests {
 
     #[test]
     fn roles_are_enforced() {
-        let caller = Caller { user_id: UserId::new_random(), role: Role::User };
+        let caller = Caller { user_id: UserId::generate(), role: Role::User };
         assert!(caller.require_role(&[Role::User]).is_ok());
         assert_eq!(caller.require_role(&[Role::Merchant, Role::Admin]).unwrap_err().code, ErrorCode::Forbidden);
         assert!(caller.may_see(caller.user_id));
-        assert!(!caller.may_see(UserId::new_random()));
+        assert!(!caller.may_see(UserId::generate()));
     }
 }

@@ -15,22 +15,29 @@
 //!   [`await_claim`]: a twin polls for the answer for `wait_ms`. The answer
 //!   is stored with the work's record (`pay`: `payments::record_accepted`),
 //!   which ends the lease; [`release`] removes the claim of a request that
-//!   failed. A claim whose lease ran out (its invocation died) is taken
-//!   over by the next request with the same key and request.
+//!   failed before its side effect, and [`abandon`] ends the lease of one
+//!   whose side effect failed (it may still have happened: a publish that
+//!   timed out). A claim whose lease ran out (its invocation died, or it was
+//!   abandoned) is taken over by the next request with the same key and
+//!   request.
 //!
 //! Either way, a first request still working after `wait_ms` makes the twin
 //! answer 409 `IDEMPOTENCY_KEY_IN_PROGRESS` with `Retry-After` (never a
 //! statement timeout, never a 500).
 //!
-//! Work that must be recognisable after a crash derives its id from the key
-//! ([`derived_id`]): a retry of a request whose side effect happened (an
-//! event published) but whose answer was not stored gets the same id again,
-//! so downstream deduplication by id makes the retry harmless. That is why a
-//! lease is only about liveness, never about safety: two holders of one key
-//! (a takeover while the first is somehow still running) do the same work
-//! with the same id.
+//! Work that must be recognisable after a crash derives its id from the
+//! claim ([`derived_id`]: the key, the request and the time the key was
+//! first claimed, which a takeover keeps): a retry of a request whose side
+//! effect happened (an event published) but whose answer was not stored
+//! gets the same id again, so downstream deduplication by id makes the
+//! retry harmless. That is why a lease is only about liveness, never about
+//! safety: two holders of one claim (a takeover while the first is somehow
+//! still running) do the same work with the same id. It is also why a
+//! failed side effect abandons its claim rather than releasing it: a new
+//! claim would have a new time, hence a new id.
 
 use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 
 use crate::error::{AppError, ErrorCode};
@@ -63,25 +70,29 @@ pub fn request_hash(route: &str, body: &serde_json::Value) -> Vec<u8> {
 
 pub enum Claim {
     /// First use (or a takeover of a dead claim): do the work, then
-    /// [`complete`].
-    New,
+    /// [`complete`]. `claimed_at` is when the key was first claimed (a
+    /// takeover keeps it), for [`derived_id`].
+    New { claimed_at: OffsetDateTime },
     /// Seen before with the same request: answer this again.
     Replay { status: u16, body: serde_json::Value },
 }
 
-/// The id of the work a keyed request creates: the same scope, key and
-/// request always give the same id; anything else gives another. Version 8
-/// (custom) UUID from SHA-256, so it never collides with random v4 ids.
-pub fn derived_id(scope: &str, key: &str, request_hash: &[u8]) -> uuid::Uuid {
+/// The id of the work a keyed request creates: the same claim (scope, key,
+/// request and the time the key was first claimed) always gives the same
+/// id; anything else gives another. A UUIDv7 like every id the platform
+/// creates (`domain::new_id`), so it is time-ordered too: the claim's
+/// milliseconds, then 74 bits of SHA-256 of the rest.
+pub fn derived_id(scope: &str, key: &str, request_hash: &[u8], claimed_at: OffsetDateTime) -> uuid::Uuid {
     let mut hasher = Sha256::new();
     for part in [scope.as_bytes(), key.as_bytes(), request_hash] {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part);
     }
     let digest = hasher.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    let mut rest = [0u8; 10];
+    rest.copy_from_slice(&digest[..10]);
+    let claimed_at_ms = u64::try_from(claimed_at.unix_timestamp_nanos() / 1_000_000).expect("claims are made after 1970");
+    uuid::Builder::from_unix_timestamp_millis(claimed_at_ms, &rest).into_uuid()
 }
 
 /// Claims `key` in `scope` (e.g. `pay:<user id>`), inside the caller's
@@ -92,8 +103,8 @@ pub async fn claim(tx: &impl GenericClient, scope: &str, key: &str, hash: &[u8],
     // SET LOCAL: only for this transaction; the pool's connection keeps its defaults.
     tx.batch_execute(&format!("SET LOCAL lock_timeout = {wait_ms}")).await?;
     let inserted = tx
-        .execute(
-            "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT (scope, key) DO NOTHING",
+        .query_opt(
+            "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT (scope, key) DO NOTHING RETURNING created_at",
             &[&scope, &key, &hash],
         )
         .await
@@ -104,8 +115,8 @@ pub async fn claim(tx: &impl GenericClient, scope: &str, key: &str, hash: &[u8],
                 AppError::from(e)
             }
         })?;
-    if inserted == 1 {
-        return Ok(Claim::New);
+    if let Some(row) = inserted {
+        return Ok(Claim::New { claimed_at: row.get(0) });
     }
     let row = tx
         .query_one("SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE scope = $1 AND key = $2", &[&scope, &key])
@@ -144,9 +155,10 @@ pub struct NewClaim {
 /// Claims new keys, each leased for `lease_ms` (at least the function's
 /// timeout), in one committed statement for all of them (the concurrent
 /// requests of one environment share it: `paystream::batch`). Returns, per
-/// claim, whether it was new; a key seen before (or twice in `claims`:
-/// only its first claim is tried) goes on with [`await_claim`].
-pub async fn claim_new(db: &impl deadpool_postgres::GenericClient, claims: &[NewClaim], lease_ms: u64) -> Result<Vec<bool>, AppError> {
+/// claim, when it was claimed if it was new; a key seen before (or twice
+/// in `claims`: only its first claim is tried) goes on with
+/// [`await_claim`].
+pub async fn claim_new(db: &impl deadpool_postgres::GenericClient, claims: &[NewClaim], lease_ms: u64) -> Result<Vec<Option<OffsetDateTime>>, AppError> {
     assert!(lease_ms > 0, "a claim needs a lease");
     let mut seen = std::collections::HashSet::with_capacity(claims.len());
     let first: Vec<bool> = claims.iter().map(|c| seen.insert((c.scope.as_str(), c.key.as_str()))).collect();
@@ -164,12 +176,12 @@ pub async fn claim_new(db: &impl deadpool_postgres::GenericClient, claims: &[New
              SELECT scope, key, hash, now() + make_interval(secs => $4::float8 / 1000)
              FROM unnest($1::text[], $2::text[], $3::bytea[]) AS t(scope, key, hash)
              ON CONFLICT (scope, key) DO NOTHING
-             RETURNING scope, key",
+             RETURNING scope, key, created_at",
         )
         .await?;
     let rows = db.query(&statement, &[&scopes, &keys, &hashes, &(lease_ms as f64)]).await?;
-    let claimed: std::collections::HashSet<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    Ok(claims.iter().zip(first).map(|(c, first)| first && claimed.contains(&(c.scope.clone(), c.key.clone()))).collect())
+    let claimed: std::collections::HashMap<(String, String), OffsetDateTime> = rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
+    Ok(claims.iter().zip(first).map(|(c, first)| if first { claimed.get(&(c.scope.clone(), c.key.clone())).copied() } else { None }).collect())
 }
 
 /// How long a twin sleeps between looks at a leased claim, first and at most.
@@ -192,13 +204,15 @@ pub async fn await_claim(pool: &crate::db::PgPool, scope: &str, key: &str, hash:
         }
         let db = pool.get().await?;
         let look = db
-            .prepare_cached("SELECT request_hash, status_code, response_body, lease_until < now() FROM idempotency_keys WHERE scope = $1 AND key = $2")
+            .prepare_cached(
+                "SELECT request_hash, status_code, response_body, lease_until < now(), created_at FROM idempotency_keys WHERE scope = $1 AND key = $2",
+            )
             .await?;
         let Some(row) = db.query_opt(&look, &[&scope, &key]).await? else {
             // Released (the first request failed) or purged: claim it now.
             let claim = NewClaim { scope: scope.to_owned(), key: key.to_owned(), hash: hash.to_vec() };
-            if claim_new(&db, std::slice::from_ref(&claim), lease_ms as u64).await?[0] {
-                return Ok(Claim::New);
+            if let Some(claimed_at) = claim_new(&db, std::slice::from_ref(&claim), lease_ms as u64).await?[0] {
+                return Ok(Claim::New { claimed_at });
             }
             continue;
         };
@@ -211,8 +225,9 @@ pub async fn await_claim(pool: &crate::db::PgPool, scope: &str, key: &str, hash:
         if let (Some(status), Some(body)) = (status, body) {
             return Ok(Claim::Replay { status: status as u16, body });
         }
-        // A dead claim is taken over only by the same request (same hash):
-        // the work it does has the same derived id as the dead one's.
+        // A dead claim is taken over only by the same request (same hash),
+        // keeping its time: the work it does has the same derived id as
+        // the dead one's.
         let expired: Option<bool> = row.get(3);
         if expired == Some(true) {
             let take_over = db
@@ -223,7 +238,7 @@ pub async fn await_claim(pool: &crate::db::PgPool, scope: &str, key: &str, hash:
                 .await?;
             if db.execute(&take_over, &[&scope, &key, &hash, &lease_ms]).await? == 1 {
                 tracing::warn!(scope, "idempotency claim taken over from a request that did not finish");
-                return Ok(Claim::New);
+                return Ok(Claim::New { claimed_at: row.get(4) });
             }
         }
         drop(db);
@@ -233,12 +248,30 @@ pub async fn await_claim(pool: &crate::db::PgPool, scope: &str, key: &str, hash:
     }
 }
 
-/// Removes the claim of a request that failed before its side effect, so
-/// that a retry does the work (a failed request keeps no key). Only an
-/// unanswered claim of the same request is removed.
+/// Removes the claim of a request that failed before its side effect (it
+/// surely did not happen), so that a retry, with this request or another,
+/// starts afresh. Only an unanswered claim of the same request is removed.
 pub async fn release(db: &impl deadpool_postgres::GenericClient, scope: &str, key: &str, hash: &[u8]) -> Result<(), AppError> {
     let statement = db
         .prepare_cached("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND request_hash = $3 AND status_code IS NULL")
+        .await?;
+    db.execute(&statement, &[&scope, &key, &hash]).await?;
+    Ok(())
+}
+
+/// Ends the lease of a request whose side effect failed but may still have
+/// happened (a publish that timed out), keeping the claim unanswered: the
+/// retry of the same request takes it over at once and so does the work
+/// with the same derived id (consumers deduplicate it if the first attempt
+/// did land), and another request with this key is refused, since the
+/// first may have taken effect. Only an unanswered claim of the same
+/// request is abandoned.
+pub async fn abandon(db: &impl deadpool_postgres::GenericClient, scope: &str, key: &str, hash: &[u8]) -> Result<(), AppError> {
+    let statement = db
+        .prepare_cached(
+            "UPDATE idempotency_keys SET lease_until = now() - interval '1 millisecond'
+             WHERE scope = $1 AND key = $2 AND request_hash = $3 AND status_code IS NULL",
+        )
         .await?;
     db.execute(&statement, &[&scope, &key, &hash]).await?;
     Ok(())
@@ -275,14 +308,19 @@ mod tests {
     }
 
     #[test]
-    fn derived_ids_are_stable_per_scope_key_and_request() {
-        let id = derived_id("pay:u1", "k1", b"h1");
-        assert_eq!(id, derived_id("pay:u1", "k1", b"h1"));
-        assert_eq!(id.get_version_num(), 8);
-        assert_ne!(id, derived_id("pay:u2", "k1", b"h1"));
-        assert_ne!(id, derived_id("pay:u1", "k2", b"h1"));
-        assert_ne!(id, derived_id("pay:u1", "k1", b"h2"));
+    fn derived_ids_are_stable_per_claim_and_time_ordered() {
+        let at = time::macros::datetime!(2026-12-01 12:00:00.123456 UTC);
+        let later = at + time::Duration::milliseconds(1);
+        let id = derived_id("pay:u1", "k1", b"h1", at);
+        assert_eq!(id, derived_id("pay:u1", "k1", b"h1", at));
+        assert_eq!(id.get_version_num(), 7);
+        let (secs, nanos) = id.get_timestamp().expect("a v7 id carries its time").to_unix();
+        assert_eq!((secs as i64, nanos / 1_000_000), (at.unix_timestamp(), 123), "the claim's milliseconds");
+        assert_ne!(id, derived_id("pay:u2", "k1", b"h1", at));
+        assert_ne!(id, derived_id("pay:u1", "k2", b"h1", at));
+        assert_ne!(id, derived_id("pay:u1", "k1", b"h2", at));
+        assert!(derived_id("pay:u1", "k1", b"h1", later) > id, "a later claim sorts after");
         // Length-prefixed parts: moving bytes between parts changes the id.
-        assert_ne!(derived_id("ab", "c", b"h"), derived_id("a", "bc", b"h"));
+        assert_ne!(derived_id("ab", "c", b"h", at), derived_id("a", "bc", b"h", at));
     }
 }

@@ -20,7 +20,7 @@ pub async fn signup(p: &Platform, req: &Request) -> Result<Response, AppError> {
     // Argon2 burns ~tens of ms of CPU: keep it off the async workers.
     let password_hash = tokio::task::spawn_blocking(move || hash_password(&password)).await.map_err(AppError::internal)??;
     let db = p.pg.get().await?;
-    let user_id = users::insert(&**db, paystream::domain::UserId::new_random(), &NewUser { username: &username, email: &email, password_hash: &password_hash, phone: &phone, role }).await?;
+    let user_id = users::insert(&**db, paystream::domain::UserId::generate(), &NewUser { username: &username, email: &email, password_hash: &password_hash, phone: &phone, role }).await?;
     tracing::info!(user_id = %user_id, role = role.as_str(), "user signed up");
     Ok(json(StatusCode::CREATED, &paystream::api::responses::UserCreated { user_id: user_id.0 }))
 }

@@ -27,7 +27,7 @@ pub async fn register(p: &Platform, req: &Request) -> Result<Response, AppError>
     }
     let card_id = cards::insert(
         &**db,
-        paystream::domain::CardId::new_random(),
+        paystream::domain::CardId::generate(),
         &cards::NewCard { user_id: caller.user_id, card_product_id: product, last4: &last4, fingerprint: &fingerprint, expiry },
     )
     .await?;

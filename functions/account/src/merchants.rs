@@ -26,7 +26,7 @@ pub async fn create(p: &Platform, req: &Request) -> Result<Response, AppError> {
         location: Coordinates::parse(body.lat, body.lon)?,
         vip_threshold: VipThreshold::parse(body.vip_threshold)?,
     };
-    let id = MerchantId::new_random();
+    let id = MerchantId::generate();
     merchants::insert(&**p.pg.get().await?, id, &merchant).await?;
     tracing::info!(merchant_id = %id, owner = %caller.user_id, "merchant created");
     Ok(json(StatusCode::CREATED, &paystream::api::responses::MerchantCreated { merchant_id: id.0 }))

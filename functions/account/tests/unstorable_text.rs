@@ -115,7 +115,7 @@ async fn the_database_refusing_nul_is_validation_not_internal() {
         location: Coordinates::parse(37.5, 127.0).unwrap(),
         vip_threshold: VipThreshold::parse(None).unwrap(),
     };
-    let err = merchants::insert(&**db, MerchantId::new_random(), &merchant).await.unwrap_err();
+    let err = merchants::insert(&**db, MerchantId::generate(), &merchant).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Validation, "{err:?}");
     assert_eq!(err.detail, paystream::error::TEXT_NOT_STORABLE);
 

@@ -35,7 +35,7 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
     let now = OffsetDateTime::now_utc();
 
     let scope = format!("order:{}", caller.user_id);
-    let order_id = Uuid::new_v4();
+    let order_id = paystream::domain::new_id();
     let answer = serde_json::to_value(OrderAccepted::new(order_id)).map_err(AppError::internal)?;
     let commit_deadline = Duration::from_millis(p.config.flash.commit_deadline_ms);
     // Past the deadline the reservation may soon be returned by the

@@ -38,7 +38,7 @@ pub async fn create(api: &OrderApi, req: &Request) -> Result<Response, AppError>
         return Err(AppError::validation("start_time must be before end_time"));
     }
     let product = Product {
-        id: Uuid::new_v4(),
+        id: paystream::domain::new_id(),
         title: title.to_owned(),
         price: price.minor(),
         currency: currency.code().to_owned(),

@@ -8,16 +8,21 @@
 //!    twin waits for the first answer (`idempotency::await_claim`);
 //! 2. the caller's card and the merchant's facts are read (one statement,
 //!    or none when this environment has seen both: `IntakeMemo`);
-//! 3. the event is published and acknowledged; if that fails, the claim is
-//!    released and nothing was recorded (503, nothing left behind);
+//! 3. the event is published and acknowledged; if that fails, nothing was
+//!    recorded (503) and the claim is abandoned: kept unanswered with its
+//!    lease ended, because a publish that timed out may still have landed,
+//!    so the retry must take the same claim over and publish the same
+//!    payment id (a card or merchant not found releases the claim instead:
+//!    nothing was published);
 //! 4. the payment row and the key's answer are written in one statement
 //!    (shared likewise by the invocations in flight).
 //!
 //! The window after the acknowledgement and before step 4 (the statement
 //! fails, the function dies or times out) leaves the event without its row
 //! and answer. Two rules close it:
-//! - with an Idempotency-Key the payment id is derived from (user, key,
-//!   request), so the client's retry (which takes over the unanswered claim
+//! - with an Idempotency-Key the payment id is derived from the claim
+//!   (user, key, request, and the time of the claim, which a takeover
+//!   keeps), so the client's retry (which takes over the unanswered claim
 //!   once its lease ran out) publishes the *same* payment again, and every
 //!   consumer deduplicates it by id;
 //! - the event is the record: FDS writes the payment row from the event
@@ -65,24 +70,27 @@ pub async fn create(api: &PayApi, req: &Request) -> Result<Response, AppError> {
     let scope = format!("pay:{}", caller.user_id);
     let keyed = key.as_deref().map(|key| Keyed { scope: &scope, key, hash: &request_hash });
 
-    if let Some(k) = &keyed {
+    let keyed_id = if let Some(k) = &keyed {
         let http = &p.config.http;
         let claim = NewClaim { scope: k.scope.to_owned(), key: k.key.to_owned(), hash: k.hash.to_vec() };
-        let claimed = if api.claims.run(claim).await?? {
-            Claim::New
+        let claimed = if let Some(claimed_at) = api.claims.run(claim).await?? {
+            Claim::New { claimed_at }
         } else {
             idempotency::await_claim(&p.pg, k.scope, k.key, k.hash, http.idempotency_lease_ms, http.idempotency_wait_ms).await?
         };
-        if let Claim::Replay { status, body } = claimed {
-            tracing::info!(user_id = %caller.user_id, "idempotent replay");
-            return Ok(json(StatusCode::from_u16(status).map_err(AppError::internal)?, &body));
-        }
+        let claimed_at = match claimed {
+            Claim::Replay { status, body } => {
+                tracing::info!(user_id = %caller.user_id, "idempotent replay");
+                return Ok(json(StatusCode::from_u16(status).map_err(AppError::internal)?, &body));
+            }
+            Claim::New { claimed_at } => claimed_at,
+        };
         paystream::crash_point!("pay.after_claim");
-    }
-    let payment_id = match &keyed {
-        Some(k) => idempotency::derived_id(k.scope, k.key, k.hash),
-        None => Uuid::new_v4(),
+        Some(idempotency::derived_id(k.scope, k.key, k.hash, claimed_at))
+    } else {
+        None
     };
+    let payment_id = keyed_id.unwrap_or_else(paystream::domain::new_id);
     let payment = payments::NewPayment {
         id: payment_id,
         user_id: caller.user_id.0,
@@ -91,10 +99,21 @@ pub async fn create(api: &PayApi, req: &Request) -> Result<Response, AppError> {
         amount: amount.minor(),
         currency: currency.code(),
     };
-    if let Err(e) = publish(api, &payment).await {
-        // Nothing was recorded; a retry with the key must do the work.
+    let facts = match api.facts.facts(&p.pg, paystream::domain::UserId(payment.user_id), CardId(payment.card_id), MerchantId(payment.merchant_id)).await {
+        Ok(facts) => facts,
+        Err(e) => {
+            // Nothing was published: the key is free for any request again.
+            if let Some(k) = &keyed {
+                end_claim_quietly(p, k, Ending::Release).await;
+            }
+            return Err(e);
+        }
+    };
+    if let Err(e) = publish(api, &payment, facts).await {
+        // Nothing was recorded, but the event may have landed (a timeout):
+        // the retry with the key takes this claim over, same payment id.
         if let Some(k) = &keyed {
-            release_quietly(p, k).await;
+            end_claim_quietly(p, k, Ending::Abandon).await;
         }
         return Err(e);
     }
@@ -117,12 +136,11 @@ pub async fn create(api: &PayApi, req: &Request) -> Result<Response, AppError> {
     Ok(json(StatusCode::ACCEPTED, &answer))
 }
 
-/// Reads the card's and the merchant's facts (the connection goes back to
-/// the pool before the broker is asked) and publishes the payment's event,
+/// Publishes the payment's event with the card's and the merchant's facts
+/// (read before: no connection is held while the broker answers),
 /// returning once the broker acknowledged it.
-async fn publish(api: &PayApi, payment: &payments::NewPayment) -> Result<(), AppError> {
+async fn publish(api: &PayApi, payment: &payments::NewPayment, facts: payments::IntakeFacts) -> Result<(), AppError> {
     let p = &api.platform;
-    let facts = api.facts.facts(&p.pg, paystream::domain::UserId(payment.user_id), CardId(payment.card_id), MerchantId(payment.merchant_id)).await?;
     let event = PaymentEvent {
         v: EVENT_VERSION,
         payment_id: payment.id,
@@ -166,8 +184,8 @@ pub struct ClaimKeys {
 
 impl Step for ClaimKeys {
     type Row = NewClaim;
-    /// Whether the key was new; or the statement's error.
-    type Answer = Result<bool, AppError>;
+    /// When the key was claimed, if it was new; or the statement's error.
+    type Answer = Result<Option<time::OffsetDateTime>, AppError>;
 
     async fn run(&self, claims: Vec<NewClaim>) -> Vec<Self::Answer> {
         let p = &self.platform;
@@ -200,12 +218,28 @@ impl Step for RecordPayments {
     }
 }
 
-/// Removes the claim of a failed request. If that fails too, the claim's
-/// lease runs out and the client's retry takes it over.
-async fn release_quietly(p: &Platform, k: &Keyed<'_>) {
-    let released = async { idempotency::release(&p.pg.get().await?, k.scope, k.key, k.hash).await }.await;
-    if let Err(e) = released {
-        tracing::warn!(error = %e, "idempotency claim not released; a retry takes it over once its lease runs out");
+/// How a failed request gives its claim back.
+enum Ending {
+    /// Nothing happened: the claim is removed (`idempotency::release`).
+    Release,
+    /// The side effect may have happened: the lease ends now
+    /// (`idempotency::abandon`).
+    Abandon,
+}
+
+/// Gives back the claim of a failed request. If that fails too, the
+/// claim's lease runs out and the client's retry takes it over.
+async fn end_claim_quietly(p: &Platform, k: &Keyed<'_>, ending: Ending) {
+    let ended = async {
+        let db = p.pg.get().await?;
+        match ending {
+            Ending::Release => idempotency::release(&db, k.scope, k.key, k.hash).await,
+            Ending::Abandon => idempotency::abandon(&db, k.scope, k.key, k.hash).await,
+        }
+    }
+    .await;
+    if let Err(e) = ended {
+        tracing::warn!(error = %e, "idempotency claim not given back; a retry takes it over once its lease runs out");
     }
 }
 

@@ -142,7 +142,7 @@ async fn idempotency_replays_refuses_reuse_and_survives_a_race() {
 }
 
 #[tokio::test]
-async fn with_the_broker_stopped_payments_get_503_and_leave_no_trace() {
+async fn with_the_broker_stopped_payments_get_503_and_the_keyed_retry_pays_once_with_the_same_id() {
     let mut broker = PrivateBroker::start();
     let mut config = fresh_config().await;
     config.kafka.bootstrap_servers = broker.bootstrap();
@@ -160,7 +160,31 @@ async fn with_the_broker_stopped_payments_get_503_and_leave_no_trace() {
     assert_eq!((status, body["code"].as_str()), (503, Some("BROKER_UNAVAILABLE")));
     assert!(started.elapsed() < Duration::from_millis(1_500 + 1_500), "bounded: {:?}", started.elapsed());
     assert_eq!(count(&api, "SELECT count(*) FROM payments").await, 1, "only the acknowledged payment");
-    assert_eq!(count(&api, "SELECT count(*) FROM idempotency_keys").await, 0, "a failed request keeps no key");
+    // The publish may have landed for all the function knows (a timeout):
+    // the claim stays, unanswered, its lease ended.
+    assert_eq!(count(&api, "SELECT count(*) FROM idempotency_keys WHERE status_code IS NULL AND lease_until < now()").await, 1, "the claim is abandoned");
+    let (status, refused) = call(&api, "POST", "/payments", &alice, Some("while-down"), Some(payment(&alice, SEOUL_CAFE, 201))).await;
+    assert_eq!((status, refused["code"].as_str()), (409, Some("IDEMPOTENCY_KEY_REUSED")), "another request with the key: the first may have paid");
+
+    // Once the broker is back, the retry takes the claim over and pays
+    // with the id the failed attempt would have published.
+    broker.restart();
+    let body = payment(&alice, SEOUL_CAFE, 200);
+    let mut answer = (0, Value::Null);
+    for _ in 0..10 {
+        answer = call(&api, "POST", "/payments", &alice, Some("while-down"), Some(body.clone())).await;
+        if answer.0 == 202 {
+            break;
+        }
+        assert_eq!(answer.1["code"].as_str(), Some("BROKER_UNAVAILABLE"), "{answer:?}");
+    }
+    assert_eq!(answer.0, 202, "{answer:?}");
+    let db = api.platform.pg.get().await.unwrap();
+    let claimed_at = db.query_one("SELECT created_at FROM idempotency_keys WHERE key = 'while-down'", &[]).await.unwrap().get(0);
+    let hash = paystream::idempotency::request_hash("POST /payments", &body);
+    let first_attempts_id = paystream::idempotency::derived_id(&format!("pay:{}", alice.id), "while-down", &hash, claimed_at);
+    assert_eq!(answer.1["payment_id"], first_attempts_id.to_string());
+    assert_eq!(count(&api, "SELECT count(*) FROM payments").await, 2);
 }
 
 #[tokio::test]
@@ -214,14 +238,23 @@ async fn a_claim_released_by_a_failed_first_request_lets_the_twin_do_the_work() 
 }
 
 #[tokio::test]
-async fn a_keyed_payment_id_is_derived_from_user_key_and_request() {
+async fn payment_ids_are_time_ordered_and_a_keyed_one_is_derived_from_its_claim() {
     let api = api().await;
     let alice = user(&api.platform, "alice").await;
     let body = payment(&alice, SEOUL_CAFE, 1_000);
     let (_, answer) = call(&api, "POST", "/payments", &alice, Some("derived"), Some(body.clone())).await;
     let hash = paystream::idempotency::request_hash("POST /payments", &body);
-    let expected = paystream::idempotency::derived_id(&format!("pay:{}", alice.id), "derived", &hash);
+    let db = api.platform.pg.get().await.unwrap();
+    let claimed_at = db.query_one("SELECT created_at FROM idempotency_keys WHERE key = 'derived'", &[]).await.unwrap().get(0);
+    let expected = paystream::idempotency::derived_id(&format!("pay:{}", alice.id), "derived", &hash, claimed_at);
     assert_eq!(answer["payment_id"], expected.to_string(), "a retry after a lost commit publishes the same payment again");
+    // Ids grow with time (UUIDv7), keyed or not, so the tables' keys grow
+    // at their right edge.
+    tokio::time::sleep(Duration::from_millis(2)).await; // another millisecond
+    let (_, later) = call(&api, "POST", "/payments", &alice, None, Some(payment(&alice, SEOUL_CAFE, 1_001))).await;
+    let (first, second): (uuid::Uuid, uuid::Uuid) = (expected, later["payment_id"].as_str().unwrap().parse().unwrap());
+    assert_eq!((first.get_version_num(), second.get_version_num()), (7, 7));
+    assert!(second > first, "{second} after {first}");
 }
 
 /// Many requests in flight at once (as in a Managed Instances environment)

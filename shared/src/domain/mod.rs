@@ -10,7 +10,7 @@ pub mod travel;
 pub mod user;
 
 pub use card::{CardExpiry, CardNumber, PanFingerprint};
-pub use ids::{CardId, CardProductId, MerchantId, UserId};
+pub use ids::{new_id, CardId, CardProductId, MerchantId, UserId};
 pub use merchant::{Coordinates, CountryCode, MerchantCategory, VipThreshold};
 pub use money::{Amount, Currency, Money};
 pub use user::{Email, Password, Phone, Role, Username};

@@ -50,7 +50,7 @@ pub async fn insert_once(
         .execute(
             "INSERT INTO notifications (id, user_id, kind, payload, dedupe_key) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (dedupe_key) DO NOTHING",
-            &[&Uuid::new_v4(), &user.0, &kind, payload, &dedupe_key],
+            &[&crate::domain::new_id(), &user.0, &kind, payload, &dedupe_key],
         )
         .await?;
     Ok(inserted == 1)
@@ -69,7 +69,7 @@ pub async fn insert_many_once(db: &impl GenericClient, rows: &[NewNotification])
     if rows.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<Uuid> = rows.iter().map(|_| Uuid::new_v4()).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|_| crate::domain::new_id()).collect();
     let users: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
     let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
     let payloads: Vec<&serde_json::Value> = rows.iter().map(|r| &r.payload).collect();

@@ -82,7 +82,7 @@ pub async fn apply(db: &impl GenericClient, granted: &[Granted], failed: &[(Uuid
             &[&products, &units],
         )
         .await?;
-        let settlement_ids: Vec<Uuid> = granted.iter().map(|_| Uuid::new_v4()).collect();
+        let settlement_ids: Vec<Uuid> = granted.iter().map(|_| crate::domain::new_id()).collect();
         let users: Vec<Uuid> = granted.iter().map(|g| g.user_id).collect();
         let products: Vec<Uuid> = granted.iter().map(|g| g.product_id).collect();
         let amounts: Vec<i64> = granted.iter().map(|g| g.amount).collect();
@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
         let at = time::macros::datetime!(2026-11-22 12:00:00.123456 UTC);
-        let id = Uuid::new_v4();
+        let id = crate::domain::new_id();
         assert_eq!(decode_cursor(&encode_cursor(at, id)).unwrap(), (at, id));
         assert!(decode_cursor("not-a-cursor").is_err());
         assert!(decode_cursor("").is_err());

@@ -17,7 +17,7 @@ pub async fn insert_many(db: &impl GenericClient, rows: &[NewVerification]) -> R
     if rows.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = rows.iter().map(|_| Uuid::new_v4()).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|_| crate::domain::new_id()).collect();
     let payments: Vec<Uuid> = rows.iter().map(|r| r.payment_id).collect();
     let users: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
     let hashes: Vec<&[u8]> = rows.iter().map(|r| r.token_hash.as_slice()).collect();

@@ -54,7 +54,7 @@ async fn run(args: &[String]) -> Result<(), Error> {
         ["create-admin", username, phone] => {
             let admin_password = admin_password(&config)?;
             let platform = Platform::from_config("paystream-ops", config)?;
-            let id = paystream::demo::ensure_user(&platform.pg, paystream::domain::UserId::new_random(), username, phone, Role::Admin, &admin_password).await?;
+            let id = paystream::demo::ensure_user(&platform.pg, paystream::domain::UserId::generate(), username, phone, Role::Admin, &admin_password).await?;
             println!("admin {username}: {id}");
         }
         _ => return Err("usage: paystream-ops migrate | seed | create-admin NAME PHONE | openapi".into()),

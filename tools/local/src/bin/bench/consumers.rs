@@ -169,7 +169,7 @@ fn payment_events(users: &[User], slot: usize, start: OffsetDateTime, travel: bo
             };
             PaymentEvent {
                 v: 1,
-                payment_id: Uuid::new_v4(),
+                payment_id: paystream::domain::new_id(),
                 user_id: user.id,
                 card_id,
                 card_product_id,
@@ -197,7 +197,7 @@ async fn record_intake(pg: &PgPool, events: &[PaymentEvent]) {
 /// A product on sale with `HISTORY_ORDERS` settled orders (as settle would
 /// have left them) and stock for every order the run adds.
 async fn product_with_history(pg: &PgPool, suffix: &str, new_orders: usize) -> Uuid {
-    let product = Uuid::new_v4();
+    let product = paystream::domain::new_id();
     let buyers = crate::stats::create_buyers(pg, HISTORY_ORDERS, &format!("{suffix}h")).await;
     let mut db = pg.get().await.expect("database");
     let tx = db.transaction().await.expect("begin");
@@ -208,17 +208,21 @@ async fn product_with_history(pg: &PgPool, suffix: &str, new_orders: usize) -> U
     )
     .await
     .expect("bench product");
+    // Ids as the order and settle functions make them (`domain::new_id`).
+    let new_ids = |n: usize| (0..n).map(|_| paystream::domain::new_id()).collect::<Vec<Uuid>>();
     tx.execute(
         "INSERT INTO orders (id, user_id, product_id, amount, currency, status)
-         SELECT gen_random_uuid(), u, $2, 1000, 'KRW', 'SUCCESS' FROM unnest($1::uuid[]) AS u",
-        &[&buyers, &product],
+         SELECT id, u, $2, 1000, 'KRW', 'SUCCESS' FROM unnest($3::uuid[], $1::uuid[]) AS t(id, u)",
+        &[&buyers, &product, &new_ids(buyers.len())],
     )
     .await
     .expect("history orders");
     tx.execute(
         "INSERT INTO settlements (id, order_id, user_id, product_id, amount, currency)
-         SELECT gen_random_uuid(), id, user_id, product_id, amount, currency FROM orders WHERE product_id = $1",
-        &[&product],
+         SELECT s.id, o.id, o.user_id, o.product_id, o.amount, o.currency
+         FROM (SELECT *, row_number() OVER (ORDER BY id) AS n FROM orders WHERE product_id = $1) o
+         JOIN unnest($2::uuid[]) WITH ORDINALITY AS s(id, n) USING (n)",
+        &[&product, &new_ids(buyers.len())],
     )
     .await
     .expect("history settlements");
@@ -238,9 +242,9 @@ async fn order_batch(pg: &PgPool, product: Uuid, buyers: &[Uuid], partition: i32
     let rows = db
         .query(
             "INSERT INTO orders (id, user_id, product_id, amount, currency)
-             SELECT gen_random_uuid(), u, $2, 1000, 'KRW' FROM unnest($1::uuid[]) WITH ORDINALITY AS t(u, n) ORDER BY n
+             SELECT id, u, $2, 1000, 'KRW' FROM unnest($3::uuid[], $1::uuid[]) WITH ORDINALITY AS t(id, u, n) ORDER BY n
              RETURNING id, user_id",
-            &[&buyers, &product],
+            &[&buyers, &product, &buyers.iter().map(|_| paystream::domain::new_id()).collect::<Vec<Uuid>>()],
         )
         .await
         .expect("bench orders");
@@ -378,7 +382,7 @@ async fn time_raw_settlement_insert(pg: &PgPool, batches: &[Vec<OrderEvent>]) ->
     let mut records = 0;
     let started = Instant::now();
     for events in batches {
-        let ids: Vec<Uuid> = events.iter().map(|_| Uuid::new_v4()).collect();
+        let ids: Vec<Uuid> = events.iter().map(|_| paystream::domain::new_id()).collect();
         let orders: Vec<Uuid> = events.iter().map(|e| e.order_id).collect();
         let users: Vec<Uuid> = events.iter().map(|e| e.user_id).collect();
         let products: Vec<Uuid> = events.iter().map(|e| e.product_id).collect();

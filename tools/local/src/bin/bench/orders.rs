@@ -29,7 +29,7 @@ use crate::stats::{costed, costed_then, print_costed, QuietStdout};
 
 /// A flash-sale product on sale now (for an hour) with `stock` units.
 pub(crate) async fn create_product(pg: &PgPool, stock: usize) -> Uuid {
-    let id = Uuid::new_v4();
+    let id = paystream::domain::new_id();
     let stock = i32::try_from(stock).expect("stock fits the column");
     pg.get()
         .await
@@ -96,12 +96,12 @@ pub async fn run(orders: usize, concurrency: usize) {
                 .prepare_cached("INSERT INTO orders (id, user_id, product_id, amount, currency) VALUES ($1, $2, $3, 129000, 'KRW')")
                 .await
                 .expect("prepare");
-            db.execute(&statement, &[&Uuid::new_v4(), &buyers[i], &raw_product]).await.expect("raw insert");
+            db.execute(&statement, &[&paystream::domain::new_id(), &buyers[i], &raw_product]).await.expect("raw insert");
         }
     };
     let raw = costed("baseline: raw single-row INSERT, committed", orders - 1, concurrency, insert).await;
 
-    let gate_product = Uuid::new_v4();
+    let gate_product = paystream::domain::new_id();
     let now = time::OffsetDateTime::now_utc();
     let state = SaleState { start_time: now - time::Duration::hours(1), end_time: now + time::Duration::hours(1), remaining: orders as i64, buyers: Vec::new() };
     flash::load(&redis, gate_product, &state).await.expect("load gate");
