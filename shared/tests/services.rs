@@ -80,3 +80,35 @@ async fn a_deadlock_victim_answers_retry_not_internal_error() {
     assert_eq!(answer.status(), 503, "a deadlock victim is retryable: {answer:?}");
     assert_eq!(answer.code.as_str(), "DEPENDENCY_UNAVAILABLE");
 }
+
+/// FDS's location cache (`holders::cache`): a location replaces an older
+/// one, never a newer one (a slow writer loses), and replaces a writer's
+/// hold and a cached "no location yet".
+#[tokio::test]
+async fn a_cached_location_is_replaced_only_by_a_newer_one() {
+    use paystream::store::holders::{self, LastLocation};
+    let p = platform("tests").await;
+    let conn = p.pg.get().await.unwrap();
+    let db: &tokio_postgres::Client = &conn;
+    let base = time::macros::datetime!(2026-12-01 12:00:00 UTC);
+    let at = |ms: i64| LastLocation { payment_id: uuid::Uuid::now_v7(), country: "KR".into(), lat: 37.5, lon: 127.0, at: base + time::Duration::milliseconds(ms) };
+    let cached_at = |user: uuid::Uuid| {
+        let redis = &p.redis;
+        async move { holders::last_locations(redis, db, &[user]).await.unwrap().get(&user).map(|l| l.at) }
+    };
+
+    let (user, held, unknown) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    holders::cache(&p.redis, &[(user, at(2_000))]).await.unwrap();
+    holders::cache(&p.redis, &[(user, at(1_000))]).await.unwrap();
+    assert_eq!(cached_at(user).await, Some(base + time::Duration::milliseconds(2_000)), "an older location does not replace a newer one");
+    holders::cache(&p.redis, &[(user, at(2_001))]).await.unwrap();
+    assert_eq!(cached_at(user).await, Some(base + time::Duration::milliseconds(2_001)), "a newer one, by a millisecond, does");
+
+    holders::hold(&p.redis, &[held]).await.unwrap();
+    holders::cache(&p.redis, &[(held, at(5))]).await.unwrap();
+    assert_eq!(cached_at(held).await, Some(base + time::Duration::milliseconds(5)), "a hold is replaced");
+
+    assert_eq!(cached_at(unknown).await, None, "no location: cached as none");
+    holders::cache(&p.redis, &[(unknown, at(7))]).await.unwrap();
+    assert_eq!(cached_at(unknown).await, Some(base + time::Duration::milliseconds(7)), "none is replaced");
+}

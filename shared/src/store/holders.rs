@@ -134,26 +134,24 @@ pub async fn cache(redis: &Redis, locations: &[(Uuid, LastLocation)]) -> Result<
     Ok(())
 }
 
-/// ARGV[1] = TTL; then per key: at_ms, value. The cached JSON carries
-/// `at_ms`; anything else (a hold, "none", an old format) is replaced.
+/// ARGV[1] = TTL; then per key: at_ms, value. The cached JSON starts with
+/// `{"at_ms":` ([`CachedLocation`]), which the script reads with an
+/// anchored pattern rather than decoding the whole JSON (cjson cost about
+/// 2 µs of Redis CPU per holder, a tenth of FDS's cost per payment);
+/// anything else (a hold, "none", an old format) is replaced.
 const CACHE_IF_NEWER_LUA: &str = r#"
 for i, key in ipairs(KEYS) do
   local at = tonumber(ARGV[2 * i])
   local current = redis.call('GET', key)
-  local newer_cached = false
-  if current then
-    local ok, decoded = pcall(cjson.decode, current)
-    if ok and type(decoded) == 'table' and tonumber(decoded['at_ms']) and tonumber(decoded['at_ms']) > at then
-      newer_cached = true
-    end
-  end
-  if not newer_cached then redis.call('SET', key, ARGV[2 * i + 1], 'EX', ARGV[1]) end
+  local cached_at = current and tonumber(string.match(current, '^{"at_ms":(%d+)[,}]'))
+  if not (cached_at and cached_at > at) then redis.call('SET', key, ARGV[2 * i + 1], 'EX', ARGV[1]) end
 end
 return 1
 "#;
 
 /// The cached form: the location plus its time in milliseconds, which the
-/// script compares (readers ignore the extra field).
+/// script compares (readers ignore the extra field). `at_ms` is the first
+/// field, where the script looks for it.
 #[derive(Serialize)]
 struct CachedLocation<'a> {
     at_ms: i64,
@@ -173,3 +171,18 @@ pub async fn hold(redis: &Redis, users: &[Uuid]) -> Result<(), AppError> {
     redis.hold_for_write(LOCATION_NAMESPACE, users).await
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cached_form_starts_with_its_time_where_the_script_reads_it() {
+        let at = time::macros::datetime!(2026-12-01 12:00:00.123 UTC);
+        let location = LastLocation { payment_id: Uuid::nil(), country: "KR".into(), lat: 37.5, lon: 127.0, at };
+        let json = serde_json::to_string(&CachedLocation::from(&location)).unwrap();
+        assert!(json.starts_with(&format!("{{\"at_ms\":{},", at.unix_timestamp() * 1_000 + 123)), "{json}");
+        let read: LastLocation = serde_json::from_str(&json).unwrap();
+        assert_eq!(read, location, "readers ignore at_ms");
+    }
+}
