@@ -136,8 +136,8 @@ pub async fn cache(redis: &Redis, locations: &[(Uuid, LastLocation)]) -> Result<
 
 /// ARGV[1] = TTL; then per key: at_ms, value. The cached JSON starts with
 /// `{"at_ms":` ([`CachedLocation`]), which the script reads with an
-/// anchored pattern rather than decoding the whole JSON (cjson cost about
-/// 2 µs of Redis CPU per holder, a tenth of FDS's cost per payment);
+/// anchored pattern rather than decoding the whole JSON (Redis CPU per
+/// holder, 1,000 holders per call: 1.1 µs against 1.8 µs with cjson);
 /// anything else (a hold, "none", an old format) is replaced.
 const CACHE_IF_NEWER_LUA: &str = r#"
 for i, key in ipairs(KEYS) do
