@@ -270,6 +270,39 @@ wait_for_listener_at() { # pid host port seconds
 # function, PAYSTREAM_INSTANCES each, replaced when it dies; the Invoke API
 # on $PAYSTREAM_LAMBDA_PORT once all are ready), the gateway on
 # $PAYSTREAM_HTTP_PORT and the poller.
+# This machine's PostgreSQL runs with autovacuum off; production's (RDS, or
+# any default install) runs it. Its ANALYZE does more than keep statistics:
+# it invalidates the plans the functions prepared while the tables were
+# empty. Every batch statement is prepared once per connection
+# (`prepare_cached`), and a generic plan chosen when a table looked empty
+# (a whole-table scan) otherwise stays for the connection's life: one
+# `bench gateway` run against a never-analysed project database did 4,488
+# whole-table scans of idempotency_keys (58 M rows read). So while the local
+# runtime runs, this stand-in applies autovacuum's default thresholds to the
+# project's database every PAYSTREAM_AUTOVACUUM_EVERY_S (default 10; its
+# naptime is 60 s, but a local run is minutes long). Nothing runs when the
+# server's own autovacuum is on.
+AUTOVACUUM_STANDIN_SQL="SELECT format('VACUUM (ANALYZE) %I.%I', schemaname, relname) FROM pg_stat_user_tables
+  WHERE n_dead_tup > 50 + 0.2 * n_live_tup OR n_ins_since_vacuum > 1000 + 0.2 * n_live_tup
+UNION ALL
+SELECT format('ANALYZE %I.%I', schemaname, relname) FROM pg_stat_user_tables
+  WHERE n_mod_since_analyze > 50 + 0.1 * n_live_tup
+    AND NOT (n_dead_tup > 50 + 0.2 * n_live_tup OR n_ins_since_vacuum > 1000 + 0.2 * n_live_tup)"
+autovacuum_standin() {
+  local every_s="${PAYSTREAM_AUTOVACUUM_EVERY_S:-10}"
+  # Bounded by the runtime's life: stop_runtime ends it with the rest.
+  while sleep "$every_s"; do
+    # A statement that fails (PostgreSQL restarting, a table locked) is
+    # tried again on the next round.
+    printf '%s \\gexec\n' "$AUTOVACUUM_STANDIN_SQL" | psql -X -q "$DATABASE_URL" >/dev/null || true
+  done
+}
+start_autovacuum_standin() {
+  if [[ "$(psql -X -At "$DATABASE_URL" -c 'SHOW autovacuum' 2>/dev/null)" == off ]]; then
+    start_bg autovacuum autovacuum_standin
+  fi
+}
+
 start_runtime() {
   if [[ "$PAYSTREAM_LAMBDA" == sam ]]; then start_runtime_sam; return; fi
   log "building the functions and local tools ($PAYSTREAM_PROFILE)"
@@ -280,6 +313,7 @@ start_runtime() {
   start_bg gateway "$BIN_DIR/gateway"
   local gateway_pid="${RUNTIME_PIDS[-1]}"
   start_bg poller "$BIN_DIR/poller"
+  start_autovacuum_standin
   wait_for_listener "$gateway_pid" "$PAYSTREAM_HTTP_PORT" 30 || { log "gateway did not start"; tail -20 "$LOG_DIR/gateway.log" >&2; return 1; }
 }
 
@@ -305,6 +339,7 @@ start_runtime_sam() {
   start_bg gateway "$BIN_DIR/gateway"
   local gateway_pid="${RUNTIME_PIDS[-1]}"
   start_bg poller "$BIN_DIR/poller"
+  start_autovacuum_standin
   wait_for_listener "$gateway_pid" "$PAYSTREAM_HTTP_PORT" 30 || { log "gateway did not start"; tail -20 "$LOG_DIR/gateway.log" >&2; return 1; }
 }
 

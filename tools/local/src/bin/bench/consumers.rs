@@ -26,6 +26,7 @@
 //! per million records that follow from the batch duration and the
 //! template's `MemorySize`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::kafka::KafkaEvent;
@@ -126,7 +127,8 @@ pub fn payment_requests(tokens: &paystream::auth::TokenIssuer, users: &[User], a
 #[derive(Clone)]
 struct Batch {
     partition: i32,
-    event_json: Vec<u8>,
+    /// Shared, so handing a batch to its invocation's task copies nothing.
+    event_json: std::sync::Arc<[u8]>,
     records: usize,
 }
 
@@ -145,7 +147,7 @@ fn batch_of(topic: &str, partition: i32, first_offset: i64, records: &[(Uuid, Ve
         })
         .collect();
     let event = msk::build_event("arn:aws:kafka:local:000000000000:cluster/bench/0", &out);
-    Batch { partition, event_json: serde_json::to_vec(&event).expect("event"), records: records.len() }
+    Batch { partition, event_json: serde_json::to_vec(&event).expect("event").into(), records: records.len() }
 }
 
 /// Each user's payment in time slot `slot`: at their Seoul café, except,
@@ -281,7 +283,7 @@ struct Timed {
 
 /// Runs each round's batches (one per consumer instance, at the same
 /// time), round after round; the first round is an untimed warm-up.
-async fn time_rounds<C: BatchConsumer>(consumers: &[C], rounds: &[Vec<Batch>]) -> Timed {
+async fn time_rounds<C: BatchConsumer>(consumers: &[Arc<C>], rounds: &[Vec<Batch>]) -> Timed {
     let (warm_up, timed) = rounds.split_first().expect("a warm-up round");
     invoke_round(consumers, warm_up).await;
     let cpu_before = cpu::sample();
@@ -295,27 +297,20 @@ async fn time_rounds<C: BatchConsumer>(consumers: &[C], rounds: &[Vec<Batch>]) -
 }
 
 /// Each consumer instance (standing for its own environment) handles its
-/// batch; all at once, and the round ends when the last one has answered.
-async fn invoke_round<C: BatchConsumer>(consumers: &[C], batches: &[Batch]) {
+/// batch; all at once, each invocation its own task (three ESM pollers'
+/// environments each have their own CPU, so one's decoding must not wait
+/// for another's), and the round ends when the last one has answered.
+async fn invoke_round<C: BatchConsumer>(consumers: &[Arc<C>], batches: &[Batch]) {
     assert_eq!(consumers.len(), batches.len(), "one batch per consumer instance");
-    let mut invocations: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>> = consumers
-        .iter()
-        .zip(batches)
-        .map(|(consumer, batch)| {
-            let request_id = format!("bench-p{}-{}", batch.partition, Uuid::new_v4());
-            Box::pin(async move { invoke(consumer, batch, &request_id).await }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>
-        })
-        .collect();
-    let mut done = vec![false; invocations.len()];
-    std::future::poll_fn(|cx| {
-        for (invocation, done) in invocations.iter_mut().zip(done.iter_mut()) {
-            if !*done && invocation.as_mut().poll(cx).is_ready() {
-                *done = true;
-            }
-        }
-        if done.iter().all(|d| *d) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    })
-    .await;
+    let mut invocations = tokio::task::JoinSet::new();
+    for (consumer, batch) in consumers.iter().zip(batches) {
+        let (consumer, batch) = (Arc::clone(consumer), batch.clone());
+        let request_id = format!("bench-p{}-{}", batch.partition, Uuid::new_v4());
+        invocations.spawn(async move { invoke(&*consumer, &batch, &request_id).await });
+    }
+    while let Some(done) = invocations.join_next().await {
+        done.expect("an invocation panicked");
+    }
 }
 
 /// Parsing the MSK event and decoding every record: the floor.
@@ -484,10 +479,10 @@ pub async fn run(batches: usize) {
     let mut rows = Vec::new();
     macro_rules! measure {
         ($function:literal, $make:expr, $rounds:expr, $target:expr, $floor:expr, $raw:expr) => {{
-            let one = vec![$make];
+            let one = vec![Arc::new($make)];
             let timed = time_rounds(&one, &$rounds.0).await;
             rows.push(Row { name: format!("{} (1 partition)", $function), function: $function, timed, target_per_s: $target, decode_per_s: $floor, raw_insert_per_s: $raw });
-            let three: Vec<_> = (0..PARTITIONS).map(|_| $make).collect();
+            let three: Vec<_> = (0..PARTITIONS).map(|_| Arc::new($make)).collect();
             let timed = time_rounds(&three, &$rounds.1).await;
             rows.push(Row { name: format!("{} ({PARTITIONS} in parallel)", $function), function: $function, timed, target_per_s: $target, decode_per_s: $floor, raw_insert_per_s: $raw });
         }};
