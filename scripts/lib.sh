@@ -223,7 +223,6 @@ ensure_browser() {
   fi
 }
 
-ops() { cargo run -q --locked -p paystream-ops -- "$@"; }
 
 # --- the local serverless runtime -------------------------------------------
 export PAYSTREAM_HTTP_PORT="${PAYSTREAM_HTTP_PORT:-3000}"
@@ -240,6 +239,9 @@ case "$PAYSTREAM_PROFILE" in
   *) log "PAYSTREAM_PROFILE must be debug or release, not $PAYSTREAM_PROFILE"; exit 1 ;;
 esac
 BIN_DIR="$CARGO_TARGET_DIR/$PAYSTREAM_PROFILE"
+# The operator commands, in the runtime's build (with PAYSTREAM_PROFILE=release
+# a debug build of them would be a second build of the workspace's crates).
+ops() { cargo run -q --locked "${PROFILE_FLAGS[@]}" -p paystream-ops -- "$@"; }
 LOG_DIR="$STATE_DIR/logs"
 RUNTIME_PIDS=()
 
@@ -266,10 +268,6 @@ wait_for_listener_at() { # pid host port seconds
   done
 }
 
-# Every function under the local Lambda host (`lambda-host`: a process per
-# function, PAYSTREAM_INSTANCES each, replaced when it dies; the Invoke API
-# on $PAYSTREAM_LAMBDA_PORT once all are ready), the gateway on
-# $PAYSTREAM_HTTP_PORT and the poller.
 # This machine's PostgreSQL runs with autovacuum off; production's (RDS, or
 # any default install) runs it. Its ANALYZE does more than keep statistics:
 # it invalidates the plans the functions prepared while the tables were
@@ -282,12 +280,12 @@ wait_for_listener_at() { # pid host port seconds
 # project's database every PAYSTREAM_AUTOVACUUM_EVERY_S (default 10; its
 # naptime is 60 s, but a local run is minutes long). Nothing runs when the
 # server's own autovacuum is on.
-AUTOVACUUM_STANDIN_SQL="SELECT format('VACUUM (ANALYZE) %I.%I', schemaname, relname) FROM pg_stat_user_tables
+AUTOVACUUM_STANDIN_SQL="SELECT format(CASE
+    WHEN n_dead_tup > 50 + 0.2 * n_live_tup OR n_ins_since_vacuum > 1000 + 0.2 * n_live_tup
+    THEN 'VACUUM (ANALYZE) %I.%I' ELSE 'ANALYZE %I.%I' END, schemaname, relname)
+  FROM pg_stat_user_tables
   WHERE n_dead_tup > 50 + 0.2 * n_live_tup OR n_ins_since_vacuum > 1000 + 0.2 * n_live_tup
-UNION ALL
-SELECT format('ANALYZE %I.%I', schemaname, relname) FROM pg_stat_user_tables
-  WHERE n_mod_since_analyze > 50 + 0.1 * n_live_tup
-    AND NOT (n_dead_tup > 50 + 0.2 * n_live_tup OR n_ins_since_vacuum > 1000 + 0.2 * n_live_tup)"
+     OR n_mod_since_analyze > 50 + 0.1 * n_live_tup"
 autovacuum_standin() {
   local every_s="${PAYSTREAM_AUTOVACUUM_EVERY_S:-10}"
   # Bounded by the runtime's life: stop_runtime ends it with the rest.
@@ -303,6 +301,10 @@ start_autovacuum_standin() {
   fi
 }
 
+# Every function under the local Lambda host (`lambda-host`: a process per
+# function, PAYSTREAM_INSTANCES each, replaced when it dies; the Invoke API
+# on $PAYSTREAM_LAMBDA_PORT once all are ready), the gateway on
+# $PAYSTREAM_HTTP_PORT and the poller.
 start_runtime() {
   if [[ "$PAYSTREAM_LAMBDA" == sam ]]; then start_runtime_sam; return; fi
   log "building the functions and local tools ($PAYSTREAM_PROFILE)"

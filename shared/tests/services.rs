@@ -3,6 +3,7 @@
 use paystream::db::{migrate, MigrateError, MIGRATIONS};
 use paystream::testing::{fresh_config, platform};
 use redis::AsyncCommands;
+use uuid::Uuid;
 
 #[tokio::test]
 async fn migrations_apply_once_and_detect_edits() {
@@ -91,13 +92,13 @@ async fn a_cached_location_is_replaced_only_by_a_newer_one() {
     let conn = p.pg.get().await.unwrap();
     let db: &tokio_postgres::Client = &conn;
     let base = time::macros::datetime!(2026-12-01 12:00:00 UTC);
-    let at = |ms: i64| LastLocation { payment_id: uuid::Uuid::now_v7(), country: "KR".into(), lat: 37.5, lon: 127.0, at: base + time::Duration::milliseconds(ms) };
+    let at = |ms: i64| LastLocation { payment_id: Uuid::now_v7(), country: "KR".into(), lat: 37.5, lon: 127.0, at: base + time::Duration::milliseconds(ms) };
     let cached_at = |user: uuid::Uuid| {
         let redis = &p.redis;
         async move { holders::last_locations(redis, db, &[user]).await.unwrap().get(&user).map(|l| l.at) }
     };
 
-    let (user, held, unknown) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let (user, held, unknown) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     holders::cache(&p.redis, &[(user, at(2_000))]).await.unwrap();
     holders::cache(&p.redis, &[(user, at(1_000))]).await.unwrap();
     assert_eq!(cached_at(user).await, Some(base + time::Duration::milliseconds(2_000)), "an older location does not replace a newer one");

@@ -128,7 +128,7 @@ pub fn payment_requests(tokens: &paystream::auth::TokenIssuer, users: &[User], a
 struct Batch {
     partition: i32,
     /// Shared, so handing a batch to its invocation's task copies nothing.
-    event_json: std::sync::Arc<[u8]>,
+    event_json: Arc<[u8]>,
     records: usize,
 }
 

@@ -168,18 +168,29 @@ pub async fn vacuum(pg: &paystream::db::PgPool) {
 }
 
 /// `n` new users without cards, named with `suffix` so runs never collide.
+/// Inserted `BUYERS_PER_INSERT` at a time: the project database (`bench
+/// gateway`) runs under the functions' `statement_timeout`, and one INSERT of
+/// 200,000 users beside a busy runtime outlasted it.
 pub async fn create_buyers(pg: &paystream::db::PgPool, n: usize, suffix: &str) -> Vec<uuid::Uuid> {
+    const BUYERS_PER_INSERT: usize = 10_000;
     let db = pg.get().await.expect("database");
-    let rows = db
-        .query(
+    let insert = db
+        .prepare(
             "INSERT INTO users (id, username, email, password_hash, phone, role)
-             SELECT gen_random_uuid(), 'bench' || i || '_' || $2, 'bench' || i || '_' || $2 || '@example.com', 'unusable', '+821055550000', 'USER'
-             FROM generate_series(1, $1::int) AS i RETURNING id",
-            &[&i32::try_from(n).expect("user count fits"), &suffix],
+             SELECT gen_random_uuid(), 'bench' || i || '_' || $3, 'bench' || i || '_' || $3 || '@example.com', 'unusable', '+821055550000', 'USER'
+             FROM generate_series($1::int, $2::int) AS i RETURNING id",
         )
         .await
-        .expect("bench users");
-    rows.iter().map(|r| r.get(0)).collect()
+        .expect("prepare bench users");
+    let mut ids = Vec::with_capacity(n);
+    for first in (1..=n).step_by(BUYERS_PER_INSERT) {
+        let last = (first + BUYERS_PER_INSERT - 1).min(n);
+        let (first, last) = (i32::try_from(first).expect("user count fits"), i32::try_from(last).expect("user count fits"));
+        let rows = db.query(&insert, &[&first, &last, &suffix]).await.expect("bench users");
+        ids.extend(rows.iter().map(|r| r.get::<_, uuid::Uuid>(0)));
+    }
+    assert_eq!(ids.len(), n, "every buyer inserted");
+    ids
 }
 
 /// While it lives, this process's stdout goes to /dev/null: the handlers'
