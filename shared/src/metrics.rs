@@ -165,14 +165,26 @@ pub fn count(name: &'static str, n: u64) {
 
 /// Records one latency in milliseconds.
 pub fn latency_ms(name: &'static str, ms: f64) {
+    latencies_ms(name, [ms]);
+}
+
+/// Records latencies of one metric in milliseconds (a consumer's one per
+/// event of its batch). The histogram is looked up once per call, not per
+/// value: each lookup locks the recorder's registry, copies the labels and
+/// allocates a handle, which a 1,000-event batch did 1,000 times.
+pub fn latencies_ms(name: &'static str, values_ms: impl IntoIterator<Item = f64>) {
     let Some(installed) = INSTALLED.get() else { return };
+    // A handle stays valid across flushes: a flush drains its values.
+    let histogram = metrics::histogram!(name);
     let mut unflushed = UNFLUSHED_VALUES.lock().unwrap_or_else(|e| e.into_inner());
-    if *unflushed >= MAX_VALUES_PER_FLUSH {
-        write(installed.collector);
-        *unflushed = 0;
+    for ms in values_ms {
+        if *unflushed >= MAX_VALUES_PER_FLUSH {
+            write(installed.collector);
+            *unflushed = 0;
+        }
+        histogram.record(ms.max(0.0));
+        *unflushed += 1;
     }
-    metrics::histogram!(name).record(ms.max(0.0));
-    *unflushed += 1;
 }
 
 /// Milliseconds since `start`.

@@ -93,9 +93,7 @@ impl BatchConsumer for BenefitGuide {
         notifications::insert_many_once(&*tx, &notes).await?;
         tx.commit().await?;
         let committed_at = time::OffsetDateTime::now_utc();
-        for (_, event) in &batch.events {
-            metrics::latency_ms(metrics::EVENT_LAG, metrics::lag_ms(event.occurred_at, committed_at));
-        }
+        metrics::latencies_ms(metrics::EVENT_LAG, batch.events.iter().map(|(_, e)| metrics::lag_ms(e.occurred_at, committed_at)));
         paystream::crash_point!("benefit.after_commit");
         metrics::emit(p.function, &[("TipsSent", new.len() as f64, Unit::Count)]);
         Ok(BatchOutcome { applied: unique.len(), duplicates: batch.repeated, dead_lettered: batch.dead_lettered })

@@ -211,9 +211,7 @@ impl Fds {
                 ("VerificationSmsQueued", messages.len() as f64, Unit::Count),
             ],
         );
-        for row in &rows {
-            metrics::latency_ms(metrics::FDS_DECISION_LATENCY, metrics::lag_ms(row.occurred_at, decided_at));
-        }
+        metrics::latencies_ms(metrics::FDS_DECISION_LATENCY, rows.iter().map(|r| metrics::lag_ms(r.occurred_at, decided_at)));
         outcome.applied = rows.len();
         Ok(outcome)
     }

@@ -70,9 +70,7 @@ impl BatchConsumer for Loyalty {
         notifications::insert_many_once(&*tx, &notes).await?;
         tx.commit().await?;
         let committed_at = time::OffsetDateTime::now_utc();
-        for visit in &visits {
-            metrics::latency_ms(metrics::EVENT_LAG, metrics::lag_ms(visit.at, committed_at));
-        }
+        metrics::latencies_ms(metrics::EVENT_LAG, visits.iter().map(|v| metrics::lag_ms(v.at, committed_at)));
         paystream::crash_point!("loyalty.after_commit");
         if let Err(e) = loyalty::mirror_counts(&p.redis, &changes).await {
             tracing::warn!(error = %e, "visit counts not mirrored to Redis; the next write rebuilds them from PostgreSQL");

@@ -101,9 +101,8 @@ impl BatchConsumer for Settle {
             &[("Settlements", settled as f64, Unit::Count), ("OrdersFailed", failed.len() as f64, Unit::Count)],
         );
         let granted_ids: HashSet<Uuid> = granted.iter().map(|g| g.order_id).collect();
-        for (_, event) in unique.iter().filter(|(_, e)| granted_ids.contains(&e.order_id)) {
-            metrics::latency_ms(metrics::SETTLEMENT_LAG, metrics::lag_ms(event.ordered_at, settled_at));
-        }
+        let settled_events = unique.iter().filter(|(_, e)| granted_ids.contains(&e.order_id));
+        metrics::latencies_ms(metrics::SETTLEMENT_LAG, settled_events.map(|(_, e)| metrics::lag_ms(e.ordered_at, settled_at)));
         outcome.applied = granted.len() + failed.len();
         outcome.dead_lettered += unknown.len();
         Ok(outcome)
