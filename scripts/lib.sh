@@ -223,7 +223,6 @@ ensure_browser() {
   fi
 }
 
-
 # --- the local serverless runtime -------------------------------------------
 export PAYSTREAM_HTTP_PORT="${PAYSTREAM_HTTP_PORT:-3000}"
 export PAYSTREAM_LAMBDA_PORT="${PAYSTREAM_LAMBDA_PORT:-9000}"

@@ -34,6 +34,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub fds: FdsConfig,
+    pub consumer: ConsumerConfig,
     pub sms: SmsConfig,
     pub flash: FlashConfig,
     /// Least extra benefit (minor units) another card must have earned before
@@ -217,6 +218,21 @@ pub struct FdsConfig {
     pub sweep_batch_max: u32,
 }
 
+/// How a stream consumer splits one batch (`paystream::msk::shards`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// Most transactions one batch is applied in at once, each on its own
+    /// connection and holding its own payers (`CONSUMER_BATCH_SHARDS`; 1:
+    /// the batch is one transaction). An event source mapping invokes one
+    /// batch per partition at a time, so with a single transaction the
+    /// database works a partition on one core.
+    pub batch_shards: usize,
+    /// Fewest events in a shard (`CONSUMER_SHARD_MIN_EVENTS`): a small batch
+    /// stays one transaction, since each shard costs its own round trips
+    /// and commit.
+    pub shard_min_events: usize,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SmsMode {
     /// The `sms_outbox` table is the destination (laptops, CI, tests).
@@ -375,6 +391,10 @@ impl Config {
                 verify_ttl_s: parse_duration_s("VERIFY_TTL", &env.string("VERIFY_TTL", "10m"))?,
                 sweep_batch_max: env.number("VERIFY_SWEEP_BATCH_MAX", 1_000)?,
             },
+            consumer: ConsumerConfig {
+                batch_shards: env.number("CONSUMER_BATCH_SHARDS", 2)?,
+                shard_min_events: env.number("CONSUMER_SHARD_MIN_EVENTS", 200)?,
+            },
             sms: SmsConfig {
                 mode: match env.string("SMS_MODE", if environment == Environment::Aws { "sns" } else { "outbox" }).as_str() {
                     "outbox" => SmsMode::Outbox,
@@ -430,6 +450,8 @@ impl Config {
             ("HTTP_PAGE_LIMIT_MAX", self.http.page_limit_max as u64),
             ("VERIFY_TTL", self.fds.verify_ttl_s),
             ("VERIFY_SWEEP_BATCH_MAX", u64::from(self.fds.sweep_batch_max)),
+            ("CONSUMER_BATCH_SHARDS", self.consumer.batch_shards as u64),
+            ("CONSUMER_SHARD_MIN_EVENTS", self.consumer.shard_min_events as u64),
             ("SMS_RATE_WINDOW_S", self.sms.rate_window_s),
             ("SMS_SEND_TIMEOUT_MS", self.sms.send_timeout_ms),
             ("SMS_SEND_CONCURRENCY", self.sms.send_concurrency as u64),
@@ -462,6 +484,10 @@ impl Config {
         }
         if self.kafka.auth == KafkaAuth::Scram && (self.kafka.sasl_username.is_none() || self.kafka.sasl_password.is_none()) {
             return Err(ConfigError("KAFKA_AUTH=scram needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD".into()));
+        }
+        // Each shard of a batch holds a connection until it commits.
+        if self.consumer.batch_shards > self.database.pool_max_size {
+            return Err(ConfigError("CONSUMER_BATCH_SHARDS must not exceed PG_POOL_MAX_SIZE".into()));
         }
         if !(self.fds.max_speed_kmh.is_finite() && self.fds.max_speed_kmh > 0.0) {
             return Err(ConfigError("FDS_MAX_SPEED_KMH must be a positive number".into()));

@@ -152,6 +152,49 @@ pub async fn decode_batch<'r, T, E: std::fmt::Display>(
     Ok(Decoded { repeated: decoded - events.len(), dead_lettered: poison.len(), events })
 }
 
+/// Splits a batch's events into shards that share no key (the payer), each
+/// keeping its events in batch order, so each shard can be applied in its
+/// own transaction on its own connection while the others are: an event
+/// source mapping invokes one batch per partition at a time, and in one
+/// transaction the database would work it on one core. At most
+/// `batch_shards` shards and none planned below `shard_min_events` events
+/// (each shard costs its own round trips and commit); empty ones are
+/// dropped. Applying shards independently is safe because every effect is
+/// keyed by its event and its payer: a shard that committed before another
+/// failed is skipped as duplicates when the batch is retried.
+pub fn shards<T>(events: Vec<T>, limits: crate::config::ConsumerConfig, key: impl Fn(&T) -> uuid::Uuid) -> Vec<Vec<T>> {
+    let count = (events.len() / limits.shard_min_events.max(1)).clamp(1, limits.batch_shards.max(1));
+    if count == 1 {
+        return vec![events];
+    }
+    let mut shards: Vec<Vec<T>> = (0..count).map(|_| Vec::with_capacity(events.len() / count + 1)).collect();
+    for event in events {
+        // Ids are random in their low bits (v4, and v7's rand_b).
+        let shard = (key(&event).as_u128() % count as u128) as usize;
+        shards[shard].push(event);
+    }
+    shards.retain(|s| !s.is_empty());
+    shards
+}
+
+/// Applies every shard at once ([`shards`]) and adds up what they did.
+/// Waits for all of them, so no transaction is dropped midway; the first
+/// error fails the batch (and the event source retries it).
+pub async fn apply_shards<T, F, Fut>(shards: Vec<Vec<T>>, apply: F) -> Result<BatchOutcome, AppError>
+where
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = Result<BatchOutcome, AppError>>,
+{
+    let mut total = BatchOutcome::default();
+    for outcome in futures_util::future::join_all(shards.into_iter().map(apply)).await {
+        let outcome = outcome?;
+        total.applied += outcome.applied;
+        total.duplicates += outcome.duplicates;
+        total.dead_lettered += outcome.dead_lettered;
+    }
+    Ok(total)
+}
+
 /// What a consumer did with a batch (logged, and emitted as metrics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -293,5 +336,27 @@ mod tests {
         assert_eq!(good[0].1, 42);
         assert_eq!(poison.len(), 1);
         assert!(poison[0].reason.contains("base64"));
+    }
+
+    proptest::proptest! {
+        /// Every event lands in exactly one shard, a key's events in one
+        /// shard and in batch order, and the shard count keeps its bounds.
+        #[test]
+        fn shards_split_by_key_and_keep_order(keys in proptest::collection::vec(0u8..40, 0..1_200), batch_shards in 1usize..5, shard_min_events in 1usize..400) {
+            let limits = crate::config::ConsumerConfig { batch_shards, shard_min_events };
+            let events: Vec<(usize, uuid::Uuid)> = keys.iter().enumerate().map(|(i, k)| (i, uuid::Uuid::from_u128(u128::from(*k) * 0x9e37_79b9_7f4a_7c15))).collect();
+            let shards = shards(events.clone(), limits, |e| e.1);
+            proptest::prop_assert!(!shards.is_empty() && shards.len() <= batch_shards);
+            proptest::prop_assert!(shards.len() <= (events.len() / shard_min_events).max(1));
+            let mut seen: Vec<usize> = shards.iter().flatten().map(|e| e.0).collect();
+            seen.sort_unstable();
+            proptest::prop_assert_eq!(seen, (0..events.len()).collect::<Vec<_>>());
+            for (i, shard) in shards.iter().enumerate() {
+                proptest::prop_assert!(shard.windows(2).all(|w| w[0].0 < w[1].0), "batch order kept");
+                for other in &shards[i + 1..] {
+                    proptest::prop_assert!(shard.iter().all(|a| other.iter().all(|b| a.1 != b.1)), "a key in two shards");
+                }
+            }
+        }
     }
 }

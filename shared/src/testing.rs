@@ -45,6 +45,10 @@ pub async fn fresh_config() -> Config {
     config.redis.key_prefix = format!("t:{suffix}:");
     config.kafka.payment_topic = format!("payment-stream-{suffix}");
     config.kafka.order_topic = format!("order-stream-{suffix}");
+    // Tests deliver small batches: split every one of two events or more,
+    // so the consumers' tests (redelivery, twins, crashes) cover batches
+    // applied in several transactions, as large ones are in production.
+    config.consumer.shard_min_events = 1;
 
     let (mut client, connection) = tokio_postgres::connect(config.database.url.expose(), tokio_postgres::NoTls).await.expect("connect to test database");
     tokio::spawn(connection);

@@ -93,7 +93,7 @@ async fn a_cached_location_is_replaced_only_by_a_newer_one() {
     let db: &tokio_postgres::Client = &conn;
     let base = time::macros::datetime!(2026-12-01 12:00:00 UTC);
     let at = |ms: i64| LastLocation { payment_id: Uuid::now_v7(), country: "KR".into(), lat: 37.5, lon: 127.0, at: base + time::Duration::milliseconds(ms) };
-    let cached_at = |user: uuid::Uuid| {
+    let cached_at = |user: Uuid| {
         let redis = &p.redis;
         async move { holders::last_locations(redis, db, &[user]).await.unwrap().get(&user).map(|l| l.at) }
     };

@@ -3,12 +3,15 @@
 //! (impossible travel); a suspicious one is PENDING and the holder gets an
 //! SMS link to approve or deny it; a LOCKED holder's payment is DENIED.
 //!
-//! Per batch the work is a fixed number of round trips whatever its size:
-//! at once, one query for what is already decided or unrecorded, one
-//! profile query and one Redis MGET (plus one query and one pipeline for
-//! cache misses); one SMS-count query for the holders to ask (if any); then
-//! one transaction of at most five multi-row statements, and one Redis
-//! pipeline after commit.
+//! A batch is split by holder into at most `CONSUMER_BATCH_SHARDS` shards
+//! decided at once, each in its own transaction (`msk::shards`). Per shard
+//! the work is a fixed number of round trips whatever its size: at once,
+//! one query for what is already decided or unrecorded, one profile query
+//! and one Redis MGET (plus one query and one pipeline for cache misses);
+//! one SMS-count query for the holders to ask (if any); then one
+//! transaction of at most five multi-row statements (pipelined, beside
+//! the Redis pipeline that holds the moved locations), and one Redis call
+//! after commit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +23,7 @@ use uuid::Uuid;
 use paystream::domain::travel::{assess, TravelVerdict};
 use paystream::events::{decode_payment, PaymentEvent};
 use paystream::metrics::{self, Unit};
-use paystream::msk::{decode_batch, BatchConsumer, BatchOutcome, InRecord};
+use paystream::msk::{self, decode_batch, BatchConsumer, BatchOutcome, InRecord};
 use paystream::sms::{self, SmsMessage, SmsSender, KIND_VERIFICATION};
 use paystream::store::holders::{self, LastLocation};
 use paystream::store::ledger::{self, reason, LedgerRow, LedgerStatus};
@@ -66,7 +69,10 @@ impl BatchConsumer for Fds {
     async fn handle(&self, records: Vec<InRecord>) -> Result<BatchOutcome, AppError> {
         let batch = decode_batch(&self.platform, CONSUMER_NAME, &records, decode_payment, |e: &PaymentEvent| e.payment_id).await?;
         let events: Vec<&PaymentEvent> = batch.events.iter().map(|(_, e)| e).collect();
-        let mut outcome = self.decide(&events).await?;
+        // A holder's payments stay in one shard, in order: the travel check
+        // and the SMS rate limit look only at the holder's own.
+        let shards = msk::shards(events, self.platform.config.consumer, |e| e.user_id);
+        let mut outcome = msk::apply_shards(shards, |shard| async move { self.decide(&shard).await }).await?;
         outcome.duplicates += batch.repeated;
         outcome.dead_lettered = batch.dead_lettered;
         self.deliver_in_background();
@@ -175,10 +181,6 @@ impl Fds {
 
         let moved: Vec<(Uuid, LastLocation)> = moved.into_iter().collect();
         let moved_users: Vec<Uuid> = moved.iter().map(|(u, _)| *u).collect();
-        // Hold before commit, fill after: a failure in between leaves a
-        // cache miss (read from PostgreSQL) once the hold lapses, never a
-        // stale location.
-        holders::hold(&p.redis, &moved_users).await?;
         let tx = paystream::db::begin(&mut db).await?;
         // Before the ledger: an event whose intake never committed becomes
         // a payment record here (only those; usually none).
@@ -187,13 +189,25 @@ impl Fds {
             let recovered = paystream::store::payments::reconcile_from_events(&*tx, &unrecorded).await?;
             tracing::warn!(recovered, "payments recorded from their events (intake did not commit after publishing)");
         }
-        // Fails as a whole (retryable) if another invocation decided one of
-        // these meanwhile; the retried batch then skips it.
-        let inserted = ledger::insert_many(&tx, &rows).await?;
-        assert_eq!(inserted as usize, rows.len(), "a plain INSERT writes every row or fails");
-        holders::save_locations(&tx, &moved).await?;
-        verifications::insert_many(&*tx, &pending).await?;
-        sms::enqueue(&*tx, &messages).await?;
+        // At once: the statements go out pipelined on the connection, and
+        // the holds beside them. Their order on the wire is whichever is
+        // ready first, so only the verifications, whose rows reference the
+        // ledger's, wait for it. Hold before commit, fill after: a failure
+        // in between leaves a cache miss (read from PostgreSQL) once the
+        // hold lapses, never a stale location. The ledger's INSERT fails as
+        // a whole (retryable) if another invocation decided one of these
+        // meanwhile; the retried batch then skips it.
+        let ledger_then_verifications = async {
+            let inserted = ledger::insert_many(&tx, &rows).await?;
+            assert_eq!(inserted as usize, rows.len(), "a plain INSERT writes every row or fails");
+            verifications::insert_many(&*tx, &pending).await
+        };
+        tokio::try_join!(
+            holders::hold(&p.redis, &moved_users),
+            ledger_then_verifications,
+            holders::save_locations(&tx, &moved),
+            sms::enqueue(&*tx, &messages),
+        )?;
         tx.commit().await?;
         let decided_at = time::OffsetDateTime::now_utc();
         paystream::crash_point!("fds.after_commit");

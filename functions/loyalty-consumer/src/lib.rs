@@ -6,16 +6,17 @@
 //! payment is never counted twice; counts per pair); Redis mirrors the
 //! counts after each commit, so Redis losing them costs nothing. Merchant
 //! thresholds are read cache-aside. Per batch: one Redis MGET (+ one query
-//! and one pipeline on misses), one transaction of up to three statements,
-//! one Redis pipeline.
+//! and one pipeline on misses); then, per shard of customers
+//! (`CONSUMER_BATCH_SHARDS`, applied at once: `msk::shards`), one
+//! transaction of up to three statements and one Redis pipeline.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
 use paystream::events::{decode_payment, PaymentEvent};
 use paystream::metrics::{self, Unit};
-use paystream::msk::{decode_batch, BatchConsumer, BatchOutcome, InRecord};
+use paystream::msk::{self, decode_batch, BatchConsumer, BatchOutcome, InRecord};
 use paystream::store::loyalty::{self, CountChange, Visit};
 use paystream::store::notifications::{self, NewNotification};
 use paystream::domain::VipThreshold;
@@ -39,10 +40,23 @@ impl BatchConsumer for Loyalty {
         let batch = decode_batch(p, CONSUMER_NAME, &records, decode_payment, |e: &PaymentEvent| e.payment_id).await?;
         let visits: Vec<Visit> =
             batch.events.iter().map(|(_, e)| Visit { payment_id: e.payment_id, user_id: e.user_id, merchant_id: e.merchant_id, at: e.occurred_at }).collect();
-
-        let mut db = p.pg.get().await?;
         let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect::<HashSet<_>>().into_iter().collect();
-        let facts = loyalty::merchant_facts(&p.redis, &**db, &merchants, p.config.cache_ttl_s).await?;
+        let facts = loyalty::merchant_facts(&p.redis, &**p.pg.get().await?, &merchants, p.config.cache_ttl_s).await?;
+        // A customer's visits stay in one shard: each (merchant, customer)
+        // count is bumped by one transaction only.
+        let shards = msk::shards(visits, p.config.consumer, |v| v.user_id);
+        let mut outcome = msk::apply_shards(shards, |shard| self.count(shard, &facts)).await?;
+        outcome.duplicates += batch.repeated;
+        outcome.dead_lettered = batch.dead_lettered;
+        Ok(outcome)
+    }
+}
+
+impl Loyalty {
+    /// Counts one shard's visits in one transaction; VIPs at the threshold.
+    async fn count(&self, visits: Vec<Visit>, facts: &HashMap<Uuid, (String, i32)>) -> Result<BatchOutcome, AppError> {
+        let p = &self.platform;
+        let mut db = p.pg.get().await?;
         let tx = paystream::db::begin(&mut db).await?;
         let changes = loyalty::record_visits(&tx, &visits).await?;
         // Became VIP at the threshold-th visit (the batch may have gone past it).
@@ -82,6 +96,6 @@ impl BatchConsumer for Loyalty {
             tracing::info!(merchant_id = %merchant, user_id = %user, "customer became VIP");
         }
         let applied = counted as usize;
-        Ok(BatchOutcome { applied, duplicates: batch.events.len() + batch.repeated - applied, dead_lettered: batch.dead_lettered })
+        Ok(BatchOutcome { applied, duplicates: visits.len() - applied, dead_lettered: 0 })
     }
 }

@@ -223,3 +223,71 @@ async fn benefit_killed_after_commit_then_redelivered_tips_each_payment_once() {
     // Alice pays with her everyday card at a café; her café card earns more.
     consumer_redelivered_after_a_crash("benefit-consumer", "benefit.after_commit", &[("SELECT count(*) FROM benefit_tips", 3)]).await;
 }
+
+/// A batch of 40 payers is decided in shards, each its own transaction
+/// (`CONSUMER_BATCH_SHARDS`, 2). The process dies right after the first
+/// shard commits, whatever the other shard had done by then; the
+/// redelivered batch completes what is missing and repeats nothing.
+async fn sharded_batch_redelivered_after_a_crash(function: &str, step: &str, check: &[&str]) {
+    const PAYERS: usize = 40;
+    let w = world().await;
+    let payers = paystream::testing::bulk_users(&w.platform, PAYERS).await;
+    let producer = paystream::kafka::EventProducer::new(&w.config().kafka, "tests").unwrap();
+    for (user, _) in &payers {
+        let event = paystream::events::PaymentEvent {
+            v: paystream::events::EVENT_VERSION,
+            payment_id: paystream::domain::new_id(),
+            user_id: user.0,
+            card_id: uuid::Uuid::new_v4(),
+            card_product_id: paystream::demo::EVERYDAY.0,
+            merchant_id: SEOUL_CAFE.0,
+            merchant_category: "cafe".into(),
+            amount: 4_500,
+            currency: "KRW".into(),
+            country: "KR".into(),
+            lat: 37.5665,
+            lon: 126.978,
+            occurred_at: time::OffsetDateTime::now_utc(),
+        };
+        let (key, payload) = (user.0.to_string(), serde_json::to_vec(&event).unwrap());
+        let record = paystream::kafka::OutgoingRecord { topic: &w.config().kafka.payment_topic, key: key.as_bytes(), payload: &payload, headers: &[] };
+        producer.publish(record).await.unwrap();
+    }
+    let (_, batch) = w.payment_batch(PAYERS).await;
+
+    let crashing = host(w.config(), function, Some(step)).await;
+    crashes(&crashing, function, batch.clone()).await;
+    crashing.shutdown().await;
+    for sql in check {
+        let committed = w.count(sql).await;
+        assert!(committed > 0, "{function}: a shard had committed before the crash: {sql}");
+    }
+
+    let healthy = host(w.config(), function, None).await;
+    healthy.invoke(function, batch.clone()).await.expect("redelivered batch succeeds");
+    healthy.invoke(function, batch).await.expect("and again");
+    healthy.shutdown().await;
+    for sql in check {
+        assert_eq!(w.count(sql).await, PAYERS as i64, "{function}: {sql}");
+    }
+}
+
+#[tokio::test]
+async fn fds_killed_after_one_shard_committed_then_redelivered_decides_each_payment_once() {
+    sharded_batch_redelivered_after_a_crash(
+        "fds-consumer",
+        "fds.after_commit",
+        &["SELECT count(*) FROM transactions", "SELECT count(DISTINCT payment_id) FROM transactions"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn loyalty_killed_after_one_shard_committed_then_redelivered_counts_each_visit_once() {
+    sharded_batch_redelivered_after_a_crash(
+        "loyalty-consumer",
+        "loyalty.after_commit",
+        &["SELECT count(*) FROM loyalty_visits", "SELECT COALESCE(sum(visits), 0)::bigint FROM loyalty_counts"],
+    )
+    .await;
+}

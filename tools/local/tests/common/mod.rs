@@ -34,14 +34,15 @@ pub fn binary_with_failpoints(name: &str) -> PathBuf {
     path
 }
 
-/// The function's environment: the test's database, Redis prefix and
-/// topics, then `extra`, then `FAILPOINTS` when a crash point is armed.
+/// The function's environment: the test's database, Redis prefix, topics
+/// and consumer sharding, then `extra`, then `FAILPOINTS` when a crash point is armed.
 pub fn function_env(config: &Config, extra: &[(&str, String)], failpoint: Option<&str>) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = [
         ("DATABASE_URL", config.database.url.expose().to_owned()),
         ("REDIS_KEY_PREFIX", config.redis.key_prefix.clone()),
         ("PAYMENT_TOPIC", config.kafka.payment_topic.clone()),
         ("ORDER_TOPIC", config.kafka.order_topic.clone()),
+        ("CONSUMER_SHARD_MIN_EVENTS", config.consumer.shard_min_events.to_string()),
         ("LOG_LEVEL", "warn".to_owned()),
     ]
     .iter()

@@ -14,11 +14,14 @@
 //!   publishing); 1 in 20 payments is impossible travel (Paris moments after
 //!   Seoul: PENDING, a verification token and an SMS outbox row); 1 in 5 is
 //!   made with the card that earns less at a café (a benefit tip); each
-//!   holder pays at their own usual café, one of 100 in Seoul;
+//!   holder pays at their own usual café, one of 100 in Seoul, whose VIP
+//!   thresholds range over 2..62 visits (so every batch makes some VIPs);
 //! - orders: one flash-sale product that already has [`HISTORY_ORDERS`]
 //!   settled orders; each batch is 1,000 new accepted (PENDING) orders.
 //!
-//! Baselines, same run and same records: parsing and decoding the event
+//! Baselines, same run: FDS and loyalty on one partition with each batch in
+//! one transaction (`CONSUMER_BATCH_SHARDS=1`), on as many batches of the
+//! same payers just before; on the same records, parsing and decoding the event
 //! (the floor every consumer pays), and a raw multi-row INSERT of the
 //! batch's rows (the ledger's rows for payments, settlements for orders)
 //! committed in one statement. Cost: CPU microseconds per record for this
@@ -56,6 +59,10 @@ const SEOUL: (f64, f64) = (37.5665, 126.978);
 /// one (so visits add up to VIP as at a regular's café), the holders spread
 /// evenly over them, as a real payment stream spreads over many merchants.
 const CAFES: usize = 100;
+/// The cafés' VIP thresholds, spread over them (café i: start + i % len),
+/// so every batch makes some regulars VIP (about 1 payment in 60 once the
+/// holders have paid twice), not one batch all of them.
+const VIP_THRESHOLDS: std::ops::Range<i32> = 2..62;
 /// Minutes between consecutive batches' payments (so Seoul → Seoul is
 /// plausible and Seoul → Paris is impossible).
 const SLOT_MINUTES: i64 = 1;
@@ -94,10 +101,10 @@ async fn create_card_holders(pg: &PgPool, n: usize, suffix: &str) -> Vec<User> {
     // existing owner, and nobody signs in as it.
     let cafes: Vec<Uuid> = db
         .query(
-            "INSERT INTO merchants (id, owner_id, name, category, country, lat, lon)
-             SELECT gen_random_uuid(), $1, 'Bench Cafe ' || i, 'cafe', 'KR', $3, $4 FROM generate_series(1, $2::int) AS i
+            "INSERT INTO merchants (id, owner_id, name, category, country, lat, lon, vip_threshold)
+             SELECT gen_random_uuid(), $1, 'Bench Cafe ' || i, 'cafe', 'KR', $3, $4, $5 + i % $6 FROM generate_series(1, $2::int) AS i
              RETURNING id",
-            &[&ids[0], &i32::try_from(CAFES).expect("fits"), &SEOUL.0, &SEOUL.1],
+            &[&ids[0], &i32::try_from(CAFES).expect("fits"), &SEOUL.0, &SEOUL.1, &VIP_THRESHOLDS.start, &(VIP_THRESHOLDS.end - VIP_THRESHOLDS.start)],
         )
         .await
         .expect("bench cafes")
@@ -410,25 +417,36 @@ pub async fn run(batches: usize) {
     let (config, suffix) = crate::stats::isolated_config().await;
     let setup = Platform::from_config("bench", config.clone()).expect("platform");
     let platform = |name: &'static str| Platform::from_config(name, config.clone()).expect("platform");
+    let one_transaction_platform = |name: &'static str| {
+        let consumer = paystream::config::ConsumerConfig { batch_shards: 1, ..config.consumer };
+        Platform::from_config(name, paystream::config::Config { consumer, ..config.clone() }).expect("platform")
+    };
     let rounds = batches + 1; // the first is the warm-up
 
     // Payments: partition p's users are group p; one partition alone uses
-    // group 0 for slots 0..rounds, then three in parallel use every group
-    // for the slots after.
+    // group 0, for slots 0..rounds in one transaction per batch (the
+    // sharding baseline) and for the next `rounds` slots as configured;
+    // then three in parallel use every group for the slots after.
     let holders = create_card_holders(&setup.pg, PARTITIONS * BATCH_RECORDS, &suffix).await;
     let groups: Vec<&[User]> = holders.chunks(BATCH_RECORDS).collect();
-    let start = OffsetDateTime::now_utc() - time::Duration::minutes(SLOT_MINUTES * 2 * rounds as i64);
+    let start = OffsetDateTime::now_utc() - time::Duration::minutes(SLOT_MINUTES * 3 * rounds as i64);
+    let mut one_transaction: Vec<Vec<Batch>> = Vec::new();
     let mut one_partition: Vec<Vec<Batch>> = Vec::new();
     let mut one_partition_events: Vec<Vec<PaymentEvent>> = Vec::new();
-    for slot in 0..rounds {
+    for slot in 0..2 * rounds {
         let events = payment_events(groups[0], slot, start, slot > 0);
         record_intake(&setup.pg, &events).await;
-        one_partition.push(vec![payment_batch(&events, 0, (slot * BATCH_RECORDS) as i64)]);
-        one_partition_events.push(events);
+        let batch = vec![payment_batch(&events, 0, (slot * BATCH_RECORDS) as i64)];
+        if slot < rounds {
+            one_transaction.push(batch);
+        } else {
+            one_partition.push(batch);
+            one_partition_events.push(events);
+        }
     }
     let mut parallel: Vec<Vec<Batch>> = Vec::new();
     for round in 0..rounds {
-        let slot = rounds + round;
+        let slot = 2 * rounds + round;
         let mut batches_of_round = Vec::new();
         for (p, group) in groups.iter().enumerate() {
             let events = payment_events(group, slot, start, round > 0);
@@ -487,8 +505,18 @@ pub async fn run(batches: usize) {
             rows.push(Row { name: format!("{} ({PARTITIONS} in parallel)", $function), function: $function, timed, target_per_s: $target, decode_per_s: $floor, raw_insert_per_s: $raw });
         }};
     }
-    // The one-partition run of FDS also sets group 0's locations for the
-    // parallel run; each consumer sees every payment batch once.
+    // Baseline: FDS and loyalty on one partition with each batch in one
+    // transaction (CONSUMER_BATCH_SHARDS=1), on the slots before the
+    // configured run's. Each consumer sees every payment batch once, in
+    // slot order, so group 0's locations carry on from run to run.
+    let configured_shards = config.consumer.batch_shards;
+    for (function, timed) in [
+        ("fds-consumer", time_rounds(&[Arc::new(fds_consumer::Fds::new(one_transaction_platform("fds-consumer")))], &one_transaction).await),
+        ("loyalty-consumer", time_rounds(&[Arc::new(loyalty_consumer::Loyalty::new(one_transaction_platform("loyalty-consumer")))], &one_transaction).await),
+    ] {
+        let target = if function == "fds-consumer" { 50_000.0 } else { 100_000.0 };
+        rows.push(Row { name: format!("{function} (1 partition, 1 tx)"), function, timed, target_per_s: target, decode_per_s: payment_floor, raw_insert_per_s: payment_raw });
+    }
     let payment_rounds = (&one_partition, &parallel);
     measure!("fds-consumer", fds_consumer::Fds::new(platform("fds-consumer")), payment_rounds, 50_000.0, payment_floor, payment_raw);
     measure!("loyalty-consumer", loyalty_consumer::Loyalty::new(platform("loyalty-consumer")), payment_rounds, 100_000.0, payment_floor, payment_raw);
@@ -499,18 +527,19 @@ pub async fn run(batches: usize) {
     drop(quiet);
     println!(
         "consumer batch throughput: {batches} timed batches of {BATCH_RECORDS} records per partition after one warm-up; \
-         payments: 1 in {TRAVEL_EVERY} impossible travel, 1 in {TIP_EVERY} with the lesser card; \
-         orders: one product with {HISTORY_ORDERS} settled orders before"
+         payments: 1 in {TRAVEL_EVERY} impossible travel, 1 in {TIP_EVERY} with the lesser card, about 1 in 60 makes a VIP; \
+         orders: one product with {HISTORY_ORDERS} settled orders before; \
+         FDS and loyalty apply a batch in at most {configured_shards} transactions at once, split by payer (CONSUMER_BATCH_SHARDS; \"1 tx\": in one)"
     );
 
     println!(
-        "{:<34} {:>10} {:>9} {:>9} {:>10} {:>10} | {:>31} | {:>9}",
+        "{:<38} {:>10} {:>9} {:>9} {:>10} {:>10} | {:>31} | {:>9}",
         "path", "records/s", "ms/batch", "target/s", "vs decode", "vs raw ins", "CPU us/record: fn pg redis", "GB-s/1M"
     );
-    println!("{:<34} {:>10.0} {:>9.2} {:>9} {:>9.3}x {:>10}", "baseline: parse + decode payments", payment_floor, 1e3 * BATCH_RECORDS as f64 / payment_floor, "-", 1.0, "-");
-    println!("{:<34} {:>10.0} {:>9.2} {:>9} {:>9.3}x {:>10}", "baseline: parse + decode orders", order_floor, 1e3 * BATCH_RECORDS as f64 / order_floor, "-", 1.0, "-");
-    println!("{:<34} {:>10.0} {:>9.2} {:>9} {:>10} {:>9.3}x", "baseline: raw INSERT ledger rows", payment_raw, 1e3 * BATCH_RECORDS as f64 / payment_raw, "-", "-", 1.0);
-    println!("{:<34} {:>10.0} {:>9.2} {:>9} {:>10} {:>9.3}x", "baseline: raw INSERT settlements", order_raw, 1e3 * BATCH_RECORDS as f64 / order_raw, "-", "-", 1.0);
+    println!("{:<38} {:>10.0} {:>9.2} {:>9} {:>9.3}x {:>10}", "baseline: parse + decode payments", payment_floor, 1e3 * BATCH_RECORDS as f64 / payment_floor, "-", 1.0, "-");
+    println!("{:<38} {:>10.0} {:>9.2} {:>9} {:>9.3}x {:>10}", "baseline: parse + decode orders", order_floor, 1e3 * BATCH_RECORDS as f64 / order_floor, "-", 1.0, "-");
+    println!("{:<38} {:>10.0} {:>9.2} {:>9} {:>10} {:>9.3}x", "baseline: raw INSERT ledger rows", payment_raw, 1e3 * BATCH_RECORDS as f64 / payment_raw, "-", "-", 1.0);
+    println!("{:<38} {:>10.0} {:>9.2} {:>9} {:>10} {:>9.3}x", "baseline: raw INSERT settlements", order_raw, 1e3 * BATCH_RECORDS as f64 / order_raw, "-", "-", 1.0);
     for row in &rows {
         let t = &row.timed;
         let rate = per_s(t.records, t.elapsed);
@@ -522,7 +551,7 @@ pub async fn run(batches: usize) {
         let costs = cpu::per_op_us(&t.cpu_before, &t.cpu_after, t.records);
         let cost = |name: &str| costs.iter().find(|(n, _)| *n == name).map_or(0.0, |(_, us)| *us);
         println!(
-            "{:<34} {:>10.0} {:>9.2} {:>9.0} {:>9.3}x {:>9.3}x | {:>9.1} {:>9.1} {:>9.1}  | {:>9.1}",
+            "{:<38} {:>10.0} {:>9.2} {:>9.0} {:>9.3}x {:>9.3}x | {:>9.1} {:>9.1} {:>9.1}  | {:>9.1}",
             row.name,
             rate,
             1e3 * invocation_s,
