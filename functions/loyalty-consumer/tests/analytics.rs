@@ -189,7 +189,11 @@ async fn a_batch_delivered_twice_at_once_counts_once() {
                 Err(e) => eprintln!("round {round}: retry failed again: {e}"),
             }
         }
-        assert_eq!(applied, 4, "round {round}: each payment applied by exactly one invocation");
+        // A failed invocation may have committed some of its shards (each
+        // holds its own customers), which its outcome does not report: so
+        // at most 4 reported, and the data shows each visit exactly once.
+        assert!(applied <= 4, "round {round}: a payment applied twice ({applied} reported)");
+        assert_eq!(w.scalar("SELECT count(*) FROM loyalty_visits").await, expected[0] + expected[1], "round {round}");
     }
     assert_eq!(w.scalar(&format!("SELECT visits::bigint FROM loyalty_counts WHERE user_id = '{}'", ALICE.0)).await, expected[0]);
     assert_eq!(w.scalar(&format!("SELECT visits::bigint FROM loyalty_counts WHERE user_id = '{}'", BOB.0)).await, expected[1]);

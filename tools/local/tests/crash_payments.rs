@@ -261,6 +261,7 @@ async fn sharded_batch_redelivered_after_a_crash(function: &str, step: &str, che
     for sql in check {
         let committed = w.count(sql).await;
         assert!(committed > 0, "{function}: a shard had committed before the crash: {sql}");
+        eprintln!("{function}: {committed} of {PAYERS} committed when the process died: {sql}");
     }
 
     let healthy = host(w.config(), function, None).await;
