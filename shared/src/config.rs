@@ -227,9 +227,11 @@ pub struct ConsumerConfig {
     /// batch per partition at a time, so with a single transaction the
     /// database works a partition on one core.
     pub batch_shards: usize,
-    /// Fewest events in a shard (`CONSUMER_SHARD_MIN_EVENTS`): a small batch
+    /// Events per planned shard (`CONSUMER_SHARD_MIN_EVENTS`): a batch is
+    /// split into at most one shard per this many events, so a small batch
     /// stays one transaction, since each shard costs its own round trips
-    /// and commit.
+    /// and commit. (Shards are cut by payer hash, so one may come out a
+    /// little smaller.)
     pub shard_min_events: usize,
 }
 

@@ -171,7 +171,6 @@ pub async fn hold(redis: &Redis, users: &[Uuid]) -> Result<(), AppError> {
     redis.hold_for_write(LOCATION_NAMESPACE, users).await
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -505,24 +505,28 @@ pub async fn run(batches: usize) {
             rows.push(Row { name: format!("{} ({PARTITIONS} in parallel)", $function), function: $function, timed, target_per_s: $target, decode_per_s: $floor, raw_insert_per_s: $raw });
         }};
     }
+    // The spec's targets (1,000-record batches).
+    const FDS_TARGET_PER_S: f64 = 50_000.0;
+    const LOYALTY_TARGET_PER_S: f64 = 100_000.0;
+    const BENEFIT_TARGET_PER_S: f64 = 50_000.0;
+    const SETTLE_TARGET_PER_S: f64 = 20_000.0;
     // Baseline: FDS and loyalty on one partition with each batch in one
     // transaction (CONSUMER_BATCH_SHARDS=1), on the slots before the
     // configured run's. Each consumer sees every payment batch once, in
     // slot order, so group 0's locations carry on from run to run.
     let configured_shards = config.consumer.batch_shards;
-    for (function, timed) in [
-        ("fds-consumer", time_rounds(&[Arc::new(fds_consumer::Fds::new(one_transaction_platform("fds-consumer")))], &one_transaction).await),
-        ("loyalty-consumer", time_rounds(&[Arc::new(loyalty_consumer::Loyalty::new(one_transaction_platform("loyalty-consumer")))], &one_transaction).await),
+    for (function, target, timed) in [
+        ("fds-consumer", FDS_TARGET_PER_S, time_rounds(&[Arc::new(fds_consumer::Fds::new(one_transaction_platform("fds-consumer")))], &one_transaction).await),
+        ("loyalty-consumer", LOYALTY_TARGET_PER_S, time_rounds(&[Arc::new(loyalty_consumer::Loyalty::new(one_transaction_platform("loyalty-consumer")))], &one_transaction).await),
     ] {
-        let target = if function == "fds-consumer" { 50_000.0 } else { 100_000.0 };
         rows.push(Row { name: format!("{function} (1 partition, 1 tx)"), function, timed, target_per_s: target, decode_per_s: payment_floor, raw_insert_per_s: payment_raw });
     }
     let payment_rounds = (&one_partition, &parallel);
-    measure!("fds-consumer", fds_consumer::Fds::new(platform("fds-consumer")), payment_rounds, 50_000.0, payment_floor, payment_raw);
-    measure!("loyalty-consumer", loyalty_consumer::Loyalty::new(platform("loyalty-consumer")), payment_rounds, 100_000.0, payment_floor, payment_raw);
-    measure!("benefit-consumer", benefit_consumer::BenefitGuide::new(platform("benefit-consumer")), payment_rounds, 50_000.0, payment_floor, payment_raw);
+    measure!("fds-consumer", fds_consumer::Fds::new(platform("fds-consumer")), payment_rounds, FDS_TARGET_PER_S, payment_floor, payment_raw);
+    measure!("loyalty-consumer", loyalty_consumer::Loyalty::new(platform("loyalty-consumer")), payment_rounds, LOYALTY_TARGET_PER_S, payment_floor, payment_raw);
+    measure!("benefit-consumer", benefit_consumer::BenefitGuide::new(platform("benefit-consumer")), payment_rounds, BENEFIT_TARGET_PER_S, payment_floor, payment_raw);
     let order_rounds = (&order_rounds_one, &order_rounds_parallel);
-    measure!("settle", settle::Settle::new(platform("settle")), order_rounds, 20_000.0, order_floor, order_raw);
+    measure!("settle", settle::Settle::new(platform("settle")), order_rounds, SETTLE_TARGET_PER_S, order_floor, order_raw);
 
     drop(quiet);
     println!(
