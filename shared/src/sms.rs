@@ -10,7 +10,6 @@
 use aws_sdk_sns::Client as SnsClient;
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::config::{SmsConfig, SmsMode};
@@ -39,7 +38,7 @@ impl std::fmt::Debug for SmsMessage {
 }
 
 /// Writes messages to the outbox (inside the caller's transaction).
-pub async fn enqueue(db: &impl GenericClient, messages: &[SmsMessage]) -> Result<(), AppError> {
+pub async fn enqueue(db: &impl deadpool_postgres::GenericClient, messages: &[SmsMessage]) -> Result<(), AppError> {
     if messages.is_empty() {
         return Ok(());
     }
@@ -48,8 +47,11 @@ pub async fn enqueue(db: &impl GenericClient, messages: &[SmsMessage]) -> Result
     let bodies: Vec<&str> = messages.iter().map(|m| m.body.as_str()).collect();
     let kinds: Vec<&str> = messages.iter().map(|m| m.kind).collect();
     db.execute(
-        "INSERT INTO sms_outbox (user_id, phone, body, kind)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])",
+        &db.prepare_cached(
+            "INSERT INTO sms_outbox (user_id, phone, body, kind)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])",
+        )
+        .await?,
         &[&users, &phones, &bodies, &kinds],
     )
     .await?;
@@ -57,11 +59,14 @@ pub async fn enqueue(db: &impl GenericClient, messages: &[SmsMessage]) -> Result
 }
 
 /// How many verification SMS each of `users` was sent within the window.
-pub async fn recent_counts(db: &impl GenericClient, users: &[Uuid], window_s: u64) -> Result<Vec<(Uuid, i64)>, AppError> {
+pub async fn recent_counts(db: &impl deadpool_postgres::GenericClient, users: &[Uuid], window_s: u64) -> Result<Vec<(Uuid, i64)>, AppError> {
     let since = OffsetDateTime::now_utc() - time::Duration::seconds(window_s as i64);
     let rows = db
         .query(
-            "SELECT user_id, count(*) FROM sms_outbox WHERE user_id = ANY($1) AND kind = $2 AND created_at > $3 GROUP BY user_id",
+            &db.prepare_cached(
+                "SELECT user_id, count(*) FROM sms_outbox WHERE user_id = ANY($1) AND kind = $2 AND created_at > $3 GROUP BY user_id",
+            )
+            .await?,
             &[&users, &KIND_VERIFICATION, &since],
         )
         .await?;

@@ -87,10 +87,10 @@ impl BatchConsumer for BenefitGuide {
         }
 
         let tx = paystream::db::begin(&mut db).await?;
-        let new = benefits::insert_tips(&*tx, &tips).await?;
+        let new = benefits::insert_tips(&tx, &tips).await?;
         let new: HashSet<Uuid> = new.into_iter().collect();
         notes.retain(|n| n.payload["payment_id"].as_str().and_then(|id| Uuid::parse_str(id).ok()).is_some_and(|id| new.contains(&id)));
-        notifications::insert_many_once(&*tx, &notes).await?;
+        notifications::insert_many_once(&tx, &notes).await?;
         tx.commit().await?;
         let committed_at = time::OffsetDateTime::now_utc();
         metrics::latencies_ms(metrics::EVENT_LAG, batch.events.iter().map(|(_, e)| metrics::lag_ms(e.occurred_at, committed_at)));

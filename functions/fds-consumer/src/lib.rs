@@ -166,7 +166,7 @@ impl Fds {
         let mut messages = Vec::with_capacity(asks.len());
         if !asks.is_empty() {
             let asked: Vec<Uuid> = asks.iter().map(|(e, _)| e.user_id).collect::<HashSet<_>>().into_iter().collect();
-            let mut sms_sent: HashMap<Uuid, i64> = sms::recent_counts(&**db, &asked, p.config.sms.rate_window_s).await?.into_iter().collect();
+            let mut sms_sent: HashMap<Uuid, i64> = sms::recent_counts(&db, &asked, p.config.sms.rate_window_s).await?.into_iter().collect();
             for (event, token) in &asks {
                 let count = sms_sent.entry(event.user_id).or_default();
                 if *count < i64::from(p.config.sms.rate_limit_per_window) {
@@ -200,13 +200,13 @@ impl Fds {
         let ledger_then_verifications = async {
             let inserted = ledger::insert_many(&tx, &rows).await?;
             assert_eq!(inserted as usize, rows.len(), "a plain INSERT writes every row or fails");
-            verifications::insert_many(&*tx, &pending).await
+            verifications::insert_many(&tx, &pending).await
         };
         tokio::try_join!(
             holders::hold(&p.redis, &moved_users),
             ledger_then_verifications,
             holders::save_locations(&tx, &moved),
-            sms::enqueue(&*tx, &messages),
+            sms::enqueue(&tx, &messages),
         )?;
         tx.commit().await?;
         let decided_at = time::OffsetDateTime::now_utc();

@@ -4,13 +4,14 @@
 //!
 //! PostgreSQL holds the truth (visits keyed by payment id, so a redelivered
 //! payment is never counted twice; counts per pair); Redis mirrors the
-//! counts after each commit, so Redis losing them costs nothing. Merchant
-//! thresholds are read cache-aside. Per batch: one Redis MGET (+ one query
-//! and one pipeline on misses); then, per shard of customers
-//! (`CONSUMER_BATCH_SHARDS`, applied at once: `msk::shards`), one
-//! transaction of up to three statements and one Redis pipeline.
+//! counts after each commit, so Redis losing them costs nothing. A batch is
+//! split into shards of customers (`CONSUMER_BATCH_SHARDS`, applied at
+//! once: `msk::shards`). Per shard: one transaction of up to three
+//! statements, each prepared once per connection; beside the first, the
+//! merchants' thresholds read cache-aside (one Redis MGET, + one query and
+//! one pipeline on misses); after the commit, one Redis pipeline.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use uuid::Uuid;
 
@@ -40,12 +41,10 @@ impl BatchConsumer for Loyalty {
         let batch = decode_batch(p, CONSUMER_NAME, &records, decode_payment, |e: &PaymentEvent| e.payment_id).await?;
         let visits: Vec<Visit> =
             batch.events.iter().map(|(_, e)| Visit { payment_id: e.payment_id, user_id: e.user_id, merchant_id: e.merchant_id, at: e.occurred_at }).collect();
-        let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect::<HashSet<_>>().into_iter().collect();
-        let facts = loyalty::merchant_facts(&p.redis, &**p.pg.get().await?, &merchants, p.config.cache_ttl_s).await?;
         // A customer's visits stay in one shard: each (merchant, customer)
         // count is bumped by one transaction only.
         let shards = msk::shards(visits, p.config.consumer, |v| v.user_id);
-        let mut outcome = msk::apply_shards(shards, |shard| self.count(shard, &facts)).await?;
+        let mut outcome = msk::apply_shards(shards, |shard| self.count(shard)).await?;
         outcome.duplicates += batch.repeated;
         outcome.dead_lettered = batch.dead_lettered;
         Ok(outcome)
@@ -54,11 +53,15 @@ impl BatchConsumer for Loyalty {
 
 impl Loyalty {
     /// Counts one shard's visits in one transaction; VIPs at the threshold.
-    async fn count(&self, visits: Vec<Visit>, facts: &HashMap<Uuid, (String, i32)>) -> Result<BatchOutcome, AppError> {
+    async fn count(&self, visits: Vec<Visit>) -> Result<BatchOutcome, AppError> {
         let p = &self.platform;
         let mut db = p.pg.get().await?;
         let tx = paystream::db::begin(&mut db).await?;
-        let changes = loyalty::record_visits(&tx, &visits).await?;
+        // Independent: the merchants' thresholds (Redis, rarely PostgreSQL
+        // on the same connection) are read while the visits are written.
+        let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect::<HashSet<_>>().into_iter().collect();
+        let (changes, facts) =
+            tokio::try_join!(loyalty::record_visits(&tx, &visits), loyalty::merchant_facts(&p.redis, &*tx, &merchants, p.config.cache_ttl_s))?;
         // Became VIP at the threshold-th visit (the batch may have gone past it).
         let crossing: Vec<CountChange> = changes
             .iter()
@@ -67,7 +70,7 @@ impl Loyalty {
                 (c.before < threshold && c.after >= threshold).then_some(CountChange { after: threshold, ..*c })
             })
             .collect();
-        let new_vips = loyalty::insert_vips(&*tx, &crossing).await?;
+        let new_vips = loyalty::insert_vips(&tx, &crossing).await?;
         let notes: Vec<NewNotification> = new_vips
             .iter()
             .map(|(merchant, user)| NewNotification {
@@ -81,7 +84,7 @@ impl Loyalty {
                 dedupe_key: format!("vip:{merchant}:{user}"),
             })
             .collect();
-        notifications::insert_many_once(&*tx, &notes).await?;
+        notifications::insert_many_once(&tx, &notes).await?;
         tx.commit().await?;
         let committed_at = time::OffsetDateTime::now_utc();
         metrics::latencies_ms(metrics::EVENT_LAG, visits.iter().map(|v| metrics::lag_ms(v.at, committed_at)));

@@ -50,9 +50,9 @@ impl BatchConsumer for Settle {
         // move under us, so granting is exact without counting history.
         let mut product_ids: Vec<Uuid> = unique.iter().map(|(_, e)| e.product_id).collect::<HashSet<_>>().into_iter().collect();
         product_ids.sort_unstable();
-        let mut terms = settlements::lock_products(&*tx, &product_ids).await?;
+        let mut terms = settlements::lock_products(&tx, &product_ids).await?;
         let ids: Vec<Uuid> = unique.iter().map(|(_, e)| e.order_id).collect();
-        let known = settlements::orders(&*tx, &ids).await?;
+        let known = settlements::orders(&tx, &ids).await?;
         let mut pending = Vec::with_capacity(unique.len());
         for (record, event) in unique {
             match known.get(&event.order_id) {
@@ -75,7 +75,7 @@ impl BatchConsumer for Settle {
                 failed.push((order_id, REASON_NO_STOCK));
             }
         }
-        let settled = settlements::apply(&*tx, &granted, &failed).await?;
+        let settled = settlements::apply(&tx, &granted, &failed).await?;
         tx.commit().await?;
         let settled_at = time::OffsetDateTime::now_utc();
         // Dying here: the batch is not acknowledged, MSK delivers it again,

@@ -84,7 +84,7 @@ pub struct NewTip {
 }
 
 /// Inserts tips, one per payment at most; returns the payments whose tip is new.
-pub async fn insert_tips(db: &impl GenericClient, tips: &[NewTip]) -> Result<Vec<Uuid>, AppError> {
+pub async fn insert_tips(db: &impl deadpool_postgres::GenericClient, tips: &[NewTip]) -> Result<Vec<Uuid>, AppError> {
     if tips.is_empty() {
         return Ok(Vec::new());
     }
@@ -93,9 +93,12 @@ pub async fn insert_tips(db: &impl GenericClient, tips: &[NewTip]) -> Result<Vec
     let currencies: Vec<&str> = tips.iter().map(|t| t.currency.as_str()).collect();
     let rows = db
         .query(
-            "INSERT INTO benefit_tips (payment_id, user_id, merchant_id, used_card_id, better_card_id, missed_amount, currency)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::bigint[], $7::text[])
-             ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id",
+            &db.prepare_cached(
+                "INSERT INTO benefit_tips (payment_id, user_id, merchant_id, used_card_id, better_card_id, missed_amount, currency)
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::bigint[], $7::text[])
+                 ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id",
+            )
+            .await?,
             &[
                 &col(|t| t.payment_id),
                 &col(|t| t.user_id),

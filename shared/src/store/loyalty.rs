@@ -79,7 +79,7 @@ pub async fn record_visits(db: &impl deadpool_postgres::GenericClient, visits: &
 }
 
 /// Inserts VIPs; returns the (merchant, user) pairs that are new.
-pub async fn insert_vips(db: &impl GenericClient, vips: &[CountChange]) -> Result<Vec<(Uuid, Uuid)>, AppError> {
+pub async fn insert_vips(db: &impl deadpool_postgres::GenericClient, vips: &[CountChange]) -> Result<Vec<(Uuid, Uuid)>, AppError> {
     if vips.is_empty() {
         return Ok(Vec::new());
     }
@@ -88,8 +88,11 @@ pub async fn insert_vips(db: &impl GenericClient, vips: &[CountChange]) -> Resul
     let visits: Vec<i32> = vips.iter().map(|v| v.after).collect();
     let rows = db
         .query(
-            "INSERT INTO loyalty_vips (merchant_id, user_id, visits) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[])
-             ON CONFLICT (merchant_id, user_id) DO NOTHING RETURNING merchant_id, user_id",
+            &db.prepare_cached(
+                "INSERT INTO loyalty_vips (merchant_id, user_id, visits) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[])
+                 ON CONFLICT (merchant_id, user_id) DO NOTHING RETURNING merchant_id, user_id",
+            )
+            .await?,
             &[&merchants, &users, &visits],
         )
         .await?;

@@ -65,7 +65,7 @@ pub struct NewNotification {
 }
 
 /// Inserts many notifications in one statement, each at most once.
-pub async fn insert_many_once(db: &impl GenericClient, rows: &[NewNotification]) -> Result<u64, AppError> {
+pub async fn insert_many_once(db: &impl deadpool_postgres::GenericClient, rows: &[NewNotification]) -> Result<u64, AppError> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -76,9 +76,12 @@ pub async fn insert_many_once(db: &impl GenericClient, rows: &[NewNotification])
     let keys: Vec<&str> = rows.iter().map(|r| r.dedupe_key.as_str()).collect();
     Ok(db
         .execute(
-            "INSERT INTO notifications (id, user_id, kind, payload, dedupe_key)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[])
-             ON CONFLICT (dedupe_key) DO NOTHING",
+            &db.prepare_cached(
+                "INSERT INTO notifications (id, user_id, kind, payload, dedupe_key)
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[])
+                 ON CONFLICT (dedupe_key) DO NOTHING",
+            )
+            .await?,
             &[&ids, &users, &kinds, &payloads, &keys],
         )
         .await?)

@@ -24,8 +24,8 @@ pub struct ProductTerms {
 /// Locks the products (serialising settlement per product) and returns
 /// their terms with the units already sold: one row each, whatever the
 /// product's order history.
-pub async fn lock_products(db: &impl GenericClient, ids: &[Uuid]) -> Result<HashMap<Uuid, ProductTerms>, AppError> {
-    let rows = db.query("SELECT id, stock, sold, price, currency FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&ids]).await?;
+pub async fn lock_products(db: &impl deadpool_postgres::GenericClient, ids: &[Uuid]) -> Result<HashMap<Uuid, ProductTerms>, AppError> {
+    let rows = db.query(&db.prepare_cached("SELECT id, stock, sold, price, currency FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE").await?, &[&ids]).await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -41,8 +41,8 @@ pub struct OrderRow {
     pub status: String,
 }
 
-pub async fn orders(db: &impl GenericClient, ids: &[Uuid]) -> Result<HashMap<Uuid, OrderRow>, AppError> {
-    let rows = db.query("SELECT id, user_id, product_id, status FROM orders WHERE id = ANY($1)", &[&ids]).await?;
+pub async fn orders(db: &impl deadpool_postgres::GenericClient, ids: &[Uuid]) -> Result<HashMap<Uuid, OrderRow>, AppError> {
+    let rows = db.query(&db.prepare_cached("SELECT id, user_id, product_id, status FROM orders WHERE id = ANY($1)").await?, &[&ids]).await?;
     Ok(rows.iter().map(|r| (r.get(0), OrderRow { user_id: r.get(1), product_id: r.get(2), status: r.get(3) })).collect())
 }
 
@@ -58,11 +58,11 @@ pub struct Granted {
 /// products' `sold`, or FAILED with a reason; at most four statements for
 /// the whole batch. The caller holds the products' locks and read the
 /// orders PENDING under them. Returns settlements inserted.
-pub async fn apply(db: &impl GenericClient, granted: &[Granted], failed: &[(Uuid, &str)]) -> Result<u64, AppError> {
+pub async fn apply(db: &impl deadpool_postgres::GenericClient, granted: &[Granted], failed: &[(Uuid, &str)]) -> Result<u64, AppError> {
     let mut inserted = 0;
     if !granted.is_empty() {
         let ids: Vec<Uuid> = granted.iter().map(|g| g.order_id).collect();
-        let updated = db.execute("UPDATE orders SET status = 'SUCCESS', updated_at = now() WHERE id = ANY($1) AND status = 'PENDING'", &[&ids]).await?;
+        let updated = db.execute(&db.prepare_cached("UPDATE orders SET status = 'SUCCESS', updated_at = now() WHERE id = ANY($1) AND status = 'PENDING'").await?, &[&ids]).await?;
         // Read PENDING under the products' locks, and only settle changes
         // an order's status, so every granted order is still PENDING here;
         // if not, roll back and let the batch be retried.
@@ -78,7 +78,10 @@ pub async fn apply(db: &impl GenericClient, granted: &[Granted], failed: &[(Uuid
         }
         let (products, units): (Vec<Uuid>, Vec<i32>) = per_product.into_iter().unzip();
         db.execute(
-            "UPDATE products p SET sold = p.sold + g.units FROM unnest($1::uuid[], $2::int[]) AS g(id, units) WHERE p.id = g.id",
+            &db.prepare_cached(
+                "UPDATE products p SET sold = p.sold + g.units FROM unnest($1::uuid[], $2::int[]) AS g(id, units) WHERE p.id = g.id",
+            )
+            .await?,
             &[&products, &units],
         )
         .await?;
@@ -93,8 +96,11 @@ pub async fn apply(db: &impl GenericClient, granted: &[Granted], failed: &[(Uuid
         // fails the batch.
         inserted = db
             .execute(
-                "INSERT INTO settlements (id, order_id, user_id, product_id, amount, currency)
-                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[])",
+                &db.prepare_cached(
+                    "INSERT INTO settlements (id, order_id, user_id, product_id, amount, currency)
+                     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[])",
+                )
+                .await?,
                 &[&settlement_ids, &ids, &users, &products, &amounts, &currencies],
             )
             .await?;
@@ -103,8 +109,11 @@ pub async fn apply(db: &impl GenericClient, granted: &[Granted], failed: &[(Uuid
         let ids: Vec<Uuid> = failed.iter().map(|(id, _)| *id).collect();
         let reasons: Vec<&str> = failed.iter().map(|(_, r)| *r).collect();
         db.execute(
-            "UPDATE orders o SET status = 'FAILED', reason = f.reason, updated_at = now()
-             FROM unnest($1::uuid[], $2::text[]) AS f(id, reason) WHERE o.id = f.id AND o.status = 'PENDING'",
+            &db.prepare_cached(
+                "UPDATE orders o SET status = 'FAILED', reason = f.reason, updated_at = now()
+                 FROM unnest($1::uuid[], $2::text[]) AS f(id, reason) WHERE o.id = f.id AND o.status = 'PENDING'",
+            )
+            .await?,
             &[&ids, &reasons],
         )
         .await?;

@@ -13,7 +13,7 @@ pub struct NewVerification {
     pub expires_at: OffsetDateTime,
 }
 
-pub async fn insert_many(db: &impl GenericClient, rows: &[NewVerification]) -> Result<(), AppError> {
+pub async fn insert_many(db: &impl deadpool_postgres::GenericClient, rows: &[NewVerification]) -> Result<(), AppError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -23,8 +23,11 @@ pub async fn insert_many(db: &impl GenericClient, rows: &[NewVerification]) -> R
     let hashes: Vec<&[u8]> = rows.iter().map(|r| r.token_hash.as_slice()).collect();
     let expiries: Vec<OffsetDateTime> = rows.iter().map(|r| r.expires_at).collect();
     db.execute(
-        "INSERT INTO verifications (id, payment_id, user_id, token_hash, expires_at)
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bytea[], $5::timestamptz[])",
+        &db.prepare_cached(
+            "INSERT INTO verifications (id, payment_id, user_id, token_hash, expires_at)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bytea[], $5::timestamptz[])",
+        )
+        .await?,
         &[&ids, &payments, &users, &hashes, &expiries],
     )
     .await?;
