@@ -48,7 +48,7 @@ async fn sns_delivers_each_outbox_row_once_and_blanks_it() {
     let sender = SmsSender::with_sns_client(&p.config.sms, client(&endpoint));
     let alice = paystream::demo::ALICE.0;
     let db = p.pg.get().await.unwrap();
-    enqueue(&**db, &[SmsMessage { user_id: alice, phone: "+821000000001".into(), body: "approve: http://x/verify/abc".into(), kind: KIND_VERIFICATION }])
+    enqueue(&db, &[SmsMessage { user_id: alice, phone: "+821000000001".into(), body: "approve: http://x/verify/abc".into(), kind: KIND_VERIFICATION }])
         .await
         .unwrap();
 
@@ -75,7 +75,7 @@ async fn outbox_mode_keeps_the_message_and_marks_it_delivered() {
     let p = platform("tests").await;
     seed(&p).await;
     let db = p.pg.get().await.unwrap();
-    enqueue(&**db, &[SmsMessage { user_id: paystream::demo::ALICE.0, phone: "+821000000001".into(), body: "hello".into(), kind: KIND_VERIFICATION }])
+    enqueue(&db, &[SmsMessage { user_id: paystream::demo::ALICE.0, phone: "+821000000001".into(), body: "hello".into(), kind: KIND_VERIFICATION }])
         .await
         .unwrap();
     let sender = SmsSender::new(&paystream::config::SmsConfig { mode: paystream::config::SmsMode::Outbox, ..p.config.sms.clone() });
@@ -109,7 +109,7 @@ async fn a_hanging_sns_costs_one_timeout_per_pass_not_one_per_message() {
     let messages: Vec<SmsMessage> = (0..6)
         .map(|i| SmsMessage { user_id: paystream::demo::ALICE.0, phone: "+821000000001".into(), body: format!("m{i}"), kind: KIND_VERIFICATION })
         .collect();
-    enqueue(&**db, &messages).await.unwrap();
+    enqueue(&db, &messages).await.unwrap();
 
     let started = std::time::Instant::now();
     assert_eq!(sender.deliver_pending(&p.pg).await.unwrap(), 0);
