@@ -348,7 +348,9 @@ async fn a_broker_killed_and_restarted_under_load_costs_the_running_poller_nothi
         })
     };
 
-    eventually(Duration::from_secs(30), "the poller delivers before the outage", || delivered(&calls).len() >= 50).await;
+    // Liveness bounds, not speed: generous, so a 2-core machine busy with
+    // other work (CI builds beside it) does not fail a poller that works.
+    eventually(Duration::from_secs(60), "the poller delivers before the outage", || delivered(&calls).len() >= 50).await;
     broker.kill();
     tokio::time::sleep(outage).await;
     broker.restart();
@@ -368,7 +370,7 @@ async fn a_broker_killed_and_restarted_under_load_costs_the_running_poller_nothi
     })
     .await;
     let caught_up = restarted.elapsed();
-    eventually(Duration::from_secs(30), "the group's commits reach the end of the log", || {
+    eventually(Duration::from_secs(60), "the group's commits reach the end of the log", || {
         ends.iter().all(|(p, end)| committed(&config, &group, &topic, *p) == Offset::Offset(*end))
     })
     .await;
