@@ -46,7 +46,6 @@ impl Platform {
     /// the clients.
     pub async fn bootstrap(function: &'static str, needs: &[Need]) -> Result<Self, ConfigError> {
         let init_started = std::time::Instant::now();
-        return_large_blocks_to_the_os();
         crate::failpoint::setup();
         let config = Config::load().await?;
         telemetry::init(&config.log_filter);
@@ -106,22 +105,5 @@ impl Platform {
                 Ok(producer)
             }
         }
-    }
-}
-
-/// glibc's malloc keeps a freed large block for reuse once it has seen one
-/// freed (its mmap threshold grows up to 32 MiB), and each thread's arena
-/// may keep up to 64 MiB. Every Argon2 hash (19 MiB, on the blocking pool)
-/// would then stay resident: `account` measured 145 MB peak RSS after a few
-/// log-ins (`bench lambda`). A fixed threshold of 1 MiB maps every large
-/// block on its own and returns it to the OS when freed.
-fn return_large_blocks_to_the_os() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        const LARGE_BLOCK_BYTES: libc::c_int = 1 << 20;
-        // SAFETY: mallopt only changes allocator tuning and takes glibc's
-        // own lock, so other threads allocating meanwhile are fine.
-        let applied = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES) };
-        debug_assert_eq!(applied, 1, "mallopt(M_MMAP_THRESHOLD) is supported by glibc");
     }
 }
