@@ -12,7 +12,7 @@
 /// batches: large buffers freed and coalesced every invocation), and
 /// `account` needed the mmap threshold tuned so that each Argon2 hash (19
 /// MiB) went back to the OS (145 MB peak RSS otherwise); mimalloc returns
-/// freed large blocks by itself. README, Benchmarks, has both measured.
+/// freed large blocks by itself. docs/benchmarks-history.md has both measured.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
