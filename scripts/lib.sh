@@ -536,11 +536,21 @@ ensure_lambda_base_image() {
 }
 
 # sam build: an arm64 bootstrap for every function (cargo-lambda + zig,
-# offline) in $SAM_BUILD_DIR: what `sam deploy` uploads and `sam local` runs.
+# offline) in $SAM_BUILD_DIR: what `sam local` runs here.
+#
+# A debug build (SAM_BUILD_MODE=debug, SAM's own switch: `cargo lambda
+# build` without --release), unless the caller sets SAM_BUILD_MODE itself.
+# The release profile's thin LTO re-optimises every dependency once per
+# function, nine times: on a new 2-core machine the release `sam build`
+# alone took over 50 min (2026-12-03), more than the rest of the test
+# command together. `sam local` checks the template, the containers and
+# the events, which a debug build of the same code checks as well; what
+# deploys is `sam build` run as README's "Deploying to AWS" says, release.
 ensure_sam_build() {
   ensure_arm64_target
-  log "sam build: an arm64 bootstrap for every function"
-  (cd "$REPO_ROOT" && PATH="$VENV/bin:$PATH" "$VENV/bin/sam" build --template-file template.yaml --build-dir "$SAM_BUILD_DIR")
+  local mode="${SAM_BUILD_MODE-debug}"
+  log "sam build: an arm64 bootstrap for every function (${mode:-release} build)"
+  (cd "$REPO_ROOT" && PATH="$VENV/bin:$PATH" SAM_BUILD_MODE="$mode" "$VENV/bin/sam" build --template-file template.yaml --build-dir "$SAM_BUILD_DIR")
   local functions=0 bootstrap expected
   for bootstrap in "$SAM_BUILD_DIR"/*/bootstrap; do
     # ELF e_machine (bytes 18-19) is 0xb7 0x00 for aarch64.

@@ -5,8 +5,10 @@
 //!
 //!   bench flash [attempts] [concurrency]      defaults: 20000 64
 //!
-//! Prints one table row per path: decisions/s, p50 and p99 latency, and the
-//! ratio to the gate.
+//! Prints one table row per path: decisions/s, p50 and p99 latency, the
+//! ratio to the gate, and the cost: CPU µs per decision of this process
+//! (where the order function's gate call runs) and of Redis, and the Lambda
+//! GB-s per million decisions at the order function's MemorySize.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,19 +23,21 @@ const STOCK: i64 = 1_000;
 /// Spin bound for the baseline's lock (FlashPay retries until it gets it).
 const LOCK_ATTEMPTS_MAX: usize = 10_000;
 
-use crate::stats::{drive, print, summarise, Run};
+use crate::stats::{costed, print_costed, Costed};
 
 pub async fn run(attempts: usize, concurrency: usize) {
     let concurrency = concurrency.max(1);
     let mut config = Config::from_env().expect("configuration");
     config.redis.key_prefix = format!("bench:{}:", Uuid::new_v4().simple());
     let redis = Arc::new(Redis::new(&config.redis).expect("redis"));
+    let template = paystream_local::template::Template::from_env().expect("template.yaml (run from the repository root)");
+    let memory_mb = template.functions.iter().find(|f| f.binary == "order").map_or(128, |f| f.memory_mb);
 
     println!("flash-sale decisions on one hot product: stock {STOCK}, {attempts} attempts by distinct buyers, {concurrency} concurrent");
     let gate = measure("paystream gate (one Lua script)", &redis, attempts, concurrency, gate_setup, gate_step).await;
     let lock = measure("baseline: lock, check, decrement", &redis, attempts, concurrency, lock_setup, lock_step).await;
     let raw = measure("Redis raw: one DECR", &redis, attempts, concurrency, lock_setup, raw_step).await;
-    print("decisions/s", &[&gate.0, &lock.0, &raw.0], &gate.0);
+    print_costed("decisions/s", &[&gate.0, &lock.0, &raw.0], &gate.0, memory_mb);
     println!("accepted: gate {}, lock {}, raw {} (stock {STOCK})", gate.1, lock.1, raw.1);
     assert_eq!(gate.1 as i64, STOCK.min(attempts as i64), "the gate never oversells");
     // Leave nothing behind in Redis.
@@ -49,7 +53,7 @@ type Step = fn(Arc<Redis>, Uuid, Uuid) -> std::pin::Pin<Box<dyn std::future::Fut
 
 /// One path: `setup` on a fresh product, then `attempts` steps by distinct
 /// buyers; the run and how many were accepted.
-async fn measure(name: &'static str, redis: &Arc<Redis>, attempts: usize, concurrency: usize, setup: Setup, step: Step) -> (Run, usize) {
+async fn measure(name: &'static str, redis: &Arc<Redis>, attempts: usize, concurrency: usize, setup: Setup, step: Step) -> (Costed, usize) {
     let product = Uuid::new_v4();
     setup(Arc::clone(redis), product).await;
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -62,7 +66,7 @@ async fn measure(name: &'static str, redis: &Arc<Redis>, attempts: usize, concur
             }
         }
     };
-    let run = summarise(name, drive(attempts, concurrency, attempt).await);
+    let run = costed(name, attempts, concurrency, attempt).await;
     (run, accepted.load(Ordering::Relaxed))
 }
 

@@ -109,21 +109,6 @@ pub fn print_costed(unit: &str, runs: &[&Costed], baseline: &Costed, memory_mb: 
     println!("CPU: µs per operation by process (`this process` runs the in-process handlers and the load); GB-s/1M: mean duration x {memory_mb} MB x 1,000,000");
 }
 
-/// One table: each run's rate, p50 and p99, and its ratio to `baseline`.
-pub fn print(unit: &str, runs: &[&Run], baseline: &Run) {
-    println!("{:<40} {:>12} {:>9} {:>9} {:>12}", "path", unit, "p50 ms", "p99 ms", "vs baseline");
-    for run in runs {
-        println!(
-            "{:<40} {:>12.0} {:>9.2} {:>9.2} {:>11.3}x",
-            run.name,
-            run.per_s,
-            run.p50.as_secs_f64() * 1e3,
-            run.p99.as_secs_f64() * 1e3,
-            run.per_s / baseline.per_s
-        );
-    }
-}
-
 /// Configuration for the benchmarks that write data: their own database
 /// (`paystream_bench` beside the configured one, created new for every run,
 /// then migrated and seeded) and a fresh Redis key prefix, so the demo
