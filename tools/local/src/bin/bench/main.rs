@@ -21,6 +21,7 @@ mod lambda;
 mod latency;
 mod orders;
 mod stats;
+mod wal;
 
 #[tokio::main]
 async fn main() {

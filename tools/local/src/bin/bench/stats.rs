@@ -52,6 +52,8 @@ pub struct Costed {
     pub run: Run,
     pub cpu_us: Vec<(&'static str, f64)>,
     pub mean: Duration,
+    /// PostgreSQL's WAL per operation (the whole server's, meanwhile).
+    pub wal: Option<crate::wal::PerOp>,
 }
 
 /// [`drive`] and [`summarise`], with the CPU every process spent meanwhile.
@@ -72,14 +74,16 @@ where
     Fut: Future<Output = ()> + Send,
     D: Future<Output = ()>,
 {
+    let wal_before = crate::wal::sample().await;
     let before = crate::cpu::sample();
     let started = Instant::now();
     let (latencies, _) = drive(total, concurrency, step).await;
     finish.await;
     let elapsed = started.elapsed();
     let after = crate::cpu::sample();
+    let wal = crate::wal::per_op(wal_before, crate::wal::sample().await, total);
     let mean = latencies.iter().sum::<Duration>() / latencies.len() as u32;
-    Costed { run: summarise(name, (latencies, elapsed)), cpu_us: crate::cpu::per_op_us(&before, &after, total), mean }
+    Costed { run: summarise(name, (latencies, elapsed)), cpu_us: crate::cpu::per_op_us(&before, &after, total), mean, wal }
 }
 
 /// One table of costed runs: rate, p50, p99, ratio to `baseline`, CPU µs
@@ -91,7 +95,7 @@ pub fn print_costed(unit: &str, runs: &[&Costed], baseline: &Costed, memory_mb: 
     for p in &processes {
         print!(" {:>12}", p);
     }
-    println!(" | {:>8}", "GB-s/1M");
+    println!(" | {:>8} | {:>8} {:>6} {:>8} {:>8}", "GB-s/1M", "WAL rec", "FPI", "WAL B", "commits");
     for c in runs {
         print!(
             "{:<58} {:>10.0} {:>8.2} {:>8.2} {:>7.3}x |",
@@ -104,9 +108,14 @@ pub fn print_costed(unit: &str, runs: &[&Costed], baseline: &Costed, memory_mb: 
         for (_, us) in &c.cpu_us {
             print!(" {:>12.1}", us);
         }
-        println!(" | {:>8.1}", c.mean.as_secs_f64() * (memory_mb as f64 / 1024.0) * 1e6);
+        print!(" | {:>8.1}", c.mean.as_secs_f64() * (memory_mb as f64 / 1024.0) * 1e6);
+        match c.wal {
+            Some(w) => println!(" | {:>8.2} {:>6.3} {:>8.0} {:>8.3}", w.records, w.fpi, w.bytes, w.commits),
+            None => println!(" | {:>8} {:>6} {:>8} {:>8}", "-", "-", "-", "-"),
+        }
     }
     println!("CPU: µs per operation by process (`this process` runs the in-process handlers and the load); GB-s/1M: mean duration x {memory_mb} MB x 1,000,000");
+    println!("WAL: PostgreSQL's records, full-page images and bytes per operation (pg_stat_wal), and commits per operation (pg_stat_database): the whole server's while the path ran");
 }
 
 /// Configuration for the benchmarks that write data: their own database
