@@ -45,7 +45,7 @@ impl OrderApi {
         let platform = Arc::new(platform);
         let recorder = recorder::RecordOrders { platform: Arc::clone(&platform) };
         Self {
-            recorder: paystream::batch::Batcher::new(recorder, recorder::limits(platform.config.database.pool_max_size)),
+            recorder: paystream::batch::Batcher::new(recorder, paystream::batch::WRITE_STEP),
             publisher: publisher::Publisher::new(Arc::clone(&platform)),
             platform,
             products: Mutex::new(HashMap::new()),

@@ -13,16 +13,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use paystream::batch::{Limits, Step};
+use paystream::batch::Step;
 use paystream::events::OrderEvent;
 use paystream::store::orders;
 use paystream::{AppError, Platform};
-
-/// Waiting orders, orders per statement, statements at once (leaving the
-/// pool's other connections to reads and the publisher's marks).
-pub fn limits(pool_max_size: usize) -> Limits {
-    Limits { queue_max: 4_096, batch_max: 256, in_flight_max: (pool_max_size / 2).max(1) }
-}
 
 /// An order to record: its event (the row's fields and the outbox payload)
 /// and the moment after which it must not commit.

@@ -25,10 +25,9 @@ pub struct PayApi {
 impl PayApi {
     pub fn new(platform: Platform) -> Self {
         let platform = Arc::new(platform);
-        let limits = payments::batch_limits(platform.config.database.pool_max_size);
         Self {
-            claims: Batcher::new(payments::ClaimKeys { platform: Arc::clone(&platform) }, limits),
-            records: Batcher::new(payments::RecordPayments { platform: Arc::clone(&platform) }, limits),
+            claims: Batcher::new(payments::ClaimKeys { platform: Arc::clone(&platform) }, paystream::batch::WRITE_STEP),
+            records: Batcher::new(payments::RecordPayments { platform: Arc::clone(&platform) }, paystream::batch::WRITE_STEP),
             facts: IntakeMemo::new(platform.config.http.intake_facts_memo_max, Duration::from_secs(platform.config.cache_ttl_s)),
             platform,
         }

@@ -41,7 +41,7 @@ use paystream::api::CreatePaymentRequest;
 use paystream::domain::{Amount, CardId, Currency, MerchantId, Role};
 use paystream::events::{PaymentEvent, EVENT_VERSION, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
 use paystream::http::{json, parse_json, Request, Response};
-use paystream::batch::{self, Limits, Step};
+use paystream::batch::{self, Step};
 use paystream::idempotency::{self, Claim, NewClaim};
 use paystream::kafka::OutgoingRecord;
 use paystream::metrics::{self, Unit};
@@ -169,12 +169,6 @@ async fn publish(api: &PayApi, payment: &payments::NewPayment, facts: payments::
         })
         .await?;
     Ok(())
-}
-
-/// The claims' and the records' batch bounds: at most a third of the pool
-/// each at once, so reads (the intake facts) always find a connection.
-pub fn batch_limits(pool_max_size: usize) -> Limits {
-    Limits { queue_max: 4_096, batch_max: 256, in_flight_max: (pool_max_size / 3).max(1) }
 }
 
 /// Claims the keys of the invocations in flight (`idempotency::claim_new`).

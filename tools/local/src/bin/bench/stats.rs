@@ -52,7 +52,8 @@ pub struct Costed {
     pub run: Run,
     pub cpu_us: Vec<(&'static str, f64)>,
     pub mean: Duration,
-    /// PostgreSQL's WAL per operation (the whole server's, meanwhile).
+    /// PostgreSQL's WAL and write transactions per operation (the whole
+    /// server's, meanwhile).
     pub wal: Option<crate::wal::PerOp>,
 }
 
@@ -95,7 +96,7 @@ pub fn print_costed(unit: &str, runs: &[&Costed], baseline: &Costed, memory_mb: 
     for p in &processes {
         print!(" {:>12}", p);
     }
-    println!(" | {:>8} | {:>8} {:>6} {:>8} {:>8}", "GB-s/1M", "WAL rec", "FPI", "WAL B", "commits");
+    println!(" | {:>8} | {:>8} {:>11}", "GB-s/1M", "WAL B", "write xacts");
     for c in runs {
         print!(
             "{:<58} {:>10.0} {:>8.2} {:>8.2} {:>7.3}x |",
@@ -110,12 +111,12 @@ pub fn print_costed(unit: &str, runs: &[&Costed], baseline: &Costed, memory_mb: 
         }
         print!(" | {:>8.1}", c.mean.as_secs_f64() * (memory_mb as f64 / 1024.0) * 1e6);
         match c.wal {
-            Some(w) => println!(" | {:>8.2} {:>6.3} {:>8.0} {:>8.3}", w.records, w.fpi, w.bytes, w.commits),
-            None => println!(" | {:>8} {:>6} {:>8} {:>8}", "-", "-", "-", "-"),
+            Some(w) => println!(" | {:>8.0} {:>11.3}", w.bytes, w.write_xacts),
+            None => println!(" | {:>8} {:>11}", "-", "-"),
         }
     }
     println!("CPU: µs per operation by process (`this process` runs the in-process handlers and the load); GB-s/1M: mean duration x {memory_mb} MB x 1,000,000");
-    println!("WAL: PostgreSQL's records, full-page images and bytes per operation (pg_stat_wal), and commits per operation (pg_stat_database): the whole server's while the path ran");
+    println!("WAL B, write xacts: PostgreSQL's WAL bytes and transactions that wrote, per operation (WAL position, next transaction id): the whole server's while the path ran");
 }
 
 /// Configuration for the benchmarks that write data: their own database
