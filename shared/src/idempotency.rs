@@ -11,9 +11,11 @@
 //! - [`claim_new`] commits the claim on its own, with a lease, before a
 //!   side effect that no transaction can hold (`pay`: the broker's
 //!   acknowledgement), so no connection is held across it; the claims of
-//!   concurrent requests share one statement. A key found taken goes to
+//!   concurrent requests share one statement (`pay` runs the same INSERT
+//!   inside its combined intake statement, `store::payments::write_intake`,
+//!   beside the records of the requests done). A key found taken goes to
 //!   [`await_claim`]: a twin polls for the answer for `wait_ms`. The answer
-//!   is stored with the work's record (`pay`: `payments::record_accepted`),
+//!   is stored with the work's record (`pay`: `payments::write_intake`),
 //!   which ends the lease; [`release`] removes the claim of a request that
 //!   failed before its side effect, and [`abandon`] ends the lease of one
 //!   whose side effect failed (it may still have happened: a publish that
@@ -152,36 +154,62 @@ pub struct NewClaim {
     pub hash: Vec<u8>,
 }
 
+/// New claims' INSERT: `$1` scopes, `$2` keys, `$3` request hashes (in
+/// [`ClaimRows`]' order), `$4` the lease in milliseconds; returns the
+/// claims that were new with when they were made. Also the first part of
+/// `pay`'s combined intake statement (`store::payments::write_intake`),
+/// which keeps these parameter numbers.
+pub const CLAIM_NEW_SQL: &str = "INSERT INTO idempotency_keys (scope, key, request_hash, lease_until)
+     SELECT scope, key, hash, now() + make_interval(secs => $4::float8 / 1000)
+     FROM unnest($1::text[], $2::text[], $3::bytea[]) AS t(scope, key, hash)
+     ON CONFLICT (scope, key) DO NOTHING
+     RETURNING scope, key, created_at";
+
+/// The claims of one statement ([`CLAIM_NEW_SQL`]), each key once and in
+/// one order (scope, key), so two statements claiming some of the same
+/// keys wait for each other at most one way, never in a cycle. A key twice
+/// in the claims is tried once: the later one goes on with [`await_claim`].
+pub struct ClaimRows<'a> {
+    claims: &'a [NewClaim],
+    first: Vec<bool>,
+    pub scopes: Vec<&'a str>,
+    pub keys: Vec<&'a str>,
+    pub hashes: Vec<&'a [u8]>,
+}
+
+impl<'a> ClaimRows<'a> {
+    pub fn new(claims: &'a [NewClaim]) -> Self {
+        let mut seen = std::collections::HashSet::with_capacity(claims.len());
+        let first: Vec<bool> = claims.iter().map(|c| seen.insert((c.scope.as_str(), c.key.as_str()))).collect();
+        let mut sorted: Vec<&NewClaim> = claims.iter().zip(&first).filter(|(_, first)| **first).map(|(c, _)| c).collect();
+        sorted.sort_unstable_by(|a, b| (&a.scope, &a.key).cmp(&(&b.scope, &b.key)));
+        Self {
+            claims,
+            first,
+            scopes: sorted.iter().map(|c| c.scope.as_str()).collect(),
+            keys: sorted.iter().map(|c| c.key.as_str()).collect(),
+            hashes: sorted.iter().map(|c| c.hash.as_slice()).collect(),
+        }
+    }
+
+    /// Per claim, in the claims' order: when it was claimed if it was new
+    /// (`rows` are what [`CLAIM_NEW_SQL`] returned).
+    pub fn outcomes(&self, rows: &[tokio_postgres::Row]) -> Vec<Option<OffsetDateTime>> {
+        let claimed: std::collections::HashMap<(&str, &str), OffsetDateTime> = rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
+        self.claims.iter().zip(&self.first).map(|(c, first)| if *first { claimed.get(&(c.scope.as_str(), c.key.as_str())).copied() } else { None }).collect()
+    }
+}
+
 /// Claims new keys, each leased for `lease_ms` (at least the function's
-/// timeout), in one committed statement for all of them (the concurrent
-/// requests of one environment share it: `paystream::batch`). Returns, per
+/// timeout), in one committed statement for all of them. Returns, per
 /// claim, when it was claimed if it was new; a key seen before (or twice
-/// in `claims`: only its first claim is tried) goes on with
-/// [`await_claim`].
+/// in `claims`) goes on with [`await_claim`].
 pub async fn claim_new(db: &impl deadpool_postgres::GenericClient, claims: &[NewClaim], lease_ms: u64) -> Result<Vec<Option<OffsetDateTime>>, AppError> {
     assert!(lease_ms > 0, "a claim needs a lease");
-    let mut seen = std::collections::HashSet::with_capacity(claims.len());
-    let first: Vec<bool> = claims.iter().map(|c| seen.insert((c.scope.as_str(), c.key.as_str()))).collect();
-    // Inserted in one order (scope, key), so two batches claiming some of
-    // the same keys wait for each other at most one way, never in a cycle.
-    let mut sorted: Vec<&NewClaim> = claims.iter().zip(&first).filter(|(_, first)| **first).map(|(c, _)| c).collect();
-    sorted.sort_unstable_by(|a, b| (&a.scope, &a.key).cmp(&(&b.scope, &b.key)));
-    let tried = || sorted.iter();
-    let scopes: Vec<&str> = tried().map(|c| c.scope.as_str()).collect();
-    let keys: Vec<&str> = tried().map(|c| c.key.as_str()).collect();
-    let hashes: Vec<&[u8]> = tried().map(|c| c.hash.as_slice()).collect();
-    let statement = db
-        .prepare_cached(
-            "INSERT INTO idempotency_keys (scope, key, request_hash, lease_until)
-             SELECT scope, key, hash, now() + make_interval(secs => $4::float8 / 1000)
-             FROM unnest($1::text[], $2::text[], $3::bytea[]) AS t(scope, key, hash)
-             ON CONFLICT (scope, key) DO NOTHING
-             RETURNING scope, key, created_at",
-        )
-        .await?;
-    let rows = db.query(&statement, &[&scopes, &keys, &hashes, &(lease_ms as f64)]).await?;
-    let claimed: std::collections::HashMap<(String, String), OffsetDateTime> = rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
-    Ok(claims.iter().zip(first).map(|(c, first)| if first { claimed.get(&(c.scope.clone(), c.key.clone())).copied() } else { None }).collect())
+    let rows = ClaimRows::new(claims);
+    let statement = db.prepare_cached(CLAIM_NEW_SQL).await?;
+    let returned = db.query(&statement, &[&rows.scopes, &rows.keys, &rows.hashes, &(lease_ms as f64)]).await?;
+    Ok(rows.outcomes(&returned))
 }
 
 /// How long a twin sleeps between looks at a leased claim, first and at most.

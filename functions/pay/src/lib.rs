@@ -13,11 +13,9 @@ use paystream::{AppError, Platform};
 
 pub struct PayApi {
     pub platform: Arc<Platform>,
-    /// The Idempotency-Key claims of the invocations in flight, one
-    /// statement per batch.
-    claims: Batcher<payments::ClaimKeys>,
-    /// Their accepted payments and keys' answers, one statement per batch.
-    records: Batcher<payments::RecordPayments>,
+    /// The Idempotency-Key claims and the accepted payments (with their
+    /// keys' answers) of the invocations in flight, one statement per batch.
+    writes: Batcher<payments::WriteIntake>,
     /// Cards and merchants this environment has read (never changed rows).
     facts: IntakeMemo,
 }
@@ -26,8 +24,7 @@ impl PayApi {
     pub fn new(platform: Platform) -> Self {
         let platform = Arc::new(platform);
         Self {
-            claims: Batcher::new(payments::ClaimKeys { platform: Arc::clone(&platform) }, paystream::batch::WRITE_STEP),
-            records: Batcher::new(payments::RecordPayments { platform: Arc::clone(&platform) }, paystream::batch::WRITE_STEP),
+            writes: Batcher::new(payments::WriteIntake { platform: Arc::clone(&platform) }, paystream::batch::WRITE_STEP),
             facts: IntakeMemo::new(platform.config.http.intake_facts_memo_max, Duration::from_secs(platform.config.cache_ttl_s)),
             platform,
         }

@@ -2,9 +2,9 @@
 //! acknowledged its event, and no database connection or transaction is
 //! held while the broker answers, so the pool serves other requests then:
 //!
-//! 1. with an Idempotency-Key, the key is claimed in its own committed
-//!    statement (`idempotency::claim_new`, shared by the claims of the
-//!    invocations in flight: `paystream::batch`): a replay answers here, a
+//! 1. with an Idempotency-Key, the key is claimed first, and committed
+//!    (`payments::write_intake`: one statement for the writes of all the
+//!    invocations in flight, `paystream::batch`): a replay answers here, a
 //!    twin waits for the first answer (`idempotency::await_claim`);
 //! 2. the caller's card and the merchant's facts are read (one statement,
 //!    or none when this environment has seen both: `IntakeMemo`);
@@ -15,7 +15,8 @@
 //!    payment id (a card or merchant not found releases the claim instead:
 //!    nothing was published);
 //! 4. the payment row and the key's answer are written in one statement
-//!    (shared likewise by the invocations in flight).
+//!    (the same shared write statement: the claims of the requests
+//!    starting and the records of those finishing commit together).
 //!
 //! The window after the acknowledgement and before step 4 (the statement
 //! fails, the function dies or times out) leaves the event without its row
@@ -73,7 +74,7 @@ pub async fn create(api: &PayApi, req: &Request) -> Result<Response, AppError> {
     let keyed_id = if let Some(k) = &keyed {
         let http = &p.config.http;
         let claim = NewClaim { scope: k.scope.to_owned(), key: k.key.to_owned(), hash: k.hash.to_vec() };
-        let claimed = if let Some(claimed_at) = api.claims.run(claim).await?? {
+        let claimed = if let Some(claimed_at) = api.writes.run(IntakeWrite::Claim(claim)).await?? {
             Claim::New { claimed_at }
         } else {
             idempotency::await_claim(&p.pg, k.scope, k.key, k.hash, http.idempotency_lease_ms, http.idempotency_wait_ms).await?
@@ -122,7 +123,7 @@ pub async fn create(api: &PayApi, req: &Request) -> Result<Response, AppError> {
     paystream::crash_point!("pay.after_publish");
     let answer = serde_json::to_value(PaymentAccepted::new(payment_id)).map_err(AppError::internal)?;
     let key = keyed.as_ref().map(|k| KeyAnswer { scope: k.scope.to_owned(), key: k.key.to_owned(), status: StatusCode::ACCEPTED.as_u16(), body: answer.clone() });
-    let recorded = api.records.run(Accepted { payment, key }).await.and_then(|r| r);
+    let recorded = api.writes.run(IntakeWrite::Record(Accepted { payment, key })).await.and_then(|r| r);
     if let Err(e) = recorded {
         // The broker has acknowledged: the payment exists (FDS records it
         // from its event), so the honest answer is still 202. Failing here
@@ -171,43 +172,57 @@ async fn publish(api: &PayApi, payment: &payments::NewPayment, facts: payments::
     Ok(())
 }
 
-/// Claims the keys of the invocations in flight (`idempotency::claim_new`).
-pub struct ClaimKeys {
+/// One of the two writes of a payment request, done in the environment's
+/// shared write statement (`payments::write_intake`).
+pub enum IntakeWrite {
+    /// Step 1: claim the request's Idempotency-Key.
+    Claim(NewClaim),
+    /// Step 4: record the acknowledged payment and its key's answer.
+    Record(Accepted),
+}
+
+/// Claims the keys of the invocations starting and records the payments
+/// of those finishing, all in one statement: one round trip and one commit
+/// for both kinds of row.
+pub struct WriteIntake {
     pub platform: Arc<Platform>,
 }
 
-impl Step for ClaimKeys {
-    type Row = NewClaim;
-    /// When the key was claimed, if it was new; or the statement's error.
+impl Step for WriteIntake {
+    type Row = IntakeWrite;
+    /// For a claim, when the key was claimed if it was new (a record's is
+    /// `None`); or the statement's error.
     type Answer = Result<Option<time::OffsetDateTime>, AppError>;
 
-    async fn run(&self, claims: Vec<NewClaim>) -> Vec<Self::Answer> {
+    async fn run(&self, writes: Vec<IntakeWrite>) -> Vec<Self::Answer> {
         let p = &self.platform;
-        let claimed = async { idempotency::claim_new(&p.pg.get().await?, &claims, p.config.http.idempotency_lease_ms).await }.await;
-        match claimed {
-            Ok(new) => new.into_iter().map(Ok).collect(),
-            // If it committed after all, the claims' leases run out and the
-            // clients' retries take them over.
-            Err(e) => batch::each_failed(claims.len(), "claiming idempotency keys", e),
+        let rows = writes.len();
+        let mut claims = Vec::with_capacity(rows);
+        let mut accepted = Vec::with_capacity(rows);
+        // Where each row's answer is: its index among the claims, or none.
+        let mut claim_at = Vec::with_capacity(rows);
+        for write in writes {
+            match write {
+                IntakeWrite::Claim(claim) => {
+                    claim_at.push(Some(claims.len()));
+                    claims.push(claim);
+                }
+                IntakeWrite::Record(record) => {
+                    claim_at.push(None);
+                    accepted.push(record);
+                }
+            }
         }
-    }
-}
-
-/// Records the acknowledged payments of the invocations in flight
-/// (`payments::record_accepted`).
-pub struct RecordPayments {
-    pub platform: Arc<Platform>,
-}
-
-impl Step for RecordPayments {
-    type Row = Accepted;
-    type Answer = Result<(), AppError>;
-
-    async fn run(&self, accepted: Vec<Accepted>) -> Vec<Self::Answer> {
-        let recorded = async { payments::record_accepted(&self.platform.pg.get().await?, &accepted).await }.await;
-        match recorded {
-            Ok(()) => accepted.iter().map(|_| Ok(())).collect(),
-            Err(e) => batch::each_failed(accepted.len(), "recording accepted payments", e),
+        let written = async { payments::write_intake(&p.pg.get().await?, &claims, &accepted, p.config.http.idempotency_lease_ms).await }.await;
+        match written {
+            Ok(claimed) => {
+                assert_eq!(claimed.len(), claims.len(), "one outcome per claim");
+                claim_at.into_iter().map(|at| Ok(at.and_then(|i| claimed[i]))).collect()
+            }
+            // Claims: if it committed after all, their leases run out and
+            // the clients' retries take them over. Records: the events are
+            // the record (FDS writes the rows).
+            Err(e) => batch::each_failed(rows, "writing claims and accepted payments", e),
         }
     }
 }

@@ -294,3 +294,36 @@ async fn concurrent_requests_share_statements_and_each_pays_once() {
     let ids: std::collections::HashSet<_> = records.iter().map(|r| decode_payment(&r.value).unwrap().payment_id).collect();
     assert_eq!((records.len(), ids.len()), (PAYMENTS, PAYMENTS), "one event per payment, none for a replay");
 }
+
+/// The environment's one write statement carries both kinds of row at
+/// once: the claims of requests starting (a new key, the same key twice,
+/// a key already taken) and the record of a request finishing (its
+/// payment and its key's answer), each with its own outcome.
+#[tokio::test]
+async fn one_write_statement_claims_new_keys_and_records_finished_payments() {
+    use paystream::idempotency::NewClaim;
+    use paystream::store::payments::{write_intake, Accepted, KeyAnswer, NewPayment};
+    let api = api().await;
+    let alice = user(&api.platform, "alice").await;
+    let db = api.platform.pg.get().await.unwrap();
+    let (scope, hash) = live_claim(&db, &alice, "finishing", &payment(&alice, SEOUL_CAFE, 1_000)).await;
+    let claim = |key: &str| NewClaim { scope: scope.clone(), key: key.to_owned(), hash: hash.clone() };
+    let id = paystream::domain::new_id();
+    let finished = Accepted {
+        payment: NewPayment { id, user_id: alice.id.0, card_id: alice.cards[0], merchant_id: SEOUL_CAFE.0, amount: 1_000, currency: "KRW" },
+        key: Some(KeyAnswer { scope: scope.clone(), key: "finishing".to_owned(), status: 202, body: json!({"payment_id": id}) }),
+    };
+    let claims = [claim("starting"), claim("starting"), claim("finishing")];
+    let outcomes = write_intake(&db, &claims, &[finished], 60_000).await.unwrap();
+    assert!(outcomes[0].is_some(), "a new key is claimed");
+    assert_eq!(outcomes[1..], [None, None], "the same key again and a taken key go on to await_claim");
+    let keys: Vec<(String, Option<i16>, bool)> = db
+        .query("SELECT key, status_code, lease_until IS NOT NULL FROM idempotency_keys WHERE scope = $1 ORDER BY key", &[&scope])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(keys, [("finishing".to_owned(), Some(202), false), ("starting".to_owned(), None, true)], "answered and unleased; claimed and leased");
+    assert_eq!(count(&api, &format!("SELECT count(*) FROM payments WHERE id = '{id}'")).await, 1);
+}

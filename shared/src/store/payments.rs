@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::db::PgPool;
 use crate::domain::{CardId, MerchantId, UserId};
 use crate::error::AppError;
+use crate::idempotency::{ClaimRows, NewClaim};
 use crate::memo::Memo;
 
 /// The card's product and the merchant's facts, for the payment event.
@@ -99,24 +100,46 @@ pub struct Accepted {
     pub key: Option<KeyAnswer>,
 }
 
-/// Records accepted (broker-acknowledged) payments and the answers of
-/// their keys, in one statement: one round trip and one commit for the
-/// whole batch (the concurrent requests of one environment share it:
-/// `paystream::batch`). DO NOTHING: FDS may already have recorded a payment
-/// from its event (a retry after a crash between the acknowledgement and
-/// this statement).
-pub async fn record_accepted(db: &impl deadpool_postgres::GenericClient, accepted: &[Accepted]) -> Result<(), AppError> {
-    let statement = db
-        .prepare_cached(
-            "WITH recorded AS (
-                 INSERT INTO payments (id, user_id, card_id, merchant_id, amount, currency)
-                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[])
-                 ON CONFLICT (id) DO NOTHING)
+/// `pay`'s one write statement: the new Idempotency-Key claims of the
+/// requests starting (`idempotency::CLAIM_NEW_SQL`, `$1`-`$4`) and the
+/// accepted (broker-acknowledged) payments of the requests finishing,
+/// with their keys' answers (`$5`-`$14`). One statement: one round trip
+/// and one commit for both kinds of row. A request's claim and its record
+/// are never in the same statement (it records only after its claim
+/// committed), so the claims' INSERT and the answers' UPDATE never touch
+/// the same key.
+static WRITE_INTAKE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH claimed AS ({claim}),
+         recorded AS (
+             INSERT INTO payments (id, user_id, card_id, merchant_id, amount, currency)
+             SELECT * FROM unnest($5::uuid[], $6::uuid[], $7::uuid[], $8::uuid[], $9::bigint[], $10::text[])
+             ON CONFLICT (id) DO NOTHING),
+         answered AS (
              UPDATE idempotency_keys k SET status_code = a.status, response_body = a.body, lease_until = NULL
-             FROM unnest($7::text[], $8::text[], $9::int2[], $10::jsonb[]) AS a(scope, key, status, body)
-             WHERE k.scope = a.scope AND k.key = a.key",
-        )
-        .await?;
+             FROM unnest($11::text[], $12::text[], $13::int2[], $14::jsonb[]) AS a(scope, key, status, body)
+             WHERE k.scope = a.scope AND k.key = a.key)
+         SELECT scope, key, created_at FROM claimed",
+        claim = crate::idempotency::CLAIM_NEW_SQL
+    )
+});
+
+/// Claims new keys (each leased for `lease_ms`; see
+/// `idempotency::claim_new`) and records accepted payments and the answers
+/// of their keys, in one statement (the concurrent requests of one
+/// environment share it: `paystream::batch`). Returns, per claim, when it
+/// was claimed if it was new. A payment is inserted with DO NOTHING: FDS
+/// may already have recorded it from its event (a retry after a crash
+/// between the acknowledgement and its record).
+pub async fn write_intake(
+    db: &impl deadpool_postgres::GenericClient,
+    claims: &[NewClaim],
+    accepted: &[Accepted],
+    lease_ms: u64,
+) -> Result<Vec<Option<time::OffsetDateTime>>, AppError> {
+    assert!(lease_ms > 0, "a claim needs a lease");
+    let statement = db.prepare_cached(&WRITE_INTAKE_SQL).await?;
+    let claimed = ClaimRows::new(claims);
     // Rows in one order (by id, as FDS's reconcile_from_events inserts
     // them, and keys by scope and key), so two statements inserting some of
     // the same rows wait for each other at most one way, never in a cycle.
@@ -136,8 +159,28 @@ pub async fn record_accepted(db: &impl deadpool_postgres::GenericClient, accepte
     let key_texts: Vec<&str> = keys().map(|k| k.key.as_str()).collect();
     let statuses: Vec<i16> = keys().map(|k| k.status as i16).collect();
     let bodies: Vec<&serde_json::Value> = keys().map(|k| &k.body).collect();
-    db.execute(&statement, &[&ids, &users, &cards, &merchants, &amounts, &currencies, &scopes, &key_texts, &statuses, &bodies]).await?;
-    Ok(())
+    let returned = db
+        .query(
+            &statement,
+            &[
+                &claimed.scopes,
+                &claimed.keys,
+                &claimed.hashes,
+                &(lease_ms as f64),
+                &ids,
+                &users,
+                &cards,
+                &merchants,
+                &amounts,
+                &currencies,
+                &scopes,
+                &key_texts,
+                &statuses,
+                &bodies,
+            ],
+        )
+        .await?;
+    Ok(claimed.outcomes(&returned))
 }
 
 /// Records payments from their events where intake's row is missing (the
@@ -148,7 +191,7 @@ pub async fn reconcile_from_events(db: &impl GenericClient, events: &[&crate::ev
     if events.is_empty() {
         return Ok(0);
     }
-    // By id, as intake's record_accepted inserts them (no lock cycle).
+    // By id, as intake's write_intake inserts them (no lock cycle).
     let mut events = events.to_vec();
     events.sort_unstable_by_key(|e| e.payment_id);
     let ids: Vec<Uuid> = events.iter().map(|e| e.payment_id).collect();
