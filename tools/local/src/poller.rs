@@ -4,8 +4,8 @@
 //! The poller is not a consumer-group member. It assigns itself every
 //! partition of its source's topics (discovered from metadata, refreshed on
 //! a bound), starts each at the offset its `ConsumerGroupId` committed, and
-//! commits there (a "simple consumer" commit, generation -1) after every
-//! successful invocation. Why: tansu 0.6.0 (the broker before nisshi) could
+//! commits there (a "simple consumer" commit, generation -1) after
+//! successful invocations, at most once per `commit_interval_ms`. Why: tansu 0.6.0 (the broker before nisshi) could
 //! leave a group "Forming" under a leader that had left, and a member of
 //! such a group never got a partition again; nisshi fixes that, but a local
 //! runtime should not rest on any broker's group coordinator. Without JoinGroup and
@@ -61,6 +61,13 @@ pub struct PollerSettings {
     pub stall_ms: u64,
     /// On shutdown, how long the last commit may take.
     pub shutdown_commit_ms: u64,
+    /// Least time between the starts of two commits of one source. Every
+    /// commit is a write the broker pays for; committing after every batch
+    /// made one per invocation (hundreds a second under load, per source).
+    /// Delivery stays at-least-once either way: after a poller crash, what
+    /// was delivered since the last commit (at most this long's batches)
+    /// comes again, and the consumers are idempotent.
+    pub commit_interval_ms: u64,
     /// Longest wait for one invocation's answer (then it counts as failed).
     pub invoke_timeout_ms: u64,
     /// librdkafka `fetch.wait.max.ms`: how long the broker may hold a fetch.
@@ -98,6 +105,7 @@ impl Default for PollerSettings {
             commit_timeout_ms: 10_000,
             stall_ms: 30_000,
             shutdown_commit_ms: 1_000,
+            commit_interval_ms: 100,
             invoke_timeout_ms: 120_000,
             fetch_wait_ms: 50,
             prefetch_records: 1,
@@ -130,6 +138,7 @@ impl PollerSettings {
             commit_timeout_ms: get("PAYSTREAM_POLLER_COMMIT_TIMEOUT_MS", d.commit_timeout_ms)?,
             stall_ms: get("PAYSTREAM_POLLER_STALL_MS", d.stall_ms)?,
             shutdown_commit_ms: get("PAYSTREAM_POLLER_SHUTDOWN_COMMIT_MS", d.shutdown_commit_ms)?,
+            commit_interval_ms: get("PAYSTREAM_POLLER_COMMIT_INTERVAL_MS", d.commit_interval_ms)?,
             invoke_timeout_ms: get("PAYSTREAM_POLLER_INVOKE_TIMEOUT_MS", d.invoke_timeout_ms)?,
             fetch_wait_ms: get("PAYSTREAM_POLLER_FETCH_WAIT_MS", d.fetch_wait_ms)?,
             prefetch_records: get("PAYSTREAM_POLLER_PREFETCH_RECORDS", d.prefetch_records)?,
@@ -505,7 +514,8 @@ impl Poller {
 
     /// Starts one commit of everything delivered and not yet acknowledged,
     /// unless one is in flight (one at a time, so an older commit never
-    /// lands after a newer one) or a failed one is backing off.
+    /// lands after a newer one), the last one started less than
+    /// `commit_interval_ms` ago, or a failed one is backing off.
     fn commit_if_due(&mut self) {
         let now = Instant::now();
         if let Some((_, sent, _)) = &self.commit_in_flight {
@@ -538,6 +548,7 @@ impl Poller {
             let _ = tx.send(CommitOutcome { id, result });
         });
         self.commit_in_flight = Some((id, now, offsets));
+        self.commit_not_before = now + Duration::from_millis(self.settings.commit_interval_ms);
     }
 
     /// The broker's answer to a commit.

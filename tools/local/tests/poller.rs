@@ -86,6 +86,11 @@ fn source(topic: &str, batch_size: usize, batching_window_s: u64) -> MskSource {
 /// Bounds short enough for a test to see the poller's recovery; the
 /// environment's `PAYSTREAM_POLLER_*` win (to try other bounds).
 fn quick_settings() -> PollerSettings {
+    quick_settings_with(&[])
+}
+
+/// [`quick_settings`] with `overrides` (which the environment's still win).
+fn quick_settings_with(overrides: &[(&str, &str)]) -> PollerSettings {
     let mut vars: std::collections::HashMap<String, String> = [
         ("PAYSTREAM_POLLER_REFRESH_MS", "500"),
         ("PAYSTREAM_POLLER_BROKER_TIMEOUT_MS", "2000"),
@@ -93,6 +98,7 @@ fn quick_settings() -> PollerSettings {
         ("PAYSTREAM_POLLER_STALL_MS", "5000"),
     ]
     .into_iter()
+    .chain(overrides.iter().copied())
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     vars.extend(std::env::vars().filter(|(k, _)| k.starts_with("PAYSTREAM_POLLER_")));
@@ -101,11 +107,15 @@ fn quick_settings() -> PollerSettings {
 
 /// Runs a poller for `source` until the returned sender says stop.
 fn start_poller(config: &Config, source: MskSource, endpoint: String) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    start_poller_with(config, source, endpoint, quick_settings())
+}
+
+fn start_poller_with(config: &Config, source: MskSource, endpoint: String, settings: PollerSettings) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     // The poller's log lines on stdout (shown with --nocapture) when asked for.
     if let Ok(filter) = std::env::var("TEST_LOG") {
         paystream::telemetry::init(&filter);
     }
-    let poller = Poller::new(config, source, quick_settings()).unwrap();
+    let poller = Poller::new(config, source, settings).unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(poller.run(endpoint, HttpClient::new(Duration::from_secs(10)), stop_rx));
     (stop_tx, task)
@@ -290,6 +300,47 @@ async fn a_failed_invocation_gets_the_same_batch_again_and_commits_only_after_su
 
     // Committed after the success: the group resumes past all five.
     assert_eq!(committed(&config, &group, &topic, 0), Offset::Offset(5));
+}
+
+/// Commits come at most once per `commit_interval_ms` (each is a write the
+/// broker pays for): a batch delivered right after a commit is committed
+/// once the interval since that commit has passed, not at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_waits_out_the_commit_interval() {
+    const INTERVAL_MS: u64 = 10_000;
+    let config = Config::from_env().unwrap();
+    let topic = format!("poller-interval-{}", unique_suffix());
+    create_topics(&config, &[(&topic, 1)]).await;
+    let producer = EventProducer::new(&config.kafka, "tests").unwrap();
+    let publish = |i: usize| {
+        let value = format!("record-{i}");
+        let (producer, topic) = (&producer, &topic);
+        async move { producer.publish(OutgoingRecord { topic, key: b"k", payload: value.as_bytes(), headers: &[] }).await.unwrap() }
+    };
+    for i in 0..5 {
+        publish(i).await;
+    }
+    let (endpoint, calls) = flaky_lambda(0).await;
+    let source = source(&topic, 100, 0);
+    let group = source.consumer_group_id.clone();
+    let interval = INTERVAL_MS.to_string();
+    let settings = quick_settings_with(&[("PAYSTREAM_POLLER_COMMIT_INTERVAL_MS", &interval)]);
+    assert_eq!(settings.commit_interval_ms, INTERVAL_MS, "the environment does not override the interval");
+    let (stop_tx, task) = start_poller_with(&config, source, endpoint, settings);
+
+    // The first commit goes out at once.
+    eventually(Duration::from_secs(30), "the first batch committed", || committed(&config, &group, &topic, 0) == Offset::Offset(5)).await;
+    let first_committed = Instant::now();
+    for i in 5..10 {
+        publish(i).await;
+    }
+    eventually(Duration::from_secs(30), "the second batch delivered", || delivered(&calls).len() >= 10).await;
+    assert!(first_committed.elapsed() < Duration::from_millis(INTERVAL_MS / 2), "the second batch came well within the interval");
+    assert_eq!(committed(&config, &group, &topic, 0), Offset::Offset(5), "the second commit waits for the interval");
+    eventually(Duration::from_secs(30), "the second batch committed after the interval", || committed(&config, &group, &topic, 0) == Offset::Offset(10)).await;
+    assert!(first_committed.elapsed() >= Duration::from_millis(INTERVAL_MS / 2), "not before the interval");
+    stop_tx.send(true).unwrap();
+    task.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
