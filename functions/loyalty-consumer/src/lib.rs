@@ -9,7 +9,7 @@
 //! once: `msk::shards`). Per shard: one transaction of up to three
 //! statements, each prepared once per connection; beside the first, the
 //! merchants' thresholds read cache-aside (one Redis MGET, + one query and
-//! one pipeline on misses); after the commit, one Redis pipeline.
+//! one pipeline on misses); after the commit, one Redis `MSET`.
 
 use std::collections::HashSet;
 
