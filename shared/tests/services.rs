@@ -113,3 +113,55 @@ async fn a_cached_location_is_replaced_only_by_a_newer_one() {
     holders::cache(&p.redis, &[(unknown, at(7))]).await.unwrap();
     assert_eq!(cached_at(unknown).await, Some(base + time::Duration::milliseconds(7)), "none is replaced");
 }
+
+/// How many times `table` was read whole, as PostgreSQL's statistics say
+/// (this backend's counts flushed first; the database is this test's own).
+async fn whole_table_reads(db: &tokio_postgres::Client, table: &str) -> i64 {
+    db.execute("SELECT pg_stat_force_next_flush()", &[]).await.unwrap();
+    db.query_one("SELECT coalesce(seq_scan, 0) FROM pg_stat_user_tables WHERE relname = $1", &[&table]).await.unwrap().get(0)
+}
+
+/// The consumers' deduplication reads a thousand ids by key, never the
+/// whole table: with `= ANY($1)`, the first executions of the prepared
+/// statement (planned with the array's real length) read all of
+/// `loyalty_visits` or `transactions` once they held some 100,000 rows,
+/// so a batch cost more as history grew (see `store`'s module comment).
+#[tokio::test]
+async fn deduplication_of_a_large_batch_reads_by_key_not_the_whole_table() {
+    use paystream::store::{ledger, loyalty};
+    let p = platform("tests").await;
+    let (stats, connection) = tokio_postgres::connect(p.config.database.url.expose(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // History: 100,000 visits and ledger rows (neither table has foreign
+    // keys), with statistics as a live system keeps them.
+    stats
+        .batch_execute(
+            "INSERT INTO loyalty_visits (payment_id, user_id, merchant_id, visited_at)
+               SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), now() FROM generate_series(1, 100000);
+             INSERT INTO transactions (payment_id, user_id, card_id, merchant_id, amount, currency, country, lat, lon, status, occurred_at)
+               SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 1000, 'KRW', 'KR', 37.5, 127.0, 'COMPLETED', now()
+               FROM generate_series(1, 100000);
+             ANALYZE loyalty_visits; ANALYZE transactions;",
+        )
+        .await
+        .unwrap();
+    let (visits_before, ledger_before) = (whole_table_reads(&stats, "loyalty_visits").await, whole_table_reads(&stats, "transactions").await);
+
+    let batch: Vec<loyalty::Visit> = (0..1_000)
+        .map(|_| loyalty::Visit { payment_id: Uuid::now_v7(), user_id: Uuid::now_v7(), merchant_id: Uuid::now_v7(), at: time::OffsetDateTime::now_utc() })
+        .collect();
+    let ids: Vec<Uuid> = batch.iter().map(|v| v.payment_id).collect();
+    // A new connection's first executions: plans made for these arrays.
+    let mut conn = p.pg.get().await.unwrap();
+    let tx = paystream::db::begin(&mut conn).await.unwrap();
+    let changes = loyalty::record_visits(&tx, &batch).await.unwrap();
+    assert_eq!(changes.len(), 1_000, "every visit is new, each pair counted once");
+    let known = ledger::known(&tx, &ids).await.unwrap();
+    assert!(known.decided.is_empty());
+    tx.rollback().await.unwrap();
+    conn.execute("SELECT pg_stat_force_next_flush()", &[]).await.unwrap();
+    drop(conn);
+
+    assert_eq!(whole_table_reads(&stats, "loyalty_visits").await, visits_before, "loyalty_visits read by key only");
+    assert_eq!(whole_table_reads(&stats, "transactions").await, ledger_before, "transactions read by key only");
+}

@@ -105,7 +105,9 @@ pub async fn save_locations(db: &impl deadpool_postgres::GenericClient, location
                  UPDATE holder_locations h SET payment_id = i.payment_id, country = i.country, lat = i.lat, lon = i.lon, occurred_at = i.occurred_at
                  FROM input i WHERE h.user_id = i.user_id AND h.occurred_at <= i.occurred_at)
              INSERT INTO holder_locations (user_id, payment_id, country, lat, lon, occurred_at)
-             SELECT * FROM input WHERE user_id NOT IN (SELECT user_id FROM holder_locations WHERE user_id = ANY($1))",
+             SELECT i.* FROM input i
+             LEFT JOIN LATERAL (SELECT true AS seen FROM holder_locations h WHERE h.user_id = i.user_id LIMIT 1) s ON true
+             WHERE s.seen IS NULL",
         )
         .await?;
     db.execute(&statement, &[&users, &payments, &countries, &lats, &lons, &times]).await?;

@@ -66,8 +66,16 @@ pub struct Known {
 pub async fn known(db: &impl deadpool_postgres::GenericClient, ids: &[Uuid]) -> Result<Known, AppError> {
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
     let (decided, recorded) = tokio::try_join!(
-        async { db.query(&db.prepare_cached("SELECT payment_id FROM transactions WHERE payment_id = ANY($1)").await?, &params).await },
-        async { db.query(&db.prepare_cached("SELECT id FROM payments WHERE id = ANY($1)").await?, &params).await },
+        // Each id by its primary key (see the `store` module comment).
+        async {
+            let known = "SELECT x.payment_id FROM unnest($1::uuid[]) AS t(id)
+                         CROSS JOIN LATERAL (SELECT payment_id FROM transactions WHERE payment_id = t.id LIMIT 1) x";
+            db.query(&db.prepare_cached(known).await?, &params).await
+        },
+        async {
+            let recorded = "SELECT x.id FROM unnest($1::uuid[]) AS t(id) CROSS JOIN LATERAL (SELECT id FROM payments WHERE id = t.id LIMIT 1) x";
+            db.query(&db.prepare_cached(recorded).await?, &params).await
+        },
     )?;
     let recorded: HashSet<Uuid> = recorded.iter().map(|r| r.get(0)).collect();
     Ok(Known {

@@ -37,8 +37,10 @@ pub struct CountChange {
 /// Plain INSERTs and an UPDATE rather than `ON CONFLICT`: a speculative
 /// insert writes a second WAL record per row (its confirmation) and an
 /// upsert locks each existing row (another record) before updating it.
-/// What exists is read first (payments by `= ANY` on the primary key; the
-/// pairs are those the UPDATE found), so only a concurrent writer of the
+/// What exists is read first (each payment and each pair by its primary
+/// key: see the `store` module comment; no join between the statement's
+/// own parts, whose row counts a generic plan guesses low), so only
+/// a concurrent writer of the
 /// same payment or pair can make an INSERT fail. The partition key is the
 /// customer, so that is only an overlapping redelivery of the same batch:
 /// the statement fails, the batch is retried and finds them recorded.
@@ -56,22 +58,24 @@ pub async fn record_visits(db: &impl deadpool_postgres::GenericClient, visits: &
         .prepare_cached(
             "WITH new_visits AS (
                  INSERT INTO loyalty_visits (payment_id, user_id, merchant_id, visited_at)
-                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[]) AS t(payment_id, user_id, merchant_id, visited_at)
-                 WHERE payment_id NOT IN (SELECT payment_id FROM loyalty_visits WHERE payment_id = ANY($1))
+                 SELECT t.payment_id, t.user_id, t.merchant_id, t.visited_at
+                 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[]) AS t(payment_id, user_id, merchant_id, visited_at)
+                 LEFT JOIN LATERAL (SELECT true AS seen FROM loyalty_visits v WHERE v.payment_id = t.payment_id LIMIT 1) s ON true
+                 WHERE s.seen IS NULL
                  RETURNING merchant_id, user_id),
              added AS (
                  SELECT merchant_id, user_id, count(*)::int AS visits FROM new_visits GROUP BY merchant_id, user_id),
              bumped AS (
                  UPDATE loyalty_counts c SET visits = c.visits + a.visits FROM added a
                  WHERE c.merchant_id = a.merchant_id AND c.user_id = a.user_id
-                 RETURNING c.merchant_id, c.user_id, c.visits),
+                 RETURNING c.merchant_id, c.user_id, c.visits - a.visits AS before, c.visits AS after),
              created AS (
                  INSERT INTO loyalty_counts (merchant_id, user_id, visits)
-                 SELECT a.merchant_id, a.user_id, a.visits FROM added a LEFT JOIN bumped b USING (merchant_id, user_id)
-                 WHERE b.user_id IS NULL
-                 RETURNING merchant_id, user_id, visits)
-             SELECT c.merchant_id, c.user_id, c.visits - a.visits, c.visits
-             FROM (SELECT * FROM bumped UNION ALL SELECT * FROM created) c JOIN added a USING (merchant_id, user_id)",
+                 SELECT a.merchant_id, a.user_id, a.visits FROM added a
+                 LEFT JOIN LATERAL (SELECT true AS seen FROM loyalty_counts c WHERE c.merchant_id = a.merchant_id AND c.user_id = a.user_id LIMIT 1) s ON true
+                 WHERE s.seen IS NULL
+                 RETURNING merchant_id, user_id, 0 AS before, visits AS after)
+             SELECT merchant_id, user_id, before, after FROM bumped UNION ALL SELECT merchant_id, user_id, before, after FROM created",
         )
         .await?;
     let totals = db.query(&statement, &[&payments, &users, &merchants, &times]).await?;
