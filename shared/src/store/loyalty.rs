@@ -39,7 +39,9 @@ pub struct CountChange {
 /// upsert locks each existing row (another record) before updating it.
 /// What exists is read first (each payment and each pair by its primary
 /// key: see the `store` module comment; no join between the statement's
-/// own parts, whose row counts a generic plan guesses low), so only
+/// own parts, whose row counts a generic plan guesses low; the pairs are
+/// probed only when the UPDATE did not find them all, the usual case being
+/// that it did), so only
 /// a concurrent writer of the
 /// same payment or pair can make an INSERT fail. The partition key is the
 /// customer, so that is only an overlapping redelivery of the same batch:
@@ -73,7 +75,7 @@ pub async fn record_visits(db: &impl deadpool_postgres::GenericClient, visits: &
                  INSERT INTO loyalty_counts (merchant_id, user_id, visits)
                  SELECT a.merchant_id, a.user_id, a.visits FROM added a
                  LEFT JOIN LATERAL (SELECT true AS seen FROM loyalty_counts c WHERE c.merchant_id = a.merchant_id AND c.user_id = a.user_id LIMIT 1) s ON true
-                 WHERE s.seen IS NULL
+                 WHERE s.seen IS NULL AND (SELECT count(*) FROM bumped) < (SELECT count(*) FROM added)
                  RETURNING merchant_id, user_id, 0 AS before, visits AS after)
              SELECT merchant_id, user_id, before, after FROM bumped UNION ALL SELECT merchant_id, user_id, before, after FROM created",
         )
