@@ -41,9 +41,8 @@ pub struct CountChange {
 /// key: see the `store` module comment; no join between the statement's
 /// own parts, whose row counts a generic plan guesses low; the pairs are
 /// probed only when the UPDATE did not find them all, the usual case being
-/// that it did), so only
-/// a concurrent writer of the
-/// same payment or pair can make an INSERT fail. The partition key is the
+/// that it did), so only a concurrent writer of the same payment or pair
+/// can make an INSERT fail. The partition key is the
 /// customer, so that is only an overlapping redelivery of the same batch:
 /// the statement fails, the batch is retried and finds them recorded.
 /// `visits` holds each payment once (the batch decoder drops repeats).
