@@ -51,9 +51,10 @@ pub struct Limits {
 /// one at a time kept the rate and p99 and cost PostgreSQL 17 % less CPU
 /// per payment and 38 % less per order. It also leaves every other
 /// connection of the pool to reads. Pay's claims and records later came
-/// to share one statement (measured the same way, three runs each): half the commits again and 14 % less PostgreSQL CPU per
-/// payment; a second statement in flight beside it changed neither the
-/// rate nor how long a write waits.
+/// to share one statement (measured the same way, three runs each): half
+/// the commits again and 14 % less PostgreSQL CPU per payment; a second
+/// statement in flight beside it changed neither the rate nor how long a
+/// write waits.
 pub const WRITE_STEP: Limits = Limits { queue_max: 4_096, batch_max: 256, in_flight_max: 1 };
 
 type Queued<S> = (<S as Step>::Row, oneshot::Sender<<S as Step>::Answer>);
