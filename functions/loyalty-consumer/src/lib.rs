@@ -12,6 +12,7 @@
 //! one pipeline on misses); after the commit, one Redis `MSET`.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -26,12 +27,12 @@ use paystream::{AppError, Platform};
 pub const CONSUMER_NAME: &str = "loyalty-consumer";
 
 pub struct Loyalty {
-    pub platform: Platform,
+    pub platform: Arc<Platform>,
 }
 
 impl Loyalty {
     pub fn new(platform: Platform) -> Self {
-        Self { platform }
+        Self { platform: Arc::new(platform) }
     }
 }
 
@@ -44,61 +45,58 @@ impl BatchConsumer for Loyalty {
         // A customer's visits stay in one shard: each (merchant, customer)
         // count is bumped by one transaction only.
         let shards = msk::shards(visits, p.config.consumer, |v| v.user_id);
-        let mut outcome = msk::apply_shards(shards, |shard| self.count(shard)).await?;
+        let mut outcome = msk::apply_shards(shards, &self.platform, |p, shard| async move { count(&p, shard).await }).await?;
         outcome.duplicates += batch.repeated;
         outcome.dead_lettered = batch.dead_lettered;
         Ok(outcome)
     }
 }
 
-impl Loyalty {
-    /// Counts one shard's visits in one transaction; VIPs at the threshold.
-    async fn count(&self, visits: Vec<Visit>) -> Result<BatchOutcome, AppError> {
-        let p = &self.platform;
-        let mut db = p.pg.get().await?;
-        let tx = paystream::db::begin(&mut db).await?;
-        // Independent: the merchants' thresholds (Redis, rarely PostgreSQL
-        // on the same connection) are read while the visits are written.
-        let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect::<HashSet<_>>().into_iter().collect();
-        let (changes, facts) =
-            tokio::try_join!(loyalty::record_visits(&tx, &visits), loyalty::merchant_facts(&p.redis, &*tx, &merchants, p.config.cache_ttl_s))?;
-        // Became VIP at the threshold-th visit (the batch may have gone past it).
-        let crossing: Vec<CountChange> = changes
-            .iter()
-            .filter_map(|c| {
-                let threshold = facts.get(&c.merchant_id).map_or(VipThreshold::DEFAULT, |(_, t)| *t);
-                (c.before < threshold && c.after >= threshold).then_some(CountChange { after: threshold, ..*c })
-            })
-            .collect();
-        let new_vips = loyalty::insert_vips(&tx, &crossing).await?;
-        let notes: Vec<NewNotification> = new_vips
-            .iter()
-            .map(|(merchant, user)| NewNotification {
-                user_id: *user,
-                kind: paystream::store::notifications::kind::VIP,
-                payload: serde_json::json!({
-                    "merchant_id": merchant,
-                    "merchant": facts.get(merchant).map(|(name, _)| name.as_str()).unwrap_or("a merchant"),
-                    "message": "You are now a VIP here. Thank you for your visits!",
-                }),
-                dedupe_key: format!("vip:{merchant}:{user}"),
-            })
-            .collect();
-        notifications::insert_many_once(&tx, &notes).await?;
-        tx.commit().await?;
-        let committed_at = time::OffsetDateTime::now_utc();
-        metrics::latencies_ms(metrics::EVENT_LAG, visits.iter().map(|v| metrics::lag_ms(v.at, committed_at)));
-        paystream::crash_point!("loyalty.after_commit");
-        if let Err(e) = loyalty::mirror_counts(&p.redis, &changes).await {
-            tracing::warn!(error = %e, "visit counts not mirrored to Redis; the next write rebuilds them from PostgreSQL");
-        }
-
-        let counted: i32 = changes.iter().map(|c| c.after - c.before).sum();
-        metrics::emit(p.function, &[("VisitsCounted", f64::from(counted), Unit::Count), ("VipsMade", new_vips.len() as f64, Unit::Count)]);
-        for (merchant, user) in &new_vips {
-            tracing::info!(merchant_id = %merchant, user_id = %user, "customer became VIP");
-        }
-        let applied = counted as usize;
-        Ok(BatchOutcome { applied, duplicates: visits.len() - applied, dead_lettered: 0 })
+/// Counts one shard's visits in one transaction; VIPs at the threshold.
+async fn count(p: &Platform, visits: Vec<Visit>) -> Result<BatchOutcome, AppError> {
+    let mut db = p.pg.get().await?;
+    let tx = paystream::db::begin(&mut db).await?;
+    // Independent: the merchants' thresholds (Redis, rarely PostgreSQL
+    // on the same connection) are read while the visits are written.
+    let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect::<HashSet<_>>().into_iter().collect();
+    let (changes, facts) =
+        tokio::try_join!(loyalty::record_visits(&tx, &visits), loyalty::merchant_facts(&p.redis, &*tx, &merchants, p.config.cache_ttl_s))?;
+    // Became VIP at the threshold-th visit (the batch may have gone past it).
+    let crossing: Vec<CountChange> = changes
+        .iter()
+        .filter_map(|c| {
+            let threshold = facts.get(&c.merchant_id).map_or(VipThreshold::DEFAULT, |(_, t)| *t);
+            (c.before < threshold && c.after >= threshold).then_some(CountChange { after: threshold, ..*c })
+        })
+        .collect();
+    let new_vips = loyalty::insert_vips(&tx, &crossing).await?;
+    let notes: Vec<NewNotification> = new_vips
+        .iter()
+        .map(|(merchant, user)| NewNotification {
+            user_id: *user,
+            kind: paystream::store::notifications::kind::VIP,
+            payload: serde_json::json!({
+                "merchant_id": merchant,
+                "merchant": facts.get(merchant).map(|(name, _)| name.as_str()).unwrap_or("a merchant"),
+                "message": "You are now a VIP here. Thank you for your visits!",
+            }),
+            dedupe_key: format!("vip:{merchant}:{user}"),
+        })
+        .collect();
+    notifications::insert_many_once(&tx, &notes).await?;
+    tx.commit().await?;
+    let committed_at = time::OffsetDateTime::now_utc();
+    metrics::latencies_ms(metrics::EVENT_LAG, visits.iter().map(|v| metrics::lag_ms(v.at, committed_at)));
+    paystream::crash_point!("loyalty.after_commit");
+    if let Err(e) = loyalty::mirror_counts(&p.redis, &changes).await {
+        tracing::warn!(error = %e, "visit counts not mirrored to Redis; the next write rebuilds them from PostgreSQL");
     }
+
+    let counted: i32 = changes.iter().map(|c| c.after - c.before).sum();
+    metrics::emit(p.function, &[("VisitsCounted", f64::from(counted), Unit::Count), ("VipsMade", new_vips.len() as f64, Unit::Count)]);
+    for (merchant, user) in &new_vips {
+        tracing::info!(merchant_id = %merchant, user_id = %user, "customer became VIP");
+    }
+    let applied = counted as usize;
+    Ok(BatchOutcome { applied, duplicates: visits.len() - applied, dead_lettered: 0 })
 }
