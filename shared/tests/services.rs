@@ -82,6 +82,84 @@ async fn a_deadlock_victim_answers_retry_not_internal_error() {
     assert_eq!(answer.code.as_str(), "DEPENDENCY_UNAVAILABLE");
 }
 
+/// A writer's hold (`Redis::hold_for_write`, one script call for the
+/// batch): every key holds the hold value with the hold's expiry, so a
+/// reader finds a miss, reads the truth and does not replace the hold.
+#[tokio::test]
+async fn a_hold_hides_every_cached_value_and_lapses() {
+    use paystream::cache::{WRITE_HOLD_S, WRITE_HOLD_VALUE};
+    use std::collections::HashMap;
+    let p = platform("tests").await;
+    let ids: Vec<Uuid> = (0..300).map(|_| Uuid::now_v7()).collect();
+    let read = |truth: i32| {
+        let (redis, ids) = (&p.redis, &ids);
+        async move {
+            redis.read_through("test:hold", ids, 600, |misses| async move { Ok(misses.into_iter().map(|id| (id, truth)).collect()) }).await.unwrap()
+        }
+    };
+    let cached: HashMap<Uuid, i32> = read(1).await;
+    assert!(cached.values().all(|v| *v == 1) && cached.len() == ids.len());
+
+    p.redis.hold_for_write("test:hold", &ids).await.unwrap();
+    let mut conn = p.redis.conn().await.unwrap();
+    let held = |conn: &mut redis::aio::ConnectionManager| {
+        let keys: Vec<String> = ids.iter().map(|id| p.redis.key(&format!("test:hold:{id}"))).collect();
+        let mut conn = conn.clone();
+        async move {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.get(key).ttl(key);
+            }
+            let answers: Vec<(String, i64)> = pipe.query_async(&mut conn).await.unwrap();
+            answers
+        }
+    };
+    for (value, ttl_s) in held(&mut conn).await {
+        assert_eq!(value, WRITE_HOLD_VALUE);
+        assert!(ttl_s > 0 && ttl_s <= WRITE_HOLD_S as i64, "the hold lapses: {ttl_s}");
+    }
+    let read_while_held: HashMap<Uuid, i32> = read(2).await;
+    assert!(read_while_held.values().all(|v| *v == 2), "a held key is a miss: the truth is read");
+    assert!(held(&mut conn).await.iter().all(|(value, _)| value == WRITE_HOLD_VALUE), "the reader's fill does not replace a hold");
+}
+
+/// FDS's stored locations (`holders::save_locations`): a holder's row
+/// moves only forward in time; a holder without one gets one, in the same
+/// statement whether or not every other holder had one.
+#[tokio::test]
+async fn stored_locations_move_forward_and_new_holders_get_a_row() {
+    use paystream::store::holders::{self, LastLocation};
+    let p = platform("tests").await;
+    let base = time::macros::datetime!(2026-12-01 12:00:00 UTC);
+    let at = |ms: i64| LastLocation { payment_id: Uuid::now_v7(), country: "KR".into(), lat: 37.5, lon: 127.0, at: base + time::Duration::milliseconds(ms) };
+    let save = |locations: Vec<(Uuid, LastLocation)>| {
+        let pg = &p.pg;
+        async move {
+            let mut conn = pg.get().await.unwrap();
+            let tx = conn.transaction().await.unwrap();
+            holders::save_locations(&tx, &locations).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    save(vec![(a, at(1_000)), (b, at(1_000))]).await;
+    // Every holder has a row and moves: the INSERT has nothing to do.
+    let (a2, b2) = (at(2_000), at(2_000));
+    save(vec![(a, a2.clone()), (b, b2.clone())]).await;
+    // One moves, one stays (older than its row), one is new.
+    let (a3, b_older, c1) = (at(3_000), at(1_500), at(100));
+    save(vec![(a, a3.clone()), (b, b_older), (c, c1.clone())]).await;
+
+    let db = p.pg.get().await.unwrap();
+    let stored = |user: Uuid| {
+        let db = &db;
+        async move { db.query_one("SELECT payment_id FROM holder_locations WHERE user_id = $1", &[&user]).await.unwrap().get::<_, Uuid>(0) }
+    };
+    assert_eq!(stored(a).await, a3.payment_id, "moved forward twice");
+    assert_eq!(stored(b).await, b2.payment_id, "an older location does not move it back");
+    assert_eq!(stored(c).await, c1.payment_id, "a new holder gets a row beside holders who have one");
+}
+
 /// FDS's location cache (`holders::cache`): a location replaces an older
 /// one, never a newer one (a slow writer loses), and replaces a writer's
 /// hold and a cached "no location yet".

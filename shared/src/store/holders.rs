@@ -84,8 +84,10 @@ pub async fn last_locations(redis: &Redis, db: &impl GenericClient, users: &[Uui
 /// existing row (a WAL record) before updating it. The update stays on
 /// the page (HOT). Only a concurrent writer of a holder's first location
 /// can make the INSERT fail; the partition key is the holder, so that is
-/// an overlapping redelivery, which fails and is retried. Prepared once
-/// per connection.
+/// an overlapping redelivery, which fails and is retried. The holders
+/// are probed for the INSERT only when the UPDATE did not move them all
+/// (the usual case being that it did: every holder has paid before).
+/// Prepared once per connection.
 pub async fn save_locations(db: &impl deadpool_postgres::GenericClient, locations: &[(Uuid, LastLocation)]) -> Result<(), AppError> {
     if locations.is_empty() {
         return Ok(());
@@ -103,11 +105,12 @@ pub async fn save_locations(db: &impl deadpool_postgres::GenericClient, location
                      AS t(user_id, payment_id, country, lat, lon, occurred_at)),
              moved AS (
                  UPDATE holder_locations h SET payment_id = i.payment_id, country = i.country, lat = i.lat, lon = i.lon, occurred_at = i.occurred_at
-                 FROM input i WHERE h.user_id = i.user_id AND h.occurred_at <= i.occurred_at)
+                 FROM input i WHERE h.user_id = i.user_id AND h.occurred_at <= i.occurred_at
+                 RETURNING 1)
              INSERT INTO holder_locations (user_id, payment_id, country, lat, lon, occurred_at)
              SELECT i.* FROM input i
              LEFT JOIN LATERAL (SELECT true AS seen FROM holder_locations h WHERE h.user_id = i.user_id LIMIT 1) s ON true
-             WHERE s.seen IS NULL",
+             WHERE s.seen IS NULL AND (SELECT count(*) FROM moved) < (SELECT count(*) FROM input)",
         )
         .await?;
     db.execute(&statement, &[&users, &payments, &countries, &lats, &lons, &times]).await?;
