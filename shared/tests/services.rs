@@ -82,8 +82,7 @@ async fn a_deadlock_victim_answers_retry_not_internal_error() {
     assert_eq!(answer.code.as_str(), "DEPENDENCY_UNAVAILABLE");
 }
 
-/// A writer's hold (`Redis::hold_for_write`, one script call for the
-/// batch): every key holds the hold value with the hold's expiry, so a
+/// A writer's hold (`Redis::hold_for_write`): every key holds the hold value with the hold's expiry, so a
 /// reader finds a miss, reads the truth and does not replace the hold.
 #[tokio::test]
 async fn a_hold_hides_every_cached_value_and_lapses() {
