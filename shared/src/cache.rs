@@ -65,6 +65,15 @@ impl Redis {
         format!("{}{}", self.config.key_prefix, name)
     }
 
+    /// `prefix + namespace + ":" + id` for each id: what
+    /// `key(&format!("{namespace}:{id}"))` builds, in one allocation and
+    /// without the formatting machinery, because a consumer builds a
+    /// thousand of these per batch (in FDS's own profile, 9 % of its
+    /// samples were in `format`).
+    pub fn id_key(&self, namespace: &str, ids: &[uuid::Uuid]) -> String {
+        id_key(&self.config.key_prefix, namespace, ids)
+    }
+
     pub fn prefix(&self) -> &str {
         &self.config.key_prefix
     }
@@ -85,7 +94,7 @@ impl Redis {
         if ids.is_empty() {
             return Ok(found);
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.key(&format!("{namespace}:{id}"))).collect();
+        let keys: Vec<String> = ids.iter().map(|id| self.id_key(namespace, &[*id])).collect();
         let mut conn = self.conn().await?;
         let cached: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         let mut misses = Vec::new();
@@ -113,7 +122,7 @@ impl Redis {
             let value = loaded.remove(&id).unwrap_or_default();
             if fill {
                 pipe.cmd("SET")
-                    .arg(self.key(&format!("{namespace}:{id}")))
+                    .arg(self.id_key(namespace, &[id]))
                     .arg(serde_json::to_string(&value).map_err(AppError::internal)?)
                     .arg("EX")
                     .arg(ttl_s)
@@ -140,7 +149,7 @@ impl Redis {
         }
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.set_ex(self.key(&format!("{namespace}:{id}")), WRITE_HOLD_VALUE, WRITE_HOLD_S).ignore();
+            pipe.set_ex(self.id_key(namespace, &[*id]), WRITE_HOLD_VALUE, WRITE_HOLD_S).ignore();
         }
         let mut conn = self.conn().await?;
         let _: () = pipe.query_async(&mut conn).await?;
@@ -157,3 +166,28 @@ pub const WRITE_HOLD_S: u64 = 60;
 /// A cache-aside fill later than this after its read is dropped: the read
 /// may predate a commit whose hold has lapsed.
 const FILL_AFTER_READ_MAX_MS: u64 = 5_000;
+
+fn id_key(prefix: &str, namespace: &str, ids: &[uuid::Uuid]) -> String {
+    let mut key = String::with_capacity(prefix.len() + namespace.len() + ids.len() * (1 + uuid::fmt::Hyphenated::LENGTH));
+    key.push_str(prefix);
+    key.push_str(namespace);
+    let mut buffer = uuid::Uuid::encode_buffer();
+    for id in ids {
+        key.push(':');
+        key.push_str(id.hyphenated().encode_lower(&mut buffer));
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    proptest::proptest! {
+        /// The same key as formatting builds, whatever the ids.
+        #[test]
+        fn id_keys_are_what_formatting_builds(a: u128, b: u128, prefix in "[a-z:]{0,12}") {
+            let (a, b) = (uuid::Uuid::from_u128(a), uuid::Uuid::from_u128(b));
+            proptest::prop_assert_eq!(super::id_key(&prefix, "fds:last", &[a]), format!("{prefix}fds:last:{a}"));
+            proptest::prop_assert_eq!(super::id_key(&prefix, "loy:count", &[a, b]), format!("{prefix}loy:count:{a}:{b}"));
+        }
+    }
+}

@@ -117,7 +117,7 @@ pub async fn merchant_facts(redis: &Redis, db: &impl GenericClient, merchants: &
 }
 
 fn count_key(redis: &Redis, merchant: Uuid, user: Uuid) -> String {
-    redis.key(&format!("loy:count:{merchant}:{user}"))
+    redis.id_key("loy:count", &[merchant, user])
 }
 
 /// Mirrors counts into Redis (one `MSET`: the counts keep no TTL, and one
