@@ -177,8 +177,11 @@ struct Partition {
     /// One past the last record delivered (successfully invoked) this run,
     /// or where delivery starts.
     next_offset: i64,
-    /// What the broker acknowledged as committed for the group.
+    /// What the broker acknowledged as committed for the group (or, after
+    /// a discovery, what it answered it has).
     committed: Option<i64>,
+    /// When the broker last acknowledged a commit of this partition.
+    committed_acked_at: Option<Instant>,
     /// When the last record of this partition arrived (or it was assigned).
     last_record_at: Instant,
 }
@@ -399,6 +402,7 @@ impl Poller {
         let topics = self.source.topics.clone();
         let timeout = Duration::from_millis(self.settings.broker_timeout_ms);
         let stop = stop.clone();
+        let asked_at = Instant::now();
         let job = tokio::task::spawn_blocking(move || discover(&consumer, &topics, timeout, &stop));
         let discovery = match job.await {
             Ok(Ok(d)) => d,
@@ -421,10 +425,10 @@ impl Poller {
         let mut new = TopicPartitionList::new();
         for (tp, committed, high) in &discovery.partitions {
             if let Some(p) = self.partitions.get_mut(tp) {
-                // Only move forward: an older answer must not undo a newer commit.
-                if let Some(c) = committed {
-                    p.committed = Some(p.committed.map_or(*c, |old| old.max(*c)));
-                }
+                let function = &self.source.function;
+                p.committed = reconcile_committed(p.committed, p.committed_acked_at, *committed, asked_at, || {
+                    tracing::warn!(%function, topic = %tp.0, partition = tp.1, believed = ?p.committed, broker = ?committed, "the broker lost an acknowledged commit; committing again");
+                });
                 continue;
             }
             let start = match committed {
@@ -439,7 +443,7 @@ impl Poller {
                 continue;
             }
             tracing::info!(function = %self.source.function, topic = %tp.0, partition = tp.1, start, committed = ?committed, "partition assigned");
-            self.partitions.insert(tp.clone(), Partition { next_offset: start, committed: *committed, last_record_at: now });
+            self.partitions.insert(tp.clone(), Partition { next_offset: start, committed: *committed, committed_acked_at: None, last_record_at: now });
         }
         if new.count() > 0 {
             if let Err(e) = self.consumer.incremental_assign(&new) {
@@ -567,9 +571,11 @@ impl Poller {
             return;
         }
         self.commit_retry_ms = self.settings.retry_first_ms;
+        let now = Instant::now();
         for (tp, offset) in offsets {
             if let Some(p) = self.partitions.get_mut(&tp) {
                 p.committed = Some(p.committed.map_or(offset, |c| c.max(offset)));
+                p.committed_acked_at = Some(now);
             }
         }
         self.commit_if_due();
@@ -590,6 +596,33 @@ impl Poller {
                     tracing::warn!(function = %self.source.function, uncommitted = ?self.uncommitted(), "stopping before the last commit was acknowledged; those records come again");
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// What the poller takes as a partition's committed offset after a
+/// discovery answered `broker` (asked at `asked_at`), when it believed
+/// `believed`, last acknowledged at `acked_at`.
+///
+/// Forward answers are always taken. A lower (or missing) answer is taken
+/// only when every acknowledgement the poller holds came before the
+/// question: a broker SIGKILLed right after acknowledging a commit can come
+/// back without it, and believing the lost commit would leave the group
+/// behind for good (nothing recommits a partition that gets no new records),
+/// so a restarted consumer would get those records again. An answer to a
+/// question asked before the latest acknowledgement may simply predate that
+/// commit and is ignored. `on_lost` runs when the broker's answer wins.
+fn reconcile_committed(believed: Option<i64>, acked_at: Option<Instant>, broker: Option<i64>, asked_at: Instant, on_lost: impl FnOnce()) -> Option<i64> {
+    match (believed, broker) {
+        (Some(b), Some(c)) if c >= b => Some(c),
+        (None, c) => c,
+        (Some(b), c) => {
+            if acked_at.is_some_and(|t| t >= asked_at) {
+                Some(b)
+            } else {
+                on_lost();
+                c
             }
         }
     }
@@ -696,5 +729,28 @@ mod tests {
         }
         let inverted = HashMap::from([("PAYSTREAM_POLLER_RETRY_FIRST_MS".to_owned(), "9000".to_owned())]);
         assert!(PollerSettings::from_vars(&inverted).is_err());
+    }
+
+    #[test]
+    fn a_lower_committed_answer_wins_only_when_asked_after_every_acknowledgement() {
+        let t0 = Instant::now();
+        let (before, after) = (t0, t0 + Duration::from_millis(10));
+        let lost = std::cell::Cell::new(0);
+        let rule = |believed, acked_at, broker, asked_at| reconcile_committed(believed, acked_at, broker, asked_at, || lost.set(lost.get() + 1));
+        // Forward answers always win; nothing is lost.
+        assert_eq!(rule(Some(5), Some(after), Some(9), before), Some(9));
+        assert_eq!(rule(None, None, Some(3), before), Some(3));
+        assert_eq!(rule(None, None, None, before), None);
+        assert_eq!(lost.get(), 0);
+        // Asked before the acknowledgement: the answer may predate the commit.
+        assert_eq!(rule(Some(9), Some(after), Some(5), before), Some(9));
+        assert_eq!(rule(Some(9), Some(after), None, before), Some(9));
+        assert_eq!(lost.get(), 0);
+        // Asked after it: the broker lost the commit, and its answer is the truth.
+        assert_eq!(rule(Some(9), Some(before), Some(5), after), Some(5));
+        assert_eq!(rule(Some(9), Some(before), None, after), None);
+        // A belief from an earlier answer, never acknowledged to this poller.
+        assert_eq!(rule(Some(9), None, Some(5), before), Some(5));
+        assert_eq!(lost.get(), 3);
     }
 }

@@ -343,6 +343,42 @@ async fn a_commit_waits_out_the_commit_interval() {
     task.await.unwrap();
 }
 
+/// A broker SIGKILLed just after acknowledging a commit can come back
+/// without it. The poller must not go on believing that commit: it finds the
+/// group behind on its next discovery and commits again, without delivering
+/// anything twice. The lost commit is made deterministic here by rewinding
+/// the group's offset behind the poller's back (what the restarted broker
+/// would answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_the_broker_lost_is_made_again() {
+    let config = Config::from_env().unwrap();
+    let topic = format!("poller-lost-commit-{}", unique_suffix());
+    create_topics(&config, &[(&topic, 1)]).await;
+    let producer = EventProducer::new(&config.kafka, "tests").unwrap();
+    for i in 0..5 {
+        let value = format!("record-{i}");
+        producer.publish(OutgoingRecord { topic: &topic, key: b"k", payload: value.as_bytes(), headers: &[] }).await.unwrap();
+    }
+    let (endpoint, calls) = flaky_lambda(0).await;
+    let source = source(&topic, 100, 0);
+    let group = source.consumer_group_id.clone();
+    let (stop_tx, task) = start_poller(&config, source, endpoint);
+    eventually(Duration::from_secs(30), "the batch committed", || committed(&config, &group, &topic, 0) == Offset::Offset(5)).await;
+
+    // The broker "forgets" the commit: the group stands at 2 again.
+    let rewind: StreamConsumer = client_config(&config.kafka, "probe").set("group.id", &group).set("enable.auto.commit", "false").create().unwrap();
+    let mut at_two = TopicPartitionList::new();
+    at_two.add_partition_offset(&topic, 0, Offset::Offset(2)).unwrap();
+    rewind.commit(&at_two, rdkafka::consumer::CommitMode::Sync).unwrap();
+    assert_eq!(committed(&config, &group, &topic, 0), Offset::Offset(2), "the rewind took");
+
+    // Within a few discoveries (500 ms each here) the poller commits 5 again.
+    eventually(Duration::from_secs(30), "the poller commits what the broker lost", || committed(&config, &group, &topic, 0) == Offset::Offset(5)).await;
+    stop_tx.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(delivered(&calls), (0..5).map(|o| (0, o)).collect::<Vec<_>>(), "each record delivered once: only the commit is made again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_during_retries_stops_promptly_and_leaves_the_batch_uncommitted() {
     let config = Config::from_env().unwrap();
