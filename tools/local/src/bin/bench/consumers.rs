@@ -354,7 +354,7 @@ fn time_decode(batches: &[Batch], payments: bool) -> (usize, Duration) {
     let started = Instant::now();
     for batch in batches {
         let event: KafkaEvent = serde_json::from_slice(&batch.event_json).expect("MSK event");
-        let in_records = msk::ordered_records(&event);
+        let in_records = msk::ordered_records(event);
         records += if payments { decode_all(&in_records, decode_payment).0.len() } else { decode_all(&in_records, decode_order).0.len() };
     }
     (records, started.elapsed())
