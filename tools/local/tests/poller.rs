@@ -267,16 +267,23 @@ async fn publish_until_acknowledged(producer: &mut EventProducer, config: &Confi
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_invocation_gets_the_same_batch_again_and_commits_only_after_success() {
-    let config = Config::from_env().unwrap();
-    let topic = format!("poller-{}", unique_suffix());
-    create_topics(&config, &[(&topic, 1)]).await;
+/// A new one-partition topic named after `prefix` holding `record-0` to
+/// `record-4` (key `k`, each with `headers`).
+async fn topic_of_five_records(config: &Config, prefix: &str, headers: &[(&str, &[u8])]) -> String {
+    let topic = format!("{prefix}-{}", unique_suffix());
+    create_topics(config, &[(&topic, 1)]).await;
     let producer = EventProducer::new(&config.kafka, "tests").unwrap();
     for i in 0..5 {
         let value = format!("record-{i}");
-        producer.publish(OutgoingRecord { topic: &topic, key: b"k", payload: value.as_bytes(), headers: &[("h", b"v")] }).await.unwrap();
+        producer.publish(OutgoingRecord { topic: &topic, key: b"k", payload: value.as_bytes(), headers }).await.unwrap();
     }
+    topic
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_invocation_gets_the_same_batch_again_and_commits_only_after_success() {
+    let config = Config::from_env().unwrap();
+    let topic = topic_of_five_records(&config, "poller", &[("h", b"v")]).await;
 
     let (endpoint, calls) = flaky_lambda(1).await;
     let source = source(&topic, 100, 1);
@@ -352,13 +359,7 @@ async fn a_commit_waits_out_the_commit_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_the_broker_lost_is_made_again() {
     let config = Config::from_env().unwrap();
-    let topic = format!("poller-lost-commit-{}", unique_suffix());
-    create_topics(&config, &[(&topic, 1)]).await;
-    let producer = EventProducer::new(&config.kafka, "tests").unwrap();
-    for i in 0..5 {
-        let value = format!("record-{i}");
-        producer.publish(OutgoingRecord { topic: &topic, key: b"k", payload: value.as_bytes(), headers: &[] }).await.unwrap();
-    }
+    let topic = topic_of_five_records(&config, "poller-lost-commit", &[]).await;
     let (endpoint, calls) = flaky_lambda(0).await;
     let source = source(&topic, 100, 0);
     let group = source.consumer_group_id.clone();
