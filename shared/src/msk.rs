@@ -71,6 +71,148 @@ pub fn ordered_records(event: KafkaEvent) -> Vec<InRecord> {
     records
 }
 
+/// The MSK event as it arrives, only what [`InRecord`] keeps: key and
+/// value borrowed from the payload (base64 has no escapes, so nothing is
+/// copied before decoding), the timestamp as the integer milliseconds MSK
+/// sends, and each header straight into a name and its bytes.
+///
+/// Why not parse `aws_lambda_events`' `KafkaEvent` here: it keeps every
+/// header as its own `HashMap<String, Vec<i8>>` and reads the timestamp
+/// through a float (1,733,300,000,123 ms came back as ...122). The unit
+/// test `the_wire_parse_agrees_with_aws_lambda_events` holds the two to the
+/// same records.
+#[derive(serde::Deserialize)]
+struct WireEvent<'a> {
+    #[serde(borrow, default)]
+    records: Option<std::collections::HashMap<std::borrow::Cow<'a, str>, Vec<WireRecord<'a>>>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireRecord<'a> {
+    #[serde(borrow, default)]
+    topic: Option<std::borrow::Cow<'a, str>>,
+    partition: i64,
+    offset: i64,
+    #[serde(deserialize_with = "millis")]
+    timestamp: i64,
+    #[serde(borrow, default)]
+    key: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    value: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    headers: WireHeaders,
+}
+
+/// A record's timestamp in milliseconds: MSK sends a number;
+/// `aws_lambda_events` writes a string of digits (so do tools that build
+/// events with it), and reads both, so this does too.
+fn millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Millis;
+    impl serde::de::Visitor<'_> for Millis {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("milliseconds since the epoch, as an integer or a string of digits")
+        }
+        fn visit_i64<E: serde::de::Error>(self, ms: i64) -> Result<i64, E> {
+            Ok(ms)
+        }
+        fn visit_u64<E: serde::de::Error>(self, ms: u64) -> Result<i64, E> {
+            i64::try_from(ms).map_err(|_| E::custom("timestamp out of range"))
+        }
+        fn visit_str<E: serde::de::Error>(self, ms: &str) -> Result<i64, E> {
+            ms.parse().map_err(|_| E::invalid_value(serde::de::Unexpected::Str(ms), &self))
+        }
+    }
+    deserializer.deserialize_any(Millis)
+}
+
+/// MSK's headers: a list of one-entry objects, each value the header's
+/// bytes as signed numbers. Read into one flat list of (name, bytes).
+#[derive(Default)]
+struct WireHeaders(Vec<(String, Vec<u8>)>);
+
+impl<'de> serde::Deserialize<'de> for WireHeaders {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Headers;
+        impl<'de> serde::de::Visitor<'de> for Headers {
+            type Value = WireHeaders;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of objects of header name to an array of signed bytes")
+            }
+            fn visit_unit<E>(self) -> Result<WireHeaders, E> {
+                Ok(WireHeaders::default())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<WireHeaders, A::Error> {
+                let mut headers = WireHeaders(Vec::with_capacity(seq.size_hint().unwrap_or(2)));
+                while seq.next_element_seed(OneHeader(&mut headers.0))?.is_some() {}
+                Ok(headers)
+            }
+        }
+        deserializer.deserialize_any(Headers)
+    }
+}
+
+/// One `{name: [bytes]}` object of [`WireHeaders`], appended to the list.
+struct OneHeader<'h>(&'h mut Vec<(String, Vec<u8>)>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for OneHeader<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for OneHeader<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object of header name to an array of signed bytes")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some((name, bytes)) = map.next_entry::<String, Vec<i8>>()? {
+            // i8 to u8 keeps the layout: the vector is reused in place.
+            self.0.push((name, bytes.into_iter().map(|b| b as u8).collect()));
+        }
+        Ok(())
+    }
+}
+
+/// Every record of an MSK event's JSON, in [`ordered_records`]' order, or
+/// why the payload is not an MSK event (with the path of what did not
+/// parse, worked out only then: a second, slower pass).
+pub fn parse_records(raw: &serde_json::value::RawValue) -> Result<Vec<InRecord>, AppError> {
+    let event: WireEvent<'_> = serde_json::from_str(raw.get()).map_err(|plain| {
+        let detail = match serde_path_to_error::deserialize::<_, WireEvent<'_>>(&mut serde_json::Deserializer::from_str(raw.get())) {
+            Err(e) => format!("the invocation's payload is not an MSK event: [{}] {}", e.path(), e.inner()),
+            Ok(_) => format!("the invocation's payload is not an MSK event: {plain}"),
+        };
+        AppError::new(crate::error::ErrorCode::MalformedBody, detail)
+    })?;
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let mut records: Vec<InRecord> = event
+        .records
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|(group, records)| {
+            records.into_iter().map(move |r| InRecord {
+                // MSK names the group `topic-partition`; the record repeats the topic.
+                topic: r.topic.unwrap_or_else(|| group.rsplit_once('-').map_or(group.clone(), |(t, _)| t.to_owned().into())).into_owned(),
+                partition: r.partition as i32,
+                offset: r.offset,
+                timestamp_ms: r.timestamp,
+                key: r.key.and_then(|k| b64.decode(k.as_bytes()).ok()),
+                value: match r.value {
+                    Some(v) => b64.decode(v.as_bytes()).map_err(|e| format!("value is not base64: {e}")),
+                    None => Err("record has no value".to_owned()),
+                },
+                headers: r.headers.0,
+            })
+        })
+        .collect();
+    records.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
+    Ok(records)
+}
+
 /// A record that cannot be processed, and why.
 #[derive(Debug)]
 pub struct Poison<'a> {
@@ -243,10 +385,16 @@ pub trait BatchConsumer: Send + Sync + 'static {
     fn handle(&self, records: Vec<InRecord>) -> impl Future<Output = Result<BatchOutcome, AppError>> + Send;
 }
 
-/// Handles one MSK event: logs one line with the outcome; an error fails the
-/// invocation so the event source retries the batch.
+/// Handles one MSK event built as `aws_lambda_events`' type (tests and
+/// tools build events that way): [`handle_records`] of its records.
 pub async fn handle_event<C: BatchConsumer>(consumer: &C, event: KafkaEvent, request_id: &str) -> Result<BatchOutcome, AppError> {
-    let records = ordered_records(event);
+    handle_records(consumer, ordered_records(event), request_id).await
+}
+
+/// Handles one MSK event's records ([`parse_records`] or
+/// [`ordered_records`]): logs one line with the outcome; an error fails
+/// the invocation so the event source retries the batch.
+pub async fn handle_records<C: BatchConsumer>(consumer: &C, records: Vec<InRecord>, request_id: &str) -> Result<BatchOutcome, AppError> {
     let span = tracing::info_span!("batch", request_id = %request_id, records = records.len());
     async move {
         let started = Instant::now();
@@ -270,7 +418,7 @@ pub async fn handle_event<C: BatchConsumer>(consumer: &C, event: KafkaEvent, req
 }
 
 /// The payload a consumer's handler takes from the runtime: the MSK event's
-/// JSON, checked and copied but not yet parsed ([`parse_event`] does that).
+/// JSON, checked and copied but not yet parsed ([`parse_records`] does that).
 ///
 /// Why not `LambdaEvent<KafkaEvent>`: lambda_runtime deserializes a
 /// handler's payload through `serde_path_to_error`, which keeps the path
@@ -289,20 +437,6 @@ pub fn raw_event_as_the_runtime_reads_it(body: &[u8]) -> Result<RawEvent, serde_
     serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
 }
 
-/// The MSK event (the `aws_lambda_events` type, exactly as MSK delivers it)
-/// from the runtime's raw payload. An event that is not one fails the
-/// invocation with the path of what did not parse; only then is the path
-/// worked out (a second, slower pass).
-pub fn parse_event(raw: &serde_json::value::RawValue) -> Result<KafkaEvent, AppError> {
-    serde_json::from_str(raw.get()).map_err(|plain| {
-        let detail = match serde_path_to_error::deserialize::<_, KafkaEvent>(&mut serde_json::Deserializer::from_str(raw.get())) {
-            Err(e) => format!("the invocation's payload is not an MSK event: [{}] {}", e.path(), e.inner()),
-            Ok(_) => format!("the invocation's payload is not an MSK event: {plain}"),
-        };
-        AppError::new(crate::error::ErrorCode::MalformedBody, detail)
-    })
-}
-
 /// Runs `consumer` as a Lambda function until the runtime shuts it down
 /// (concurrent as [`crate::http::run`] when `AWS_LAMBDA_MAX_CONCURRENCY` is
 /// set; an event source mapping invokes one batch per partition at a time).
@@ -313,8 +447,8 @@ pub async fn run<C: BatchConsumer>(consumer: C) -> Result<(), lambda_runtime::Er
         let consumer = Arc::clone(&consumer);
         async move {
             crate::metrics::invocation_started(&event.context.request_id);
-            let outcome = match parse_event(&event.payload) {
-                Ok(kafka) => handle_event(consumer.as_ref(), kafka, &event.context.request_id).await,
+            let outcome = match parse_records(&event.payload) {
+                Ok(records) => handle_records(consumer.as_ref(), records, &event.context.request_id).await,
                 Err(err) => {
                     tracing::error!(request_id = %event.context.request_id, code = err.code.as_str(), detail = %err.detail, "invocation failed");
                     Err(err)
@@ -395,24 +529,51 @@ mod tests {
     }
 
     #[test]
-    fn the_raw_event_parses_as_the_runtime_would_have_and_a_bad_one_names_the_field() {
+    fn the_wire_parse_agrees_with_aws_lambda_events_and_a_bad_event_names_the_field() {
         let records = [
-            OutRecordForEvent { topic: "payment-stream", partition: 2, offset: 7, timestamp_ms: 1_733_300_000_123, key: Some(b"u1"), value: b"v", headers: &[("event-id", b"e1")] },
+            OutRecordForEvent { topic: "payment-stream", partition: 2, offset: 7, timestamp_ms: 1_733_300_000_123, key: Some(b"u1"), value: b"v", headers: &[("event-id", b"e1"), ("h", b"x\xff\x80")] },
+            OutRecordForEvent { topic: "payment-stream", partition: 2, offset: 5, timestamp_ms: 1, key: None, value: b"\xff\xff", headers: &[] },
+            OutRecordForEvent { topic: "order-stream", partition: 0, offset: 9, timestamp_ms: 2, key: Some(b"o1"), value: b"w", headers: &[("event-type", b"order.accepted")] },
         ];
-        let json = serde_json::to_vec(&build_event("arn:aws:kafka:local", &records)).unwrap();
-        let raw = raw_event_as_the_runtime_reads_it(&json).unwrap();
-        let parsed = parse_event(&raw).unwrap();
-        let direct: KafkaEvent = serde_json::from_slice(&json).unwrap();
-        assert_eq!(serde_json::to_value(&parsed).unwrap(), serde_json::to_value(&direct).unwrap());
-        // aws_lambda_events reads the time through a float: within 1 ms.
-        assert!((ordered_records(parsed)[0].timestamp_ms - 1_733_300_000_123).abs() <= 1);
+        let built = serde_json::to_string(&build_event("arn:aws:kafka:local", &records)).unwrap();
+        // JSON may escape a slash: base64 "//8=" written as "\/\/8=".
+        assert!(built.contains("\"//8=\""));
+        let escaped = built.replace("\"//8=\"", "\"\\/\\/8=\"");
+        // aws_lambda_events writes the timestamp as a string of digits.
+        let rewritten = serde_json::to_string(&serde_json::from_str::<KafkaEvent>(&built).unwrap()).unwrap();
+        assert!(rewritten.contains("\"timestamp\":\"2\""), "{rewritten}");
+        let mut samples = vec![built.clone(), escaped, rewritten];
+        // The sample MSK events committed for `sam local invoke`.
+        for sample in ["fds-consumer/payment-batch.json", "loyalty-consumer/payment-batch.json", "benefit-consumer/payment-batch.json", "settle/order-batch.json"] {
+            samples.push(std::fs::read_to_string(format!("{}/../events/{sample}", env!("CARGO_MANIFEST_DIR"))).unwrap());
+        }
+        for json in &samples {
+            let wire = parse_records(&raw_event_as_the_runtime_reads_it(json.as_bytes()).unwrap()).unwrap();
+            let reference = ordered_records(serde_json::from_str::<KafkaEvent>(json).unwrap());
+            assert!(!wire.is_empty());
+            assert_eq!(wire.len(), reference.len());
+            for (w, r) in wire.iter().zip(&reference) {
+                assert_eq!((&w.topic, w.partition, w.offset, &w.key, &w.value, &w.headers), (&r.topic, r.partition, r.offset, &r.key, &r.value, &r.headers));
+                // aws_lambda_events reads the time through a float.
+                assert!((w.timestamp_ms - r.timestamp_ms).abs() <= 1);
+            }
+        }
+        let wire = parse_records(&raw_event_as_the_runtime_reads_it(built.as_bytes()).unwrap()).unwrap();
+        assert_eq!(wire.iter().map(|r| (r.topic.as_str(), r.offset)).collect::<Vec<_>>(), [("order-stream", 9), ("payment-stream", 5), ("payment-stream", 7)]);
+        assert_eq!(wire[2].timestamp_ms, 1_733_300_000_123, "the milliseconds exactly");
+        assert_eq!(wire[1].value.as_deref().unwrap(), b"\xff\xff");
+        assert_eq!(wire[2].headers, vec![("event-id".to_owned(), b"e1".to_vec()), ("h".to_owned(), b"x\xff\x80".to_vec())], "bytes above 127 survive MSK's signed bytes");
 
-        let mut bad: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let mut bad: serde_json::Value = serde_json::from_str(&built).unwrap();
         bad["records"]["payment-stream-2"][0]["offset"] = serde_json::json!("seven");
         let raw = raw_event_as_the_runtime_reads_it(&serde_json::to_vec(&bad).unwrap()).unwrap();
-        let err = parse_event(&raw).unwrap_err();
+        let err = parse_records(&raw).unwrap_err();
         assert_eq!(err.code, crate::error::ErrorCode::MalformedBody);
         assert!(err.detail.contains("records.payment-stream-2[0].offset"), "{}", err.detail);
+        bad["records"]["payment-stream-2"][0]["offset"] = serde_json::json!(7);
+        bad["records"]["payment-stream-2"][0]["headers"] = serde_json::json!([{"h": "not bytes"}]);
+        let err = parse_records(&raw_event_as_the_runtime_reads_it(&serde_json::to_vec(&bad).unwrap()).unwrap()).unwrap_err();
+        assert!(err.detail.contains("records.payment-stream-2[0].headers"), "{}", err.detail);
         assert!(raw_event_as_the_runtime_reads_it(b"{\"records\": ").is_err(), "not JSON: the runtime refuses it");
     }
 

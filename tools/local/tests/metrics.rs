@@ -135,7 +135,7 @@ async fn real_invocations_emit_counters_latencies_and_one_cold_start_as_emf() {
     let (fds_binary, fds_out) = capturing(&dir, "fds-consumer");
     let fds = host(&platform.config, "fds-consumer", fds_binary).await;
     // A payload that is not an MSK event fails its invocation, naming the
-    // field (the consumer parses the runtime's raw JSON itself: msk::parse_event),
+    // field (the consumer parses the runtime's raw JSON itself: msk::parse_records),
     // and the same environment serves the next one.
     let not_msk = Bytes::from_static(br#"{"eventSource":"aws:kafka","records":{"t-0":[{"partition":"zero"}]}}"#);
     match fds.invoke("fds-consumer", not_msk).await {

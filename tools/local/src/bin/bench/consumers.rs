@@ -2,8 +2,8 @@
 //! new events, against the local PostgreSQL and Redis, doing what its
 //! Lambda does per invocation: the runtime's pass over the invocation's
 //! body and the handler's parse of the MSK event (JSON, base64 records:
-//! `msk::raw_event_as_the_runtime_reads_it`, `msk::parse_event`), handle it
-//! (`msk::handle_event`), write its JSON log lines and flush its EMF
+//! `msk::raw_event_as_the_runtime_reads_it`, `msk::parse_records`), handle them
+//! (`msk::handle_records`), write its JSON log lines and flush its EMF
 //! metrics (to /dev/null while timed, where Lambda has CloudWatch).
 //!
 //! Two shapes, each after one untimed warm-up batch per consumer instance:
@@ -40,7 +40,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::event::kafka::KafkaEvent;
 use paystream::db::PgPool;
 use paystream::demo;
 use paystream::events::{decode_order, decode_payment, OrderEvent, PaymentEvent, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
@@ -302,9 +301,9 @@ fn payment_batch(events: &[PaymentEvent], partition: i32, first_offset: i64) -> 
 
 /// One invocation, as `msk::run` does it: parse, handle, flush metrics.
 async fn invoke<C: BatchConsumer>(consumer: &C, batch: &Batch, request_id: &str) {
-    let event = msk_event(&batch.event_json);
+    let records = msk_records(&batch.event_json);
     paystream::metrics::invocation_started(request_id);
-    let outcome = msk::handle_event(consumer, event, request_id).await.expect("batch handled");
+    let outcome = msk::handle_records(consumer, records, request_id).await.expect("batch handled");
     paystream::metrics::flush();
     assert_eq!(outcome.dead_lettered, 0, "bench records are well formed");
     assert_eq!(outcome.applied, batch.records, "every bench record is new");
@@ -351,18 +350,17 @@ async fn invoke_round<C: BatchConsumer>(consumers: &[Arc<C>], batches: &[Batch])
 }
 
 /// Parsing the MSK event and decoding every record: the floor.
-/// The event as the consumer's handler gets it in Lambda: what the runtime
-/// does with the invocation's body, then the handler's own parse.
-fn msk_event(body: &[u8]) -> KafkaEvent {
-    msk::parse_event(&msk::raw_event_as_the_runtime_reads_it(body).expect("JSON")).expect("MSK event")
+/// The event's records as the consumer's handler gets them in Lambda: what
+/// the runtime does with the invocation's body, then the handler's own parse.
+fn msk_records(body: &[u8]) -> Vec<msk::InRecord> {
+    msk::parse_records(&msk::raw_event_as_the_runtime_reads_it(body).expect("JSON")).expect("MSK event")
 }
 
 fn time_decode(batches: &[Batch], payments: bool) -> (usize, Duration) {
     let mut records = 0;
     let started = Instant::now();
     for batch in batches {
-        let event = msk_event(&batch.event_json);
-        let in_records = msk::ordered_records(event);
+        let in_records = msk_records(&batch.event_json);
         records += if payments { decode_all(&in_records, decode_payment).0.len() } else { decode_all(&in_records, decode_order).0.len() };
     }
     (records, started.elapsed())
