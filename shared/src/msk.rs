@@ -236,9 +236,12 @@ pub fn decode_all<'a, T, E: std::fmt::Display>(
     (good, poison)
 }
 
-/// Publishes poison records to `<topic>.dlq` (key and value as received,
-/// reason and origin in headers). Fails, so the batch is retried, only when
-/// the DLQ itself cannot be written: a record is never dropped.
+/// Publishes poison records to `<topic>.dlq`: key, value and headers as
+/// received (so whoever replays it still has its `event-id` and
+/// `event-type`), reason and origin in `dlq-*` headers first (an earlier
+/// trip's `dlq-*` headers are dropped, so each name appears once). Fails, so
+/// the batch is retried, only when the DLQ itself cannot be written: a
+/// record is never dropped.
 pub async fn dead_letter(producer: &EventProducer, consumer: &str, poison: &[Poison<'_>]) -> Result<(), AppError> {
     for p in poison {
         let dlq = format!("{}.dlq", p.record.topic);
@@ -249,19 +252,16 @@ pub async fn dead_letter(producer: &EventProducer, consumer: &str, poison: &[Poi
             Err(_) => Vec::new(),
         };
         tracing::warn!(topic = %p.record.topic, partition = p.record.partition, offset = p.record.offset, reason = %p.reason, "poison record to DLQ");
+        let mut headers: Vec<(&str, &[u8])> = vec![
+            (HEADER_DLQ_REASON, p.reason.as_bytes()),
+            ("dlq-source-topic", p.record.topic.as_bytes()),
+            ("dlq-source-partition", partition.as_bytes()),
+            ("dlq-source-offset", offset.as_bytes()),
+            ("dlq-consumer", consumer.as_bytes()),
+        ];
+        headers.extend(p.record.headers.iter().filter(|(name, _)| !name.starts_with("dlq-")).map(|(name, value)| (name.as_str(), value.as_slice())));
         producer
-            .publish(OutgoingRecord {
-                topic: &dlq,
-                key: p.record.key.as_deref().unwrap_or_default(),
-                payload: &raw,
-                headers: &[
-                    (HEADER_DLQ_REASON, p.reason.as_bytes()),
-                    ("dlq-source-topic", p.record.topic.as_bytes()),
-                    ("dlq-source-partition", partition.as_bytes()),
-                    ("dlq-source-offset", offset.as_bytes()),
-                    ("dlq-consumer", consumer.as_bytes()),
-                ],
-            })
+            .publish(OutgoingRecord { topic: &dlq, key: p.record.key.as_deref().unwrap_or_default(), payload: &raw, headers: &headers })
             .await?;
     }
     Ok(())

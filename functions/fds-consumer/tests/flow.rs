@@ -212,6 +212,12 @@ async fn poison_records_go_to_the_dlq_and_the_batch_goes_on() {
     assert!(reasons.iter().any(|r| r.contains("JSON")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("version 9")), "{reasons:?}");
     assert!(dlq.iter().any(|r| r.value == b"{not json"), "the original bytes are kept");
+    for r in &dlq {
+        assert_eq!(r.key.as_deref(), Some(ALICE.to_string().as_bytes()), "the original key is kept");
+        let names: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["dlq-reason", "dlq-source-topic", "dlq-source-partition", "dlq-source-offset", "dlq-consumer", "event-type"], "the original headers follow the DLQ's");
+        assert_eq!(r.headers[5].1, b"payment.received");
+    }
 }
 
 #[tokio::test]

@@ -69,13 +69,14 @@ impl World {
         }
     }
 
-    /// Publishes raw values (keyed by alice) and returns the MSK event that
-    /// delivers exactly them.
+    /// Publishes raw values (keyed by alice, with an `event-type` header as
+    /// pay sends) and returns the MSK event that delivers exactly them.
     pub async fn deliver_raw(&mut self, values: &[Vec<u8>]) -> aws_lambda_events::event::kafka::KafkaEvent {
         for value in values {
             let key = ALICE.to_string();
+            let headers: &[(&str, &[u8])] = &[(paystream::events::HEADER_EVENT_TYPE, b"payment.received")];
             self.producer
-                .publish(OutgoingRecord { topic: &self.config.kafka.payment_topic, key: key.as_bytes(), payload: value, headers: &[] })
+                .publish(OutgoingRecord { topic: &self.config.kafka.payment_topic, key: key.as_bytes(), payload: value, headers })
                 .await
                 .unwrap();
         }
