@@ -3,6 +3,16 @@
 
 use serde_yaml::Value;
 
+/// Lambda gives a function CPU in proportion to its `MemorySize`: at this
+/// many MB, one vCPU-second each second (AWS Lambda developer guide,
+/// "Configuring Lambda function memory").
+pub const LAMBDA_MB_PER_VCPU: u64 = 1_769;
+
+/// The vCPUs' worth of CPU time a function of `memory_mb` gets each second.
+pub fn vcpu_share(memory_mb: u64) -> f64 {
+    memory_mb as f64 / LAMBDA_MB_PER_VCPU as f64
+}
+
 /// A function (`AWS::Serverless::Function`), with `Globals.Function` applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FunctionDef {
@@ -241,6 +251,13 @@ mod tests {
         assert_eq!((pay.logical_id.as_str(), pay.binary.as_str(), pay.timeout_s, pay.memory_mb), ("PayFunction", "pay", 10, 256), "Globals apply");
         let fds = t.functions.iter().find(|f| f.name == "fds-consumer").unwrap();
         assert_eq!(fds.timeout_s, 60, "a function's own Timeout wins over Globals");
+        // A consumer's batch is CPU work: at 256 MB its measured CPU per
+        // record caps a partition below the consumer's target.
+        for source in &t.msk_sources {
+            let f = t.functions.iter().find(|f| f.name == source.function).unwrap();
+            assert!(vcpu_share(f.memory_mb) >= 1.0, "{} has {} MB: less than one vCPU", f.name, f.memory_mb);
+        }
+        assert!(vcpu_share(pay.memory_mb) < 0.2, "Globals' 256 MB for the HTTP functions");
         let by_id = Template::load(std::path::Path::new(TEMPLATE), InvokeNames::LogicalId).unwrap();
         assert!(by_id.functions.iter().any(|f| f.name == "PayFunction" && f.binary == "pay"));
     }

@@ -35,7 +35,9 @@
 //! committed in one statement. Cost: CPU microseconds per record for this
 //! process (where the handler runs) and each server, and the Lambda GB-s
 //! per million records that follow from the batch duration and the
-//! template's `MemorySize`.
+//! template's `MemorySize`, and the rate that the CPU Lambda gives at that
+//! size (`MemorySize` / 1,769 of a vCPU) allows at the CPU per record
+//! measured here (and at the Globals' 256 MB, for comparison).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -443,7 +445,10 @@ pub async fn run(batches: usize) {
     paystream::telemetry::init("info");
     paystream::metrics::install("bench-consumers", Instant::now());
     let template = paystream_local::template::Template::from_env().expect("template.yaml (run from the repository root)");
-    let memory_mb = |binary: &str| template.functions.iter().find(|f| f.binary == binary).map_or(128, |f| f.memory_mb);
+    let function_def = |binary: &str| template.functions.iter().find(|f| f.binary == binary).expect("every consumer is in template.yaml");
+    // The Globals' size, which the HTTP functions keep and the consumers
+    // had before they were given one vCPU: their CPU caps show at both.
+    let http_memory_mb = function_def("pay").memory_mb;
     // The handlers' logs and metrics are written as in Lambda, unseen.
     let quiet = crate::stats::QuietStdout::new();
     eprintln!("bench consumers: setting up (users, cards, {HISTORY_ORDERS} orders of history)");
@@ -571,8 +576,9 @@ pub async fn run(batches: usize) {
     );
 
     println!(
-        "{:<38} {:>10} {:>9} {:>9} {:>10} {:>10} | {:>31} | {:>9}",
-        "path", "records/s", "ms/batch", "target/s", "vs decode", "vs raw ins", "CPU us/record: fn pg redis", "GB-s/1M"
+        "{:<38} {:>10} {:>9} {:>9} {:>10} {:>10} | {:>31} | {:>9} | {:>10} {:>10}",
+        "path", "records/s", "ms/batch", "target/s", "vs decode", "vs raw ins", "CPU us/record: fn pg redis", "GB-s/1M",
+        format!("cap@{http_memory_mb}MB"), "cap@tmpl"
     );
     println!("{:<38} {:>10.0} {:>9.2} {:>9} {:>9.3}x {:>10}", "baseline: parse + decode payments", payment_floor, 1e3 * BATCH_RECORDS as f64 / payment_floor, "-", 1.0, "-");
     println!("{:<38} {:>10.0} {:>9.2} {:>9} {:>9.3}x {:>10}", "baseline: parse + decode orders", order_floor, 1e3 * BATCH_RECORDS as f64 / order_floor, "-", 1.0, "-");
@@ -585,11 +591,18 @@ pub async fn run(batches: usize) {
         let parallel_batches = if row.name.contains("parallel") { PARTITIONS } else { 1 };
         // Each batch is one invocation lasting its round's wall time.
         let invocation_s = t.elapsed.as_secs_f64() / (batches_run / parallel_batches) as f64;
-        let gb_s_per_million = invocation_s * (memory_mb(row.function) as f64 / 1024.0) * (1e6 / BATCH_RECORDS as f64);
+        let function = function_def(row.function);
+        let gb_s_per_million = invocation_s * (function.memory_mb as f64 / 1024.0) * (1e6 / BATCH_RECORDS as f64);
         let costs = cpu::per_op_us(&t.cpu_before, &t.cpu_after, t.records);
         let cost = |name: &str| costs.iter().find(|(n, _)| *n == name).map_or(0.0, |(_, us)| *us);
+        // The most records a second this row's environments could handle
+        // if the CPU Lambda gives them at `memory_mb` were their only
+        // limit: their vCPU share over this process's CPU per record.
+        let fn_cpu_cap_per_s = |memory_mb: u64| {
+            parallel_batches as f64 * paystream_local::template::vcpu_share(memory_mb) * 1e6 / cost("this process").max(f64::EPSILON)
+        };
         println!(
-            "{:<38} {:>10.0} {:>9.2} {:>9.0} {:>9.3}x {:>9.3}x | {:>9.1} {:>9.1} {:>9.1}  | {:>9.1}",
+            "{:<38} {:>10.0} {:>9.2} {:>9.0} {:>9.3}x {:>9.3}x | {:>9.1} {:>9.1} {:>9.1}  | {:>9.1} | {:>10.0} {:>10.0}",
             row.name,
             rate,
             1e3 * invocation_s,
@@ -600,7 +613,14 @@ pub async fn run(batches: usize) {
             cost("postgres"),
             cost("redis-server"),
             gb_s_per_million,
+            fn_cpu_cap_per_s(http_memory_mb),
+            fn_cpu_cap_per_s(function.memory_mb),
         );
     }
     println!("GB-s/1M: Lambda GB-seconds per million records at the template's MemorySize, from the measured batch duration");
+    println!(
+        "cap@: the records/s the row's environments could not exceed on Lambda, where a function gets MemorySize / {} of a vCPU: \
+         that share over the fn CPU per record measured here (x86; Graviton differs), at {http_memory_mb} MB and at the template's MemorySize",
+        paystream_local::template::LAMBDA_MB_PER_VCPU
+    );
 }
