@@ -440,7 +440,9 @@ struct Row {
     raw_insert_per_s: f64,
 }
 
-pub async fn run(batches: usize) {
+/// `only`: measure just the consumers whose name contains it (e.g.
+/// `loyalty`), for comparing one consumer's variants in shorter runs.
+pub async fn run(batches: usize, only: Option<&str>) {
     assert!(batches > 0, "batches must be positive");
     paystream::telemetry::init("info");
     paystream::metrics::install("bench-consumers", Instant::now());
@@ -534,14 +536,17 @@ pub async fn run(batches: usize) {
 
     eprintln!("bench consumers: measuring");
     let mut rows = Vec::new();
+    let wanted = |function: &str| only.is_none_or(|only| function.contains(only));
     macro_rules! measure {
         ($function:literal, $make:expr, $rounds:expr, $target:expr, $floor:expr, $raw:expr) => {{
+            if wanted($function) {
             let one = vec![Arc::new($make)];
             let timed = time_rounds(&one, &$rounds.0).await;
             rows.push(Row { name: format!("{} (1 partition)", $function), function: $function, timed, target_per_s: $target, decode_per_s: $floor, raw_insert_per_s: $raw });
             let three: Vec<_> = (0..PARTITIONS).map(|_| Arc::new($make)).collect();
             let timed = time_rounds(&three, &$rounds.1).await;
             rows.push(Row { name: format!("{} ({PARTITIONS} in parallel)", $function), function: $function, timed, target_per_s: $target, decode_per_s: $floor, raw_insert_per_s: $raw });
+            }
         }};
     }
     // The spec's targets (1,000-record batches).
@@ -554,11 +559,21 @@ pub async fn run(batches: usize) {
     // configured run's. Each consumer sees every payment batch once, in
     // slot order, so group 0's locations carry on from run to run.
     let configured_shards = config.consumer.batch_shards;
-    for (function, target, timed) in [
-        ("fds-consumer", FDS_TARGET_PER_S, time_rounds(&[Arc::new(fds_consumer::Fds::new(one_transaction_platform("fds-consumer")))], &one_transaction).await),
-        ("loyalty-consumer", LOYALTY_TARGET_PER_S, time_rounds(&[Arc::new(loyalty_consumer::Loyalty::new(one_transaction_platform("loyalty-consumer")))], &one_transaction).await),
-    ] {
-        rows.push(Row { name: format!("{function} (1 partition, 1 tx)"), function, timed, target_per_s: target, decode_per_s: payment_floor, raw_insert_per_s: payment_raw });
+    let one_transaction_row = |function: &'static str, target_per_s: f64, timed: Timed| Row {
+        name: format!("{function} (1 partition, 1 tx)"),
+        function,
+        timed,
+        target_per_s,
+        decode_per_s: payment_floor,
+        raw_insert_per_s: payment_raw,
+    };
+    if wanted("fds-consumer") {
+        let timed = time_rounds(&[Arc::new(fds_consumer::Fds::new(one_transaction_platform("fds-consumer")))], &one_transaction).await;
+        rows.push(one_transaction_row("fds-consumer", FDS_TARGET_PER_S, timed));
+    }
+    if wanted("loyalty-consumer") {
+        let timed = time_rounds(&[Arc::new(loyalty_consumer::Loyalty::new(one_transaction_platform("loyalty-consumer")))], &one_transaction).await;
+        rows.push(one_transaction_row("loyalty-consumer", LOYALTY_TARGET_PER_S, timed));
     }
     let payment_rounds = (&one_partition, &parallel);
     measure!("fds-consumer", fds_consumer::Fds::new(platform("fds-consumer")), payment_rounds, FDS_TARGET_PER_S, payment_floor, payment_raw);

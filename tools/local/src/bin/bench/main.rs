@@ -3,7 +3,7 @@
 //!
 //!   bench flash [attempts] [concurrency]   flash-sale decisions on a hot product (defaults 20000 64)
 //!   bench lambda [runs] [rounds]           cold start and peak memory of every function (defaults 20 20)
-//!   bench consumers [batches]              MSK consumers on 1,000-record batches (default 10)
+//!   bench consumers [batches] [only]       MSK consumers on 1,000-record batches (default 10; `only`: the consumers whose name contains it)
 //!   bench intake [payments] [concurrency] [processes]  POST /payments, broker-acknowledged, three execution models (defaults 20000 64 8; 0 processes skips the Runtime API one)
 //!   bench orders [orders] [concurrency]    POST /orders, durable accepted orders (defaults 20000 64)
 //!   bench gateway [seconds] [concurrency]  payments and flash-sale decisions through scripts/run.sh's gateway (defaults 10 64)
@@ -32,7 +32,10 @@ async fn main() {
             let n = numbers(1);
             lambda::run(n.first().copied().unwrap_or(20), n.get(1).copied().unwrap_or(20)).await;
         }
-        Some("consumers") => consumers::run(numbers(1).first().copied().unwrap_or(10)).await,
+        Some("consumers") => {
+            let only = args.iter().skip(1).find(|a| a.parse::<usize>().is_err()).cloned();
+            consumers::run(numbers(1).first().copied().unwrap_or(10), only.as_deref()).await;
+        }
         Some("intake") => {
             let n = numbers(1);
             intake::run(n.first().copied().unwrap_or(20_000), n.get(1).copied().unwrap_or(64), n.get(2).copied().unwrap_or(8)).await;
@@ -54,7 +57,7 @@ async fn main() {
             flash::run(n.first().copied().unwrap_or(20_000), n.get(1).copied().unwrap_or(64)).await;
         }
         _ => {
-            eprintln!("usage: bench flash [attempts] [concurrency] | lambda [runs] [rounds] | consumers [batches] | intake [payments] [concurrency] [processes] | orders [orders] [concurrency] | gateway [seconds] [concurrency] | latency [idle] [rate] [seconds]");
+            eprintln!("usage: bench flash [attempts] [concurrency] | lambda [runs] [rounds] | consumers [batches] [only] | intake [payments] [concurrency] [processes] | orders [orders] [concurrency] | gateway [seconds] [concurrency] | latency [idle] [rate] [seconds]");
             std::process::exit(2);
         }
     }
