@@ -135,12 +135,19 @@ async fn real_invocations_emit_counters_latencies_and_one_cold_start_as_emf() {
     let (fds_binary, fds_out) = capturing(&dir, "fds-consumer");
     let fds = host(&platform.config, "fds-consumer", fds_binary).await;
     // A payload that is not an MSK event fails its invocation, naming the
-    // field (the consumer parses the runtime's raw JSON itself: msk::parse_records),
-    // and the same environment serves the next one.
+    // field (the consumer takes the body from the runtime untouched and
+    // parses it itself: msk::TakeBody, msk::parse_records), and so does a
+    // body that is not JSON at all; the same environment serves the next one.
     let not_msk = Bytes::from_static(br#"{"eventSource":"aws:kafka","records":{"t-0":[{"partition":"zero"}]}}"#);
     match fds.invoke("fds-consumer", not_msk).await {
         Err(paystream_local::host::InvokeError::Function { message, .. }) => {
             assert!(message.contains("MalformedBody") && message.contains("not an MSK event") && message.contains("records.t-0[0].partition"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match fds.invoke("fds-consumer", Bytes::from_static(br#"{"records": "#)).await {
+        Err(paystream_local::host::InvokeError::Function { message, .. }) => {
+            assert!(message.contains("MalformedBody") && message.contains("not an MSK event"), "{message}")
         }
         other => panic!("{other:?}"),
     }

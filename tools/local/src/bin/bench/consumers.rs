@@ -1,8 +1,8 @@
 //! Consumer batch throughput: each MSK consumer on 1,000-record batches of
 //! new events, against the local PostgreSQL and Redis, doing what its
-//! Lambda does per invocation: the runtime's pass over the invocation's
-//! body and the handler's parse of the MSK event (JSON, base64 records:
-//! `msk::raw_event_as_the_runtime_reads_it`, `msk::parse_records`), handle them
+//! Lambda does per invocation: the handler's parse of the invocation's body,
+//! the MSK event (JSON, base64 records: `msk::parse_records`; the runtime
+//! hands the body over untouched, `msk::TakeBody`), handle them
 //! (`msk::handle_records`), write its JSON log lines and flush its EMF
 //! metrics (to /dev/null while timed, where Lambda has CloudWatch).
 //!
@@ -352,10 +352,11 @@ async fn invoke_round<C: BatchConsumer>(consumers: &[Arc<C>], batches: &[Batch])
 }
 
 /// Parsing the MSK event and decoding every record: the floor.
-/// The event's records as the consumer's handler gets them in Lambda: what
-/// the runtime does with the invocation's body, then the handler's own parse.
+/// The event's records as the consumer's handler gets them in Lambda: the
+/// handler's parse of the invocation's body, which the runtime hands over
+/// untouched (`msk::TakeBody`).
 fn msk_records(body: &[u8]) -> Vec<msk::InRecord> {
-    msk::parse_records(&msk::raw_event_as_the_runtime_reads_it(body).expect("JSON")).expect("MSK event")
+    msk::parse_records(body).expect("MSK event")
 }
 
 fn time_decode(batches: &[Batch], payments: bool) -> (usize, Duration) {
