@@ -445,6 +445,10 @@ struct Row {
 /// `loyalty`), for comparing one consumer's variants in shorter runs.
 pub async fn run(batches: usize, only: Option<&str>) {
     assert!(batches > 0, "batches must be positive");
+    const CONSUMERS: [&str; 4] = ["fds-consumer", "loyalty-consumer", "benefit-consumer", "settle"];
+    if let Some(only) = only {
+        assert!(CONSUMERS.iter().any(|c| c.contains(only)), "no consumer's name contains {only:?}: {CONSUMERS:?}");
+    }
     paystream::telemetry::init("info");
     paystream::metrics::install("bench-consumers", Instant::now());
     let template = paystream_local::template::Template::from_env().expect("template.yaml (run from the repository root)");
@@ -541,12 +545,12 @@ pub async fn run(batches: usize, only: Option<&str>) {
     macro_rules! measure {
         ($function:literal, $make:expr, $rounds:expr, $target:expr, $floor:expr, $raw:expr) => {{
             if wanted($function) {
-            let one = vec![Arc::new($make)];
-            let timed = time_rounds(&one, &$rounds.0).await;
-            rows.push(Row { name: format!("{} (1 partition)", $function), function: $function, timed, target_per_s: $target, decode_per_s: $floor, raw_insert_per_s: $raw });
-            let three: Vec<_> = (0..PARTITIONS).map(|_| Arc::new($make)).collect();
-            let timed = time_rounds(&three, &$rounds.1).await;
-            rows.push(Row { name: format!("{} ({PARTITIONS} in parallel)", $function), function: $function, timed, target_per_s: $target, decode_per_s: $floor, raw_insert_per_s: $raw });
+                let one = vec![Arc::new($make)];
+                let timed = time_rounds(&one, &$rounds.0).await;
+                rows.push(Row { name: format!("{} (1 partition)", $function), function: $function, timed, target_per_s: $target, decode_per_s: $floor, raw_insert_per_s: $raw });
+                let three: Vec<_> = (0..PARTITIONS).map(|_| Arc::new($make)).collect();
+                let timed = time_rounds(&three, &$rounds.1).await;
+                rows.push(Row { name: format!("{} ({PARTITIONS} in parallel)", $function), function: $function, timed, target_per_s: $target, decode_per_s: $floor, raw_insert_per_s: $raw });
             }
         }};
     }
