@@ -323,8 +323,10 @@ pub fn decode_all<'a, T, E: std::fmt::Display>(
 /// `event-type`), reason and origin in `dlq-*` headers first (an earlier
 /// trip's `dlq-*` headers are dropped, so each name appears once). Fails, so
 /// the batch is retried, only when the DLQ itself cannot be written or a
-/// record's headers are not MSK's (a malformed event, refused as a whole
-/// before anything of the batch is applied): a record is never dropped.
+/// record's headers are not MSK's (a malformed event: the consumers'
+/// decoding dead-letters before applying anything, settle after its
+/// commit, whose redelivery finds those orders decided): a record is never
+/// dropped.
 pub async fn dead_letter(producer: &EventProducer, consumer: &str, poison: &[Poison<'_>]) -> Result<(), AppError> {
     for p in poison {
         let dlq = format!("{}.dlq", p.record.topic);
