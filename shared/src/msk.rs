@@ -23,6 +23,11 @@ use crate::kafka::{EventProducer, OutgoingRecord};
 
 /// Header on a DLQ record that says why it is there.
 pub const HEADER_DLQ_REASON: &str = "dlq-reason";
+/// On a DLQ record whose original headers were not MSK's: those headers'
+/// JSON as MSK sent it ([`dead_letter`]).
+pub const HEADER_DLQ_ORIGINAL_HEADERS: &str = "dlq-original-headers";
+/// Beside [`HEADER_DLQ_ORIGINAL_HEADERS`]: why they could not be read.
+pub const HEADER_DLQ_HEADERS_ERROR: &str = "dlq-headers-error";
 
 /// One record of a batch, decoded from base64.
 #[derive(Clone, Debug)]
@@ -321,12 +326,13 @@ pub fn decode_all<'a, T, E: std::fmt::Display>(
 /// Publishes poison records to `<topic>.dlq`: key, value and headers as
 /// received (so whoever replays it still has its `event-id` and
 /// `event-type`), reason and origin in `dlq-*` headers first (an earlier
-/// trip's `dlq-*` headers are dropped, so each name appears once). Fails, so
-/// the batch is retried, only when the DLQ itself cannot be written or a
-/// record's headers are not MSK's (a malformed event: the consumers'
-/// decoding dead-letters before applying anything, settle after its
-/// commit, whose redelivery finds those orders decided): a record is never
-/// dropped.
+/// trip's `dlq-*` headers are dropped, so each name appears once). Headers
+/// that are not MSK's (MSK never sends such, but a hand-made event can)
+/// travel as their raw JSON in [`HEADER_DLQ_ORIGINAL_HEADERS`], with why
+/// in [`HEADER_DLQ_HEADERS_ERROR`]: failing instead would fail the batch
+/// on every redelivery, and settle dead-letters after its commit. Fails,
+/// so the batch is retried, only when the DLQ itself cannot be written: a
+/// record is never dropped.
 pub async fn dead_letter(producer: &EventProducer, consumer: &str, poison: &[Poison<'_>]) -> Result<(), AppError> {
     for p in poison {
         let dlq = format!("{}.dlq", p.record.topic);
@@ -337,7 +343,7 @@ pub async fn dead_letter(producer: &EventProducer, consumer: &str, poison: &[Poi
             Err(_) => Vec::new(),
         };
         tracing::warn!(topic = %p.record.topic, partition = p.record.partition, offset = p.record.offset, reason = %p.reason, "poison record to DLQ");
-        let original = p.record.headers()?;
+        let original = p.record.headers();
         let mut headers: Vec<(&str, &[u8])> = vec![
             (HEADER_DLQ_REASON, p.reason.as_bytes()),
             ("dlq-source-topic", p.record.topic.as_bytes()),
@@ -345,7 +351,22 @@ pub async fn dead_letter(producer: &EventProducer, consumer: &str, poison: &[Poi
             ("dlq-source-offset", offset.as_bytes()),
             ("dlq-consumer", consumer.as_bytes()),
         ];
-        headers.extend(original.iter().filter(|(name, _)| !name.starts_with("dlq-")).map(|(name, value)| (name.as_str(), value.as_slice())));
+        match &original {
+            Ok(original) => {
+                headers.extend(original.iter().filter(|(name, _)| !name.starts_with("dlq-")).map(|(name, value)| (name.as_str(), value.as_slice())));
+            }
+            Err(e) => {
+                // Only MSK's JSON can fail to read (decoded headers cannot).
+                let json: &[u8] = match &p.record.headers {
+                    Headers::Wire(json) => json,
+                    Headers::Decoded(_) => &[],
+                };
+                tracing::warn!(topic = %p.record.topic, partition = p.record.partition, offset = p.record.offset, error = %e,
+                    "poison record's headers are not MSK's: kept as raw JSON");
+                headers.push((HEADER_DLQ_HEADERS_ERROR, e.detail.as_bytes()));
+                headers.push((HEADER_DLQ_ORIGINAL_HEADERS, json));
+            }
+        }
         producer
             .publish(OutgoingRecord { topic: &dlq, key: p.record.key.as_deref().unwrap_or_default(), payload: &raw, headers: &headers })
             .await?;

@@ -220,6 +220,39 @@ async fn poison_records_go_to_the_dlq_and_the_batch_goes_on() {
     }
 }
 
+/// MSK never sends headers that are not its list of byte arrays, but an
+/// event made by hand can: the poison record still reaches the DLQ, its
+/// headers as the raw JSON, and the batch goes on (failing would fail the
+/// batch on every redelivery).
+#[tokio::test]
+async fn a_poison_record_with_unreadable_headers_goes_to_the_dlq_with_them_raw() {
+    let mut w = World::new().await;
+    let good = w.payment(SEOUL, SEOUL_CAFE.0, OffsetDateTime::now_utc());
+    let batch = w.deliver_raw(&[b"{not json".to_vec(), serde_json::to_vec(&good).unwrap()]).await;
+    // The invocation's body as the runtime receives it, the poison
+    // record's headers replaced by something that is JSON but not headers.
+    let mut body = serde_json::to_value(&batch).unwrap();
+    let unreadable = r#"[{"event-type":[300]}]"#;
+    let records = body["records"].as_object_mut().unwrap().values_mut().flat_map(|r| r.as_array_mut().unwrap().iter_mut());
+    // Both are alice's, so on one partition: the poison one was published first.
+    let poison = records.min_by_key(|r| r["offset"].as_i64().unwrap()).expect("the poison record");
+    poison["headers"] = serde_json::from_str(unreadable).unwrap();
+    let records = paystream::msk::parse_records(&bytes::Bytes::from(serde_json::to_vec(&body).unwrap())).unwrap();
+
+    let outcome = paystream::msk::handle_records(&w.fds, records, "test-invocation").await.expect("the batch goes on");
+    assert_eq!((outcome.applied, outcome.dead_lettered), (1, 1));
+    assert_eq!(w.status(good.payment_id).await.0, "COMPLETED");
+    let dlq = read_topic(&w.config, &format!("{}.dlq", w.config.kafka.payment_topic), 1, Duration::from_millis(500)).await;
+    assert_eq!(dlq.len(), 1);
+    let header = |name: &str| dlq[0].headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8(v.clone()).unwrap());
+    assert_eq!(dlq[0].value, b"{not json", "the original bytes are kept");
+    assert_eq!(header(paystream::msk::HEADER_DLQ_ORIGINAL_HEADERS).as_deref(), Some(unreadable), "the headers as MSK's JSON");
+    let why = header(paystream::msk::HEADER_DLQ_HEADERS_ERROR).expect("why they were not read");
+    assert!(why.contains("[0.event-type[0]]") || why.contains("event-type"), "{why}");
+    assert!(header("dlq-reason").unwrap().contains("JSON"));
+    assert_eq!(header("event-type"), None, "nothing was read from them");
+}
+
 #[tokio::test]
 async fn last_locations_come_back_from_postgres_when_redis_lost_them() {
     let mut w = World::new().await;
