@@ -9,7 +9,10 @@
 //! once: `msk::shards`). Per shard: one transaction of up to three
 //! statements, each prepared once per connection; beside the first, the
 //! merchants' thresholds read cache-aside (one Redis MGET, + one query and
-//! one pipeline on misses); after the commit, one Redis `MSET`.
+//! one pipeline on misses); after the commit, one Redis `MSET`. The visits
+//! are written assuming none was counted before; a shard holding one that
+//! was (a redelivery) finds out from the visits' key, and its transaction
+//! runs again looking each payment up (`loyalty::Lookup`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use uuid::Uuid;
 use paystream::events::{decode_payment, PaymentEvent};
 use paystream::metrics::{self, Unit};
 use paystream::msk::{self, decode_batch, BatchConsumer, BatchOutcome, InRecord};
-use paystream::store::loyalty::{self, CountChange, Visit};
+use paystream::store::loyalty::{self, CountChange, Lookup, Recorded, Visit};
 use paystream::store::notifications::{self, NewNotification};
 use paystream::domain::VipThreshold;
 use paystream::{AppError, Platform};
@@ -53,14 +56,38 @@ impl BatchConsumer for Loyalty {
 }
 
 /// Counts one shard's visits in one transaction; VIPs at the threshold.
+/// A shard is first written as if none of its payments were counted (a
+/// batch is normally delivered once); if one was (a redelivery), that
+/// transaction did nothing and the shard is written again looking each
+/// payment up.
 async fn count(p: &Platform, visits: Vec<Visit>) -> Result<BatchOutcome, AppError> {
+    for lookup in [Lookup::Skipped, Lookup::ByKey] {
+        if let Some(outcome) = count_once(p, &visits, lookup).await? {
+            return Ok(outcome);
+        }
+    }
+    // Looked up and still there: a concurrent writer of the same payments
+    // (an overlapping redelivery). Retrying the batch finds them counted.
+    Err(AppError::new(paystream::ErrorCode::DependencyUnavailable, paystream::error::WRITE_CONFLICT))
+}
+
+/// One transaction of [`count`]; `None` when a payment was counted already
+/// (nothing was written).
+async fn count_once(p: &Platform, visits: &[Visit], lookup: Lookup) -> Result<Option<BatchOutcome>, AppError> {
     let mut db = p.pg.get().await?;
     let tx = paystream::db::begin(&mut db).await?;
     // Independent: the merchants' thresholds (Redis, rarely PostgreSQL
     // on the same connection) are read while the visits are written.
     let merchants: Vec<Uuid> = visits.iter().map(|v| v.merchant_id).collect::<HashSet<_>>().into_iter().collect();
-    let (changes, facts) =
-        tokio::try_join!(loyalty::record_visits(&tx, &visits), loyalty::merchant_facts(&p.redis, &*tx, &merchants, p.config.cache_ttl_s))?;
+    let (recorded, facts) =
+        tokio::join!(loyalty::record_visits(&tx, visits, lookup), loyalty::merchant_facts(&p.redis, &*tx, &merchants, p.config.cache_ttl_s));
+    // An aborted transaction fails the facts' query too: what the visits
+    // say comes first.
+    let changes = match recorded? {
+        Recorded::Counted(changes) => changes,
+        Recorded::AlreadyThere => return Ok(None),
+    };
+    let facts = facts?;
     // Became VIP at the threshold-th visit (the batch may have gone past it).
     let crossing: Vec<CountChange> = changes
         .iter()
@@ -98,5 +125,5 @@ async fn count(p: &Platform, visits: Vec<Visit>) -> Result<BatchOutcome, AppErro
         tracing::info!(merchant_id = %merchant, user_id = %user, "customer became VIP");
     }
     let applied = counted as usize;
-    Ok(BatchOutcome { applied, duplicates: visits.len() - applied, dead_lettered: 0 })
+    Ok(Some(BatchOutcome { applied, duplicates: visits.len() - applied, dead_lettered: 0 }))
 }

@@ -158,6 +158,30 @@ async fn a_batch_delivered_twice_counts_once() {
     assert_eq!(w.redis_count(SEOUL_CAFE.0, ALICE.0).await, Some(5));
 }
 
+/// A batch that repeats payments an earlier one counted (as after a crash
+/// between two shards' commits, or a poller rewinding its offset) counts
+/// only the new ones: its first write, which assumes none was counted,
+/// does nothing, and the second looks each one up. The tenth visit still
+/// makes exactly one VIP.
+#[tokio::test]
+async fn a_batch_overlapping_a_counted_one_counts_only_its_new_payments() {
+    let mut w = World::new().await;
+    let nine = visits(&w, 9, ALICE_CAFE_CARD.0, CAFE_LOVER.0);
+    let event = w.batch(&nine);
+    w.both(event).await;
+    let mut overlapping = nine[5..].to_vec();
+    overlapping.extend(visits(&w, 2, ALICE_CAFE_CARD.0, CAFE_LOVER.0));
+    overlapping.push(w.payment(BOB.0, Uuid::new_v4(), EVERYDAY.0, SEOUL_CAFE.0, 5_000));
+    let event = w.batch(&overlapping);
+    let (loyalty, _) = w.both(event).await;
+    assert_eq!((loyalty.applied, loyalty.duplicates), (3, 4));
+    assert_eq!(w.scalar(&format!("SELECT visits::bigint FROM loyalty_counts WHERE user_id = '{}'", ALICE.0)).await, 11);
+    assert_eq!(w.scalar(&format!("SELECT visits::bigint FROM loyalty_counts WHERE user_id = '{}'", BOB.0)).await, 1);
+    assert_eq!(w.scalar("SELECT count(*) FROM loyalty_visits").await, 12);
+    assert_eq!(w.notifications(ALICE.0, "VIP").await.len(), 1, "exactly one VIP notification");
+    assert_eq!(w.redis_count(SEOUL_CAFE.0, ALICE.0).await, Some(11));
+}
+
 /// An event source can redeliver a batch while the first invocation is
 /// still running (a timeout it did not notice). Both write at once; at most
 /// one commits each visit, and a failed one is retried as the event source
