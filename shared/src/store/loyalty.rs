@@ -65,10 +65,10 @@ pub enum Recorded {
 /// session"). The pairs are probed by key only when the UPDATE did not
 /// find them all (the usual case being that it did); no join between the
 /// statement's own parts, whose row counts a generic plan guesses low.
-/// Only a concurrent writer of the same payment or pair can make the
-/// counts' INSERT fail: the partition key is the customer, so that is only
-/// an overlapping redelivery of the same batch: the statement fails, the
-/// batch is retried and finds them recorded. `visits` holds each payment
+/// Besides a payment recorded before, only a concurrent writer of the same
+/// pair can make an INSERT fail: the partition key is the customer, so
+/// that is only an overlapping redelivery of the same batch: the statement
+/// fails, the batch is retried and finds them recorded. `visits` holds each payment
 /// once (the batch decoder drops repeats).
 pub async fn record_visits(db: &impl deadpool_postgres::GenericClient, visits: &[Visit], lookup: Lookup) -> Result<Recorded, AppError> {
     if visits.is_empty() {
