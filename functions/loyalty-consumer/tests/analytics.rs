@@ -73,6 +73,12 @@ impl World {
         serde_json::from_value(build_event("arn:aws:kafka:local", &records)).unwrap()
     }
 
+    /// Delivers these payments once to both consumers.
+    async fn deliver(&mut self, events: &[PaymentEvent]) -> (BatchOutcome, BatchOutcome) {
+        let event = self.batch(events);
+        self.both(event).await
+    }
+
     async fn both(&self, event: aws_lambda_events::event::kafka::KafkaEvent) -> (BatchOutcome, BatchOutcome) {
         let loyalty = handle_event(&self.loyalty, event.clone(), "test").await.unwrap();
         let benefit = handle_event(&self.benefit, event, "test").await.unwrap();
@@ -124,12 +130,10 @@ fn visits(w: &World, n: usize, card: Uuid, product: Uuid) -> Vec<PaymentEvent> {
 async fn ten_visits_make_one_vip_and_the_dashboard_shows_it() {
     let mut w = World::new().await;
     let nine = visits(&w, 9, ALICE_CAFE_CARD.0, CAFE_LOVER.0);
-    let event = w.batch(&nine);
-    w.both(event).await;
+    w.deliver(&nine).await;
     assert!(w.notifications(ALICE.0, "VIP").await.is_empty(), "nine visits are not enough");
     let tenth = visits(&w, 2, ALICE_CAFE_CARD.0, CAFE_LOVER.0);
-    let event = w.batch(&tenth);
-    w.both(event).await;
+    w.deliver(&tenth).await;
     let vip = w.notifications(ALICE.0, "VIP").await;
     assert_eq!(vip.len(), 1, "exactly one VIP notification");
     assert_eq!(vip[0]["merchant"], "Seoul Bean Cafe");
@@ -167,13 +171,11 @@ async fn a_batch_delivered_twice_counts_once() {
 async fn a_batch_overlapping_a_counted_one_counts_only_its_new_payments() {
     let mut w = World::new().await;
     let nine = visits(&w, 9, ALICE_CAFE_CARD.0, CAFE_LOVER.0);
-    let event = w.batch(&nine);
-    w.both(event).await;
+    w.deliver(&nine).await;
     let mut overlapping = nine[5..].to_vec();
     overlapping.extend(visits(&w, 2, ALICE_CAFE_CARD.0, CAFE_LOVER.0));
     overlapping.push(w.payment(BOB.0, Uuid::new_v4(), EVERYDAY.0, SEOUL_CAFE.0, 5_000));
-    let event = w.batch(&overlapping);
-    let (loyalty, _) = w.both(event).await;
+    let (loyalty, _) = w.deliver(&overlapping).await;
     assert_eq!((loyalty.applied, loyalty.duplicates), (3, 4));
     assert_eq!(w.scalar(&format!("SELECT visits::bigint FROM loyalty_counts WHERE user_id = '{}'", ALICE.0)).await, 11);
     assert_eq!(w.scalar(&format!("SELECT visits::bigint FROM loyalty_counts WHERE user_id = '{}'", BOB.0)).await, 1);
@@ -230,8 +232,7 @@ async fn a_batch_delivered_twice_at_once_counts_once() {
 async fn after_redis_lost_everything_counts_continue_from_postgres() {
     let mut w = World::new().await;
     let first = visits(&w, 6, ALICE_CAFE_CARD.0, CAFE_LOVER.0);
-    let event = w.batch(&first);
-    w.both(event).await;
+    w.deliver(&first).await;
     w.flush_redis().await;
     assert_eq!(w.redis_count(SEOUL_CAFE.0, ALICE.0).await, None);
     let second = visits(&w, 4, ALICE_CAFE_CARD.0, CAFE_LOVER.0);
