@@ -7,9 +7,11 @@
 //! counts after each commit, so Redis losing them costs nothing. A batch is
 //! split into shards of customers (`CONSUMER_BATCH_SHARDS`, applied at
 //! once: `msk::shards`). Per shard: one transaction of up to three
-//! statements, each prepared once per connection; beside the first, the
-//! merchants' thresholds read cache-aside (one Redis MGET, + one query and
-//! one pipeline on misses); after the commit, one Redis `MSET`. The visits
+//! statements in two round trips, each prepared once per connection: the
+//! visits and counts, beside which the merchants' thresholds are read
+//! cache-aside (one Redis MGET, + one query and one pipeline on misses);
+//! then, when customers became VIP, their VIP rows and notifications
+//! together. After the commit, one Redis `MSET`. The visits
 //! are written assuming none was counted before; a shard holding one that
 //! was (a redelivery) finds out from the visits' key, and its transaction
 //! runs again looking each payment up (`loyalty::Lookup`).
@@ -96,21 +98,32 @@ async fn count_once(p: &Platform, visits: &[Visit], lookup: Lookup) -> Result<Op
             (c.before < threshold && c.after >= threshold).then_some(CountChange { after: threshold, ..*c })
         })
         .collect();
-    let new_vips = loyalty::insert_vips(&tx, &crossing).await?;
-    let notes: Vec<NewNotification> = new_vips
+    // The VIP rows and their notifications go in one round trip (pipelined
+    // on the connection): a notification's dedupe key is the VIP's own
+    // (merchant, customer), and notifications are never deleted, so
+    // notifying every crossing notifies only the new VIPs, as the VIP rows'
+    // key makes them: a crossing whose VIP exists (its merchant raised the
+    // threshold since) was notified when it became VIP.
+    let notes: Vec<NewNotification> = crossing
         .iter()
-        .map(|(merchant, user)| NewNotification {
-            user_id: *user,
+        .map(|c| NewNotification {
+            user_id: c.user_id,
             kind: paystream::store::notifications::kind::VIP,
             payload: serde_json::json!({
-                "merchant_id": merchant,
-                "merchant": facts.get(merchant).map(|(name, _)| name.as_str()).unwrap_or("a merchant"),
+                "merchant_id": c.merchant_id,
+                "merchant": facts.get(&c.merchant_id).map(|(name, _)| name.as_str()).unwrap_or("a merchant"),
                 "message": "You are now a VIP here. Thank you for your visits!",
             }),
-            dedupe_key: format!("vip:{merchant}:{user}"),
+            dedupe_key: format!("vip:{}:{}", c.merchant_id, c.user_id),
         })
         .collect();
-    notifications::insert_many_once(&tx, &notes).await?;
+    let (new_vips, notified) = tokio::join!(loyalty::insert_vips(&tx, &crossing), notifications::insert_many_once(&tx, &notes));
+    let new_vips = new_vips?;
+    let notified = notified?;
+    // Both keyed by the pair, and written only together: a VIP row is new
+    // exactly when its notification is. (Not a panic in production: it
+    // would fail this batch on every redelivery.)
+    debug_assert_eq!(notified, new_vips.len() as u64, "a VIP without its notification, or the other way round");
     tx.commit().await?;
     let committed_at = time::OffsetDateTime::now_utc();
     metrics::latencies_ms(metrics::EVENT_LAG, visits.iter().map(|v| metrics::lag_ms(v.at, committed_at)));

@@ -148,6 +148,27 @@ async fn ten_visits_make_one_vip_and_the_dashboard_shows_it() {
     assert!(!board.to_string().contains("alice"), "customers are masked");
 }
 
+/// A customer is made VIP of a merchant once: after the merchant raises
+/// its threshold, reaching the new one makes neither a second VIP row nor
+/// a second notification.
+#[tokio::test]
+async fn reaching_a_raised_threshold_makes_no_second_vip() {
+    let mut w = World::new().await;
+    let ten = visits(&w, 10, ALICE_CAFE_CARD.0, CAFE_LOVER.0);
+    w.deliver(&ten).await;
+    assert_eq!(w.notifications(ALICE.0, "VIP").await.len(), 1);
+    let db = w.loyalty.platform.pg.get().await.unwrap();
+    db.execute("UPDATE merchants SET vip_threshold = 15 WHERE id = $1", &[&SEOUL_CAFE.0]).await.unwrap();
+    w.flush_redis().await; // the cached threshold with it
+    let five = visits(&w, 5, ALICE_CAFE_CARD.0, CAFE_LOVER.0);
+    let (loyalty, _) = w.deliver(&five).await;
+    assert_eq!(loyalty.applied, 5);
+    assert_eq!(w.scalar(&format!("SELECT visits::bigint FROM loyalty_counts WHERE user_id = '{}'", ALICE.0)).await, 15);
+    assert_eq!(w.notifications(ALICE.0, "VIP").await.len(), 1, "still exactly one VIP notification");
+    assert_eq!(w.scalar("SELECT count(*) FROM loyalty_vips").await, 1);
+    assert_eq!(w.scalar("SELECT visits::bigint FROM loyalty_vips").await, 10, "became VIP at the first threshold");
+}
+
 #[tokio::test]
 async fn a_batch_delivered_twice_counts_once() {
     let mut w = World::new().await;
